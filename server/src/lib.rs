@@ -1,1 +1,114 @@
+//! roomcast-server: a node that carries live rooms over QUIC.
+//!
+//! * [`run`] serves an already bound [`quinn::Endpoint`] until a shutdown
+//!   future resolves; [`tls::bind`] binds one from a [`Config`].
+//! * `room` holds the room state machine, the room task and the per-member
+//!   outboxes; `connection` one task per QUIC connection.
+//! * [`auth`] verifies connection tokens (JWT, HS256 or ES256) locally.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let config = roomcast_server::Config::default();
+//! let (endpoint, cert) = roomcast_server::tls::bind(&config)?;
+//! println!("pin {}", cert.fingerprint);
+//! roomcast_server::run(config, endpoint, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
 
+pub mod auth;
+pub mod config;
+mod connection;
+pub mod room;
+pub mod tls;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use roomcast_protocol::ErrorCode;
+use tracing::info;
+
+pub use config::Config;
+
+/// Name of the development HS256 secret file inside the data directory.
+pub const DEV_SECRET_FILE: &str = "dev-token-secret";
+
+/// State shared by every connection of the node.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) verifier: auth::TokenVerifier,
+    pub(crate) rooms: Arc<room::Rooms>,
+    pub(crate) next_conn: AtomicU64,
+    /// Start time of this node, to make session ids unique across restarts.
+    pub(crate) node_epoch: u64,
+}
+
+/// The HS256 secret: the configured one, or the development secret in the
+/// data directory (created on first use).
+pub fn hs256_secret(config: &Config) -> Result<Vec<u8>> {
+    if let Some(s) = &config.auth.hs256_secret {
+        return Ok(s.as_bytes().to_vec());
+    }
+    dev_secret(&config.data_dir)
+}
+
+fn dev_secret(dir: &Path) -> Result<Vec<u8>> {
+    let path = dir.join(DEV_SECRET_FILE);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if !s.is_empty() {
+            return Ok(s.as_bytes().to_vec());
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut raw = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    tls::write_private(&path, hex.as_bytes())?;
+    Ok(hex.into_bytes())
+}
+
+/// The token verifier the configuration asks for.
+pub fn verifier(config: &Config) -> Result<auth::TokenVerifier> {
+    let leeway = config.auth.leeway_secs;
+    match &config.auth.es256_public_key {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            auth::TokenVerifier::es256(&pem, leeway).context("ES256 public key")
+        }
+        None => Ok(auth::TokenVerifier::hs256(&hs256_secret(config)?, leeway)),
+    }
+}
+
+/// Serves `endpoint` until `shutdown` resolves, then closes every connection
+/// with `SERVER_DRAINING` so clients reconnect elsewhere and resume.
+pub async fn run(config: Config, endpoint: quinn::Endpoint, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let shared = Arc::new(Shared {
+        verifier: verifier(&config)?,
+        rooms: room::Rooms::new(config.room.clone()),
+        next_conn: AtomicU64::new(1),
+        node_epoch: roomcast_protocol::unix_ms(SystemTime::now()),
+        config,
+    });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    tokio::spawn(connection::serve(incoming, shared.clone()));
+                }
+                None => break,
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    info!("shutting down");
+    endpoint.close(ErrorCode::ServerDraining.to_code().into(), b"server shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}

@@ -1,1 +1,136 @@
-fn main(){}
+//! `roomcast-server`: runs a node, or mints a development token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use roomcast_server::auth::Role;
+use roomcast_server::config::parse_duration;
+use roomcast_server::{Config, tls};
+
+/// roomcast: the interaction server for live-streaming rooms.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (defaults < file < flags and environment).
+    #[arg(long, env = "ROOMCAST_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// UDP address to serve QUIC on.
+    #[arg(long, env = "ROOMCAST_LISTEN", global = true)]
+    listen: Option<SocketAddr>,
+    /// Directory for the development certificate and secret.
+    #[arg(long, env = "ROOMCAST_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// PEM certificate chain (with --key); default: a development certificate.
+    #[arg(long, env = "ROOMCAST_TLS_CERT", requires = "key", global = true)]
+    cert: Option<PathBuf>,
+    /// PEM private key for --cert.
+    #[arg(long, env = "ROOMCAST_TLS_KEY", requires = "cert", global = true)]
+    key: Option<PathBuf>,
+    /// HS256 secret for connection tokens; default: a development secret.
+    #[arg(long, env = "ROOMCAST_TOKEN_SECRET", hide_env_values = true, global = true)]
+    token_secret: Option<String>,
+    /// ES256 public key (PEM) for connection tokens, instead of HS256.
+    #[arg(long, env = "ROOMCAST_TOKEN_PUBLIC_KEY", global = true)]
+    token_public_key: Option<PathBuf>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, env = "ROOMCAST_HEARTBEAT_MS", global = true)]
+    heartbeat_ms: Option<u64>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Mint a development token signed with the configured HS256 secret.
+    Token {
+        /// User id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// viewer, host or admin.
+        #[arg(long, default_value = "viewer", value_parser = parse_role)]
+        role: Role,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("unknown role {s:?}: use viewer, host or admin"))
+}
+
+impl Cli {
+    fn config(&self) -> Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                Config::from_toml(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            c.tls.cert = Some(cert.clone());
+            c.tls.key = Some(key.clone());
+        }
+        if let Some(v) = &self.token_secret {
+            c.auth.hs256_secret = Some(v.clone());
+        }
+        if let Some(v) = &self.token_public_key {
+            c.auth.es256_public_key = Some(v.clone());
+        }
+        if let Some(v) = self.heartbeat_ms {
+            c.presence.heartbeat_interval_ms = v;
+        }
+        Ok(c)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let config = cli.config()?;
+    match cli.command {
+        Some(Command::Token { user, role, name, ttl }) => {
+            let secret = roomcast_server::hs256_secret(&config)?;
+            println!("{}", roomcast_server::auth::mint_hs256(&secret, &user, &name, role, ttl));
+            Ok(())
+        }
+        None | Some(Command::Serve) => serve(config).await,
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let (endpoint, cert) = tls::bind(&config)?;
+    let addr = endpoint.local_addr()?;
+    println!("roomcast listening on {addr} (QUIC, ALPN roomcast/1)");
+    let kind = if cert.development { "development certificate" } else { "certificate" };
+    println!("{kind}: {} (sha256 {})", cert.cert_path.display(), cert.fingerprint);
+    if config.auth.es256_public_key.is_none() {
+        println!("development token: roomcast-server token --user alice [--role viewer|host|admin]");
+    }
+    roomcast_server::run(config, endpoint, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}

@@ -1,0 +1,227 @@
+//! Node configuration: defaults, then an optional TOML file, then flags and
+//! environment variables (applied by `main`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything a node needs to know. `Config::default()` is the embedded
+/// default: loopback, a development certificate, a development secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// UDP address to serve QUIC on.
+    pub listen: SocketAddr,
+    /// Where the development certificate and secret are kept.
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub presence: PresenceConfig,
+    pub room: RoomConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Without it, a development certificate is
+    /// created (once) in `data_dir`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 shared secret. Without it (and without `es256_public_key`), a
+    /// random development secret is created (once) in `data_dir`.
+    pub hs256_secret: Option<String>,
+    /// ES256 public key (PEM, SPKI). When set, tokens must be ES256.
+    pub es256_public_key: Option<PathBuf>,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most rooms one connection may be joined to at once.
+    pub max_rooms_per_conn: u32,
+    /// Largest control-stream frame a client may send.
+    pub max_frame_bytes: u32,
+    /// Longest chat text, in bytes.
+    pub max_message_bytes: u32,
+    /// Time a new connection has to send `Hello`.
+    pub hello_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// How often clients must send a heartbeat datagram.
+    pub heartbeat_interval_ms: u64,
+    /// Heartbeats a client may miss before it leaves every room's presence.
+    pub missed_heartbeats: u32,
+    /// QUIC idle timeout; closes connections that have gone silent. Defaults
+    /// to one interval more than the heartbeat grace.
+    pub idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomConfig {
+    /// Sequenced events kept per room for joins and resumes.
+    pub history_len: usize,
+    /// Recent events returned with a fresh join (a resume returns every
+    /// missed event still in history).
+    pub join_history: usize,
+    /// Events queued per subscriber before it is considered lagging.
+    pub outbox_capacity: usize,
+    /// Least time between two online-count datagrams of a room.
+    pub online_push_interval_ms: u64,
+    /// Size of the viewer list page in `Joined`.
+    pub viewer_page: usize,
+    /// How long an empty room (and its history) is kept.
+    pub empty_room_ttl_secs: u64,
+    /// Commands queued per room before senders wait.
+    pub command_queue: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            data_dir: default_data_dir(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            presence: PresenceConfig::default(),
+            room: RoomConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { hs256_secret: None, es256_public_key: None, leeway_secs: 5 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_rooms_per_conn: 16,
+            max_frame_bytes: roomcast_protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_message_bytes: 512,
+            hello_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { heartbeat_interval_ms: 20_000, missed_heartbeats: 3, idle_timeout_ms: None }
+    }
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Self {
+            history_len: 200,
+            join_history: 20,
+            outbox_capacity: 200,
+            online_push_interval_ms: 1_000,
+            viewer_page: 20,
+            empty_room_ttl_secs: 600,
+            command_queue: 1024,
+        }
+    }
+}
+
+impl PresenceConfig {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(1))
+    }
+
+    /// Silence after which a connection leaves presence.
+    pub fn grace(&self) -> Duration {
+        self.heartbeat_interval() * self.missed_heartbeats.max(1)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or_else(|| self.grace() + self.heartbeat_interval())
+    }
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults; unknown keys are errors.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+/// `$ROOMCAST_DATA_DIR`, else `$XDG_DATA_HOME/roomcast`, else
+/// `$HOME/.local/share/roomcast`, else `.roomcast`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ROOMCAST_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("roomcast");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/share/roomcast");
+    }
+    PathBuf::from(".roomcast")
+}
+
+/// Parses durations such as `90s`, `30m`, `1h`, `2d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("bad duration unit in {s:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c = Config::from_toml("listen = \"0.0.0.0:5000\"\n[room]\nhistory_len = 7\n").unwrap();
+        assert_eq!(c.listen.port(), 5000);
+        assert_eq!(c.room.history_len, 7);
+        assert_eq!(c.room.outbox_capacity, 200);
+        assert!(Config::from_toml("[room]\nhistroy_len = 7\n").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn presence_grace_is_missed_heartbeats_times_interval() {
+        let p = PresenceConfig { heartbeat_interval_ms: 1000, missed_heartbeats: 3, idle_timeout_ms: None };
+        assert_eq!(p.grace(), Duration::from_secs(3));
+        assert_eq!(p.idle_timeout(), Duration::from_secs(4));
+    }
+}

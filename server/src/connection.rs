@@ -1,0 +1,412 @@
+//! One task per QUIC connection: the hello handshake, the control stream's
+//! requests, heartbeats and presence, and a writer task per joined room.
+//!
+//! Anything malformed from the network ends this connection only, with the
+//! matching close code; nothing here unwraps what a peer sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use roomcast_protocol::codec::{FrameDecoder, FrameError, encode_frame};
+use roomcast_protocol::datagram::ClientDatagram;
+use roomcast_protocol::{ErrorCode, PROTOCOL_VERSION, RoomId, unix_ms, v1};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, timeout_at};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::Shared;
+use crate::auth::Identity;
+use crate::room::fanout::Outbox;
+use crate::room::state::{ChatRequest, ConnId};
+use crate::room::{RoomCommand, RoomHandle};
+
+use v1::client_frame::Body as Req;
+use v1::server_frame::Body as Resp;
+
+/// Control frames queued between the stream reader and the session loop.
+/// The reader waits when it is full, which in turn stops reading the stream
+/// and lets QUIC flow control push back on the client.
+const CONTROL_QUEUE: usize = 16;
+
+type ControlRx = mpsc::Receiver<Result<v1::ClientFrame, FrameError>>;
+
+/// Serves one incoming connection until it ends.
+pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("conn", conn = id, user = tracing::field::Empty, remote = %incoming.remote_address());
+    async move {
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "handshake failed");
+                return;
+            }
+        };
+        let Some((session, control)) = Session::handshake(id, conn, shared).await else {
+            return;
+        };
+        session.run(control).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// A joined room, from the connection's side.
+struct Membership {
+    handle: RoomHandle,
+}
+
+struct Session {
+    id: ConnId,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    identity: Identity,
+    shared: Arc<Shared>,
+    rooms: HashMap<RoomId, Membership>,
+    /// Milliseconds since `started` of the last heartbeat (or request).
+    last_heartbeat: Arc<AtomicU64>,
+    started: Instant,
+    present: bool,
+}
+
+/// Closes the connection with `code`, after trying to say why on the control
+/// stream.
+async fn close(conn: &quinn::Connection, send: Option<&mut quinn::SendStream>, code: ErrorCode, why: &str) {
+    info!(code = code.name(), reason = why, "closing connection");
+    if let Some(send) = send {
+        let frame = error_frame(0, code, why);
+        let _ = send.write_all(&frame).await;
+    }
+    conn.close(code.to_code().into(), why.as_bytes());
+}
+
+fn error_frame(request_id: u32, code: ErrorCode, why: &str) -> Bytes {
+    encode_frame(&v1::ServerFrame {
+        request_id,
+        body: Some(Resp::Error(v1::Error { code: code.to_proto() as i32, message: why.to_string() })),
+    })
+}
+
+/// Reads and decodes the control stream, handing frames to the session.
+async fn read_control(
+    mut recv: quinn::RecvStream,
+    max_frame: u32,
+    tx: mpsc::Sender<Result<v1::ClientFrame, FrameError>>,
+) {
+    let mut decoder = FrameDecoder::new(max_frame);
+    loop {
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => {
+                decoder.extend(&chunk.bytes);
+                loop {
+                    match decoder.next_message::<v1::ClientFrame>() {
+                        Ok(Some(frame)) => {
+                            if tx.send(Ok(frame)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            Ok(None) => {
+                if let Err(e) = decoder.finish() {
+                    let _ = tx.send(Err(e)).await;
+                }
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads heartbeat datagrams. A malformed datagram is a protocol violation.
+async fn read_datagrams(conn: quinn::Connection, last: Arc<AtomicU64>, started: Instant) {
+    while let Ok(data) = conn.read_datagram().await {
+        match ClientDatagram::decode(data) {
+            Ok(ClientDatagram::Heartbeat { .. }) => {
+                last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                close(&conn, None, ErrorCode::ProtocolViolation, &format!("bad datagram: {e}")).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Writes one room's events to its unidirectional stream, and its online
+/// count as a datagram. Everything pending is written with one vectored write.
+async fn write_room(mut send: quinn::SendStream, outbox: Arc<Outbox>, conn: quinn::Connection, room: RoomId) {
+    let start = encode_frame(&v1::RoomFrame {
+        body: Some(v1::room_frame::Body::Start(v1::RoomStreamStart { room: room.to_string() })),
+    });
+    if send.write_all(&start).await.is_err() {
+        outbox.close();
+        return;
+    }
+    let mut batch = Vec::new();
+    loop {
+        let drained = outbox.drain(&mut batch).await;
+        if drained.dropped > 0 {
+            debug!(room = %room, dropped = drained.dropped, "subscriber lagging: events dropped");
+        }
+        if let Some(datagram) = drained.online {
+            if let Err(e) = conn.send_datagram(datagram) {
+                debug!(error = %e, "online count datagram not sent");
+            }
+        }
+        if !batch.is_empty() {
+            if send.write_all_chunks(&mut batch).await.is_err() {
+                outbox.close();
+                return;
+            }
+            batch.clear();
+        }
+        if drained.closed {
+            let _ = send.finish();
+            return;
+        }
+    }
+}
+
+impl Session {
+    /// Waits for `Hello`, checks version and token, answers `Welcome`.
+    async fn handshake(id: ConnId, conn: quinn::Connection, shared: Arc<Shared>) -> Option<(Self, ControlRx)> {
+        let limits = &shared.config.limits;
+        let deadline = Instant::now() + std::time::Duration::from_millis(limits.hello_timeout_ms);
+        let (mut send, recv) = match timeout_at(deadline, conn.accept_bi()).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => {
+                debug!(error = %e, "connection ended before the control stream");
+                return None;
+            }
+            Err(_) => {
+                close(&conn, None, ErrorCode::HelloTimeout, "no control stream in time").await;
+                return None;
+            }
+        };
+        let (tx, mut rx) = mpsc::channel(CONTROL_QUEUE);
+        tokio::spawn(read_control(recv, limits.max_frame_bytes, tx).in_current_span());
+        let hello = match timeout_at(deadline, rx.recv()).await {
+            Err(_) => Err((ErrorCode::HelloTimeout, "no hello in time".to_string())),
+            Ok(None) => Err((ErrorCode::ProtocolViolation, "control stream ended before hello".into())),
+            Ok(Some(Err(e))) => Err((e.code(), e.to_string())),
+            Ok(Some(Ok(v1::ClientFrame { body: Some(Req::Hello(h)), request_id }))) => Ok((request_id, h)),
+            Ok(Some(Ok(_))) => Err((ErrorCode::ProtocolViolation, "first frame must be hello".into())),
+        };
+        let (request_id, hello) = match hello {
+            Ok(h) => h,
+            Err((code, why)) => {
+                close(&conn, Some(&mut send), code, &why).await;
+                return None;
+            }
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            let why = format!("protocol version {} not supported (server speaks {PROTOCOL_VERSION})", hello.protocol_version);
+            close(&conn, Some(&mut send), ErrorCode::UnsupportedVersion, &why).await;
+            return None;
+        }
+        let identity = match shared.verifier.verify(&hello.token) {
+            Ok(i) => i,
+            Err(code) => {
+                close(&conn, Some(&mut send), code, "token refused").await;
+                return None;
+            }
+        };
+        tracing::Span::current().record("user", &*identity.user_id);
+        info!(role = identity.role.as_str(), client = %hello.client_name, version = %hello.client_version, "session started");
+
+        let presence = &shared.config.presence;
+        let welcome = v1::Welcome {
+            session_id: format!("{:x}-{id}", shared.node_epoch),
+            server_time_ms: unix_ms(SystemTime::now()),
+            heartbeat_interval_ms: presence.heartbeat_interval_ms.min(u64::from(u32::MAX)) as u32,
+            limits: Some(v1::Limits {
+                max_frame_bytes: limits.max_frame_bytes,
+                max_message_bytes: limits.max_message_bytes,
+                max_rooms: limits.max_rooms_per_conn,
+                max_room_id_bytes: roomcast_protocol::MAX_ROOM_ID_BYTES as u32,
+            }),
+            user: Some(identity.to_proto()),
+            protocol_version: PROTOCOL_VERSION,
+        };
+        let frame = encode_frame(&v1::ServerFrame { request_id, body: Some(Resp::Welcome(welcome)) });
+        if send.write_all(&frame).await.is_err() {
+            return None;
+        }
+        let started = Instant::now();
+        let session = Self {
+            id,
+            conn,
+            send,
+            identity,
+            shared,
+            rooms: HashMap::new(),
+            last_heartbeat: Arc::new(AtomicU64::new(0)),
+            started,
+            present: true,
+        };
+        Some((session, rx))
+    }
+
+    async fn run(mut self, mut control: ControlRx) {
+        tokio::spawn(
+            read_datagrams(self.conn.clone(), self.last_heartbeat.clone(), self.started).in_current_span(),
+        );
+        let mut presence_check = tokio::time::interval(self.shared.config.presence.heartbeat_interval());
+        presence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let conn = self.conn.clone();
+        loop {
+            tokio::select! {
+                frame = control.recv() => match frame {
+                    Some(Ok(frame)) => {
+                        if let Err((code, why)) = self.handle(frame).await {
+                            close(&self.conn, Some(&mut self.send), code, &why).await;
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        close(&self.conn, Some(&mut self.send), e.code(), &e.to_string()).await;
+                        break;
+                    }
+                    None => {
+                        debug!("control stream ended");
+                        conn.close(0u32.into(), b"bye");
+                        break;
+                    }
+                },
+                _ = presence_check.tick() => self.check_presence().await,
+                reason = conn.closed() => {
+                    debug!(%reason, "connection closed");
+                    break;
+                }
+            }
+        }
+        for (_, m) in self.rooms.drain() {
+            let _ = m.handle.send(RoomCommand::Leave { conn: self.id }).await;
+        }
+        info!("session ended");
+    }
+
+    /// Leaves presence after the configured number of missed heartbeats,
+    /// and returns on the next heartbeat.
+    async fn check_presence(&mut self) {
+        let last = std::time::Duration::from_millis(self.last_heartbeat.load(Ordering::Relaxed));
+        let silent = self.started.elapsed().saturating_sub(last);
+        let present = silent < self.shared.config.presence.grace();
+        if present != self.present {
+            self.present = present;
+            debug!(present, "presence changed");
+            for m in self.rooms.values() {
+                let _ = m.handle.send(RoomCommand::Presence { conn: self.id, present }).await;
+            }
+        }
+    }
+
+    fn touch(&self) {
+        self.last_heartbeat.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Handles one request. `Err` closes the connection.
+    async fn handle(&mut self, frame: v1::ClientFrame) -> Result<(), (ErrorCode, String)> {
+        let rid = frame.request_id;
+        let result = match frame.body {
+            None => return Err((ErrorCode::ProtocolViolation, "empty frame".into())),
+            Some(Req::Hello(_)) => return Err((ErrorCode::ProtocolViolation, "second hello".into())),
+            Some(Req::Join(j)) => self.join(j).await.map(Resp::Joined),
+            Some(Req::Leave(l)) => self.leave(&l.room).await.map(|()| Resp::Left(v1::Left { room: l.room })),
+            Some(Req::SendChat(c)) => self.chat(c).await.map(Resp::ChatAck),
+        };
+        let bytes = match result {
+            Ok(body) => encode_frame(&v1::ServerFrame { request_id: rid, body: Some(body) }),
+            Err((code, why)) => {
+                debug!(code = code.name(), reason = %why, "request refused");
+                error_frame(rid, code, &why)
+            }
+        };
+        self.send.write_all(&bytes).await.map_err(|_| (ErrorCode::Internal, "control stream write failed".into()))
+    }
+
+    async fn join(&mut self, j: v1::Join) -> Result<v1::Joined, (ErrorCode, String)> {
+        let room = RoomId::new(&j.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
+        self.touch();
+        if self.rooms.contains_key(&room) {
+            self.leave_room(&room).await;
+        }
+        let max = self.shared.config.limits.max_rooms_per_conn as usize;
+        if self.rooms.len() >= max {
+            return Err((ErrorCode::TooManyRooms, format!("at most {max} rooms per connection")));
+        }
+        let outbox = Outbox::new(self.shared.config.room.outbox_capacity);
+        let (handle, joined) = self
+            .shared
+            .rooms
+            .join(&room, self.id, &self.identity, &outbox, j.last_seq)
+            .await
+            .map_err(|code| (code, "room unavailable".to_string()))?;
+        let stream = match self.conn.open_uni().await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = handle.send(RoomCommand::Leave { conn: self.id }).await;
+                return Err((ErrorCode::Internal, format!("cannot open room stream: {e}")));
+            }
+        };
+        tokio::spawn(write_room(stream, outbox, self.conn.clone(), room.clone()).in_current_span());
+        debug!(room = %room, seq = joined.current_seq, resumed = joined.resumed, "joined");
+        self.rooms.insert(room, Membership { handle });
+        Ok(joined)
+    }
+
+    async fn leave_room(&mut self, room: &RoomId) -> bool {
+        match self.rooms.remove(room) {
+            Some(m) => {
+                let _ = m.handle.send(RoomCommand::Leave { conn: self.id }).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn leave(&mut self, room: &str) -> Result<(), (ErrorCode, String)> {
+        let room = RoomId::new(room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
+        if self.leave_room(&room).await {
+            Ok(())
+        } else {
+            Err((ErrorCode::NotJoined, format!("not in room {room}")))
+        }
+    }
+
+    async fn chat(&mut self, c: v1::SendChat) -> Result<v1::ChatAck, (ErrorCode, String)> {
+        let room = RoomId::new(&c.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
+        let handle = match self.rooms.get(&room) {
+            Some(m) => m.handle.clone(),
+            None => return Err((ErrorCode::NotJoined, format!("not in room {room}"))),
+        };
+        let max = self.shared.config.limits.max_message_bytes as usize;
+        if c.text.is_empty() || c.text.len() > max {
+            return Err((ErrorCode::MessageTooLong, format!("text must be 1..={max} bytes")));
+        }
+        if c.client_msg_id.len() > 64 {
+            return Err((ErrorCode::ProtocolViolation, "client_msg_id longer than 64 bytes".into()));
+        }
+        self.touch();
+        let (reply, rx) = oneshot::channel();
+        let chat = ChatRequest { text: c.text, client_msg_id: c.client_msg_id, media_ts_ms: c.media_ts_ms };
+        if handle.send(RoomCommand::Publish { conn: self.id, chat, reply }).await.is_err() {
+            warn!(room = %room, "room task gone while joined");
+            return Err((ErrorCode::Internal, "room unavailable".into()));
+        }
+        match rx.await {
+            Ok(r) => r.map_err(|code| (code, "chat refused".to_string())),
+            Err(_) => Err((ErrorCode::Internal, "room unavailable".into())),
+        }
+    }
+}

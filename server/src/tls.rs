@@ -1,0 +1,143 @@
+//! TLS material and the QUIC endpoint.
+//!
+//! Production passes a certificate chain and key in PEM files. The embedded
+//! default creates a self-signed development certificate for `localhost`,
+//! `127.0.0.1` and `::1` once, keeps it in the data directory, and reuses it
+//! so clients can keep trusting it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Config;
+
+/// File names of the development material inside the data directory.
+pub const DEV_CERT_FILE: &str = "dev-cert.pem";
+pub const DEV_KEY_FILE: &str = "dev-key.pem";
+
+/// The certificate a node serves, for printing and for tests to pin.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub cert_path: PathBuf,
+    /// SHA-256 of the end-entity certificate, colon-separated upper-case hex.
+    pub fingerprint: String,
+    pub development: bool,
+}
+
+struct Material {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    info: CertInfo,
+}
+
+/// SHA-256 fingerprint of a DER certificate, as `AB:CD:...`.
+pub fn fingerprint(der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+fn load(config: &Config) -> Result<Material> {
+    match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => load_files(cert, key, false),
+        (None, None) => dev_material(&config.data_dir),
+        _ => anyhow::bail!("tls.cert and tls.key must be given together"),
+    }
+}
+
+fn load_files(cert: &Path, key: &Path, development: bool) -> Result<Material> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading certificate {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificate {}", cert.display()))?;
+    let first = chain.first().with_context(|| format!("no certificate in {}", cert.display()))?;
+    let info = CertInfo { cert_path: cert.to_owned(), fingerprint: fingerprint(first), development };
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading key {}", key.display()))?;
+    Ok(Material { chain, key, info })
+}
+
+fn dev_material(dir: &Path) -> Result<Material> {
+    let cert = dir.join(DEV_CERT_FILE);
+    let key = dir.join(DEV_KEY_FILE);
+    if !cert.exists() || !key.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let ck = rcgen::generate_simple_self_signed(names).context("generating development certificate")?;
+        write_private(&key, ck.signing_key.serialize_pem().as_bytes())?;
+        std::fs::write(&cert, ck.cert.pem()).with_context(|| format!("writing {}", cert.display()))?;
+    }
+    load_files(&cert, &key, true)
+}
+
+/// Writes a file readable by its owner only.
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Builds the QUIC server configuration: TLS 1.3 only, ALPN `roomcast/1`,
+/// ring as the crypto provider, datagrams on, and the transport limits a
+/// roomcast client needs (one bidirectional stream, no client-opened
+/// unidirectional streams).
+pub fn server_config(config: &Config) -> Result<(quinn::ServerConfig, CertInfo)> {
+    let m = load(config)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(m.chain, m.key)
+        .context("certificate and key do not match")?;
+    tls.alpn_protocols = vec![roomcast_protocol::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport(config)?));
+    Ok((server, m.info))
+}
+
+fn transport(config: &Config) -> Result<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(config.presence.idle_timeout().try_into().context("idle timeout too large")?));
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    // Heartbeats are tiny and a client sends a handful per minute.
+    t.datagram_receive_buffer_size(Some(16 * 1024));
+    t.datagram_send_buffer_size(64 * 1024);
+    // The control stream carries small requests; keep the receive windows small
+    // so idle connections cost little memory.
+    t.stream_receive_window((64u32 * 1024).into());
+    t.receive_window((128u32 * 1024).into());
+    Ok(t)
+}
+
+/// Binds the QUIC endpoint described by `config`.
+pub fn bind(config: &Config) -> Result<(quinn::Endpoint, CertInfo)> {
+    let (server, info) = server_config(config)?;
+    let endpoint = quinn::Endpoint::server(server, config.listen)
+        .with_context(|| format!("binding UDP {}", config.listen))?;
+    Ok((endpoint, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_certificate_is_created_once_and_reused() {
+        let dir = std::env::temp_dir().join(format!("roomcast-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config { data_dir: dir.clone(), ..Config::default() };
+        let (_, a) = server_config(&config).unwrap();
+        let (_, b) = server_config(&config).unwrap();
+        assert!(a.development);
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_eq!(a.fingerprint.len(), 32 * 3 - 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
