@@ -53,3 +53,31 @@ pub fn unix_ms(t: std::time::SystemTime) -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Conventions shared by the server and the command-line client for local
+/// development: where the development certificate and secret live.
+pub mod dev {
+    use std::path::PathBuf;
+
+    /// File name of the development certificate inside the data directory.
+    pub const CERT_FILE: &str = "dev-cert.pem";
+    /// File name of the development key inside the data directory.
+    pub const KEY_FILE: &str = "dev-key.pem";
+    /// File name of the development HS256 secret inside the data directory.
+    pub const SECRET_FILE: &str = "dev-token-secret";
+
+    /// `$ROOMCAST_DATA_DIR`, else `$XDG_DATA_HOME/roomcast`, else
+    /// `$HOME/.local/share/roomcast`, else `.roomcast`.
+    pub fn default_data_dir() -> PathBuf {
+        if let Some(d) = std::env::var_os("ROOMCAST_DATA_DIR") {
+            return PathBuf::from(d);
+        }
+        if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+            return PathBuf::from(d).join("roomcast");
+        }
+        if let Some(h) = std::env::var_os("HOME") {
+            return PathBuf::from(h).join(".local/share/roomcast");
+        }
+        PathBuf::from(".roomcast")
+    }
+}

@@ -94,7 +94,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
-            data_dir: default_data_dir(),
+            data_dir: roomcast_protocol::dev::default_data_dir(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
@@ -163,21 +163,6 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
     }
-}
-
-/// `$ROOMCAST_DATA_DIR`, else `$XDG_DATA_HOME/roomcast`, else
-/// `$HOME/.local/share/roomcast`, else `.roomcast`.
-pub fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ROOMCAST_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(d).join("roomcast");
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        return PathBuf::from(h).join(".local/share/roomcast");
-    }
-    PathBuf::from(".roomcast")
 }
 
 /// Parses durations such as `90s`, `30m`, `1h`, `2d` or a bare number of seconds.

@@ -33,8 +33,7 @@ use tracing::info;
 
 pub use config::Config;
 
-/// Name of the development HS256 secret file inside the data directory.
-pub const DEV_SECRET_FILE: &str = "dev-token-secret";
+use roomcast_protocol::dev::SECRET_FILE as DEV_SECRET_FILE;
 
 /// State shared by every connection of the node.
 #[derive(Debug)]

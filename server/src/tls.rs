@@ -14,9 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::Config;
 
-/// File names of the development material inside the data directory.
-pub const DEV_CERT_FILE: &str = "dev-cert.pem";
-pub const DEV_KEY_FILE: &str = "dev-key.pem";
+use roomcast_protocol::dev::{CERT_FILE as DEV_CERT_FILE, KEY_FILE as DEV_KEY_FILE};
 
 /// The certificate a node serves, for printing and for tests to pin.
 #[derive(Debug, Clone)]

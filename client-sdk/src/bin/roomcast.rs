@@ -1,1 +1,155 @@
-fn main(){}
+//! `roomcast`: the protocol test client, built on the SDK.
+//!
+//! ```text
+//! roomcast watch ROOM            print every event of a room as it arrives
+//! roomcast chat ROOM TEXT        send one message, print its sequence number
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use roomcast_client::{ChatMessage, Client, ClientConfig, Event, Trust, v1};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "roomcast protocol test client")]
+struct Cli {
+    /// Server address (UDP).
+    #[arg(long, env = "ROOMCAST_SERVER", default_value = "127.0.0.1:4433", global = true)]
+    server: SocketAddr,
+    /// Connection token (mint one with `roomcast-server token --user NAME`).
+    #[arg(long, env = "ROOMCAST_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Trust exactly the certificate in this PEM file (e.g. the server's
+    /// development certificate). Default: the development certificate in the
+    /// local roomcast data directory.
+    #[arg(long, env = "ROOMCAST_CERT", global = true, conflicts_with_all = ["fingerprint", "ca"])]
+    cert: Option<PathBuf>,
+    /// Trust exactly the certificate with this SHA-256 fingerprint.
+    #[arg(long, env = "ROOMCAST_FINGERPRINT", global = true, conflicts_with = "ca")]
+    fingerprint: Option<String>,
+    /// Trust certificates issued by the CAs in this PEM file (checks --server-name).
+    #[arg(long, env = "ROOMCAST_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Name to check the certificate against with --ca.
+    #[arg(long, default_value = "localhost", global = true)]
+    server_name: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Join ROOM and print each event as it arrives.
+    Watch {
+        room: String,
+        /// Resume after this sequence number.
+        #[arg(long)]
+        from: Option<u64>,
+    },
+    /// Send one chat message to ROOM and print the acknowledged sequence number.
+    Chat {
+        room: String,
+        text: String,
+        /// Media timestamp (ms) the message refers to.
+        #[arg(long)]
+        media_ts: Option<u64>,
+    },
+}
+
+impl Cli {
+    fn trust(&self) -> Result<Trust> {
+        Ok(if let Some(fp) = &self.fingerprint {
+            Trust::fingerprint(fp)?
+        } else if let Some(ca) = &self.ca {
+            Trust::ca_file(ca)?
+        } else {
+            let path = self
+                .cert
+                .clone()
+                .unwrap_or_else(|| roomcast_protocol::dev::default_data_dir().join(roomcast_protocol::dev::CERT_FILE));
+            Trust::pinned_cert_file(&path).with_context(|| "pass --cert, --fingerprint or --ca to trust the server")?
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let Some(token) = cli.token.clone() else {
+        bail!("no token: pass --token or set ROOMCAST_TOKEN (mint one with `roomcast-server token --user NAME`)");
+    };
+    let mut config = ClientConfig::new(cli.server, token, cli.trust()?);
+    config.server_name = cli.server_name.clone();
+    config.client_name = "roomcast-cli".into();
+    let (client, mut events) = Client::connect(config).await.context("connecting")?;
+    match cli.command {
+        Command::Watch { room, from } => {
+            let joined = client.join_at(&room, from).await.context("joining")?;
+            println!(
+                "joined {} at seq {} ({} online{})",
+                joined.room,
+                joined.current_seq,
+                joined.online_count,
+                if from.is_some() { if joined.resumed { ", resumed" } else { ", too old to resume" } } else { "" }
+            );
+            for e in &joined.history {
+                println!("{}", format_event(e));
+            }
+            while let Some(event) = events.recv().await {
+                match event {
+                    Event::Message(e) => println!("{}", format_event(&e)),
+                    Event::OnlineCount { room, count } => println!("   [{room}] {count} online"),
+                    Event::Gap { room, from, to } => println!("!! [{room}] missed seq {from}..={to}"),
+                    Event::Disconnected { code, reason } => {
+                        let code = code.map(|c| format!(" ({c})")).unwrap_or_default();
+                        bail!("disconnected{code}: {reason}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Chat { room, text, media_ts } => {
+            client.join(&room).await.context("joining")?;
+            let ack = client
+                .send(ChatMessage { room: room.clone(), text, media_ts_ms: media_ts, ..ChatMessage::default() })
+                .await
+                .context("sending")?;
+            println!("seq {} ({})", ack.seq, ack.message_id);
+            let _ = client.leave(&room).await;
+            client.close();
+            Ok(())
+        }
+    }
+}
+
+fn sender(e: &v1::RoomEvent) -> String {
+    match &e.sender {
+        Some(u) if !u.display_name.is_empty() => format!("{} ({})", u.user_id, u.display_name),
+        Some(u) => u.user_id.clone(),
+        None => "server".into(),
+    }
+}
+
+fn format_event(e: &v1::RoomEvent) -> String {
+    use v1::room_event::Kind;
+    let seq = if e.seq == 0 { "   ".to_string() } else { format!("#{}", e.seq) };
+    match &e.kind {
+        Some(Kind::Chat(c)) => format!("{seq} {}: {}", sender(e), c.text),
+        Some(Kind::HostMessage(h)) => format!("{seq} [host] {}: {}", sender(e), h.text),
+        Some(Kind::SystemNotice(n)) => format!("{seq} [system] {}", n.text),
+        Some(Kind::UserEntered(u)) => {
+            format!("{seq} [entered] {}", u.user.as_ref().map(|u| u.user_id.as_str()).unwrap_or("?"))
+        }
+        None => format!("{seq} [unknown event]"),
+    }
+}
