@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use roomcast_protocol::codec::{FrameDecoder, encode_frame};
@@ -60,7 +60,8 @@ pub(crate) async fn start(
         Some(e) => e.clone(),
         None => {
             let bind: SocketAddr =
-                if config.server.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.map_err(connect_err)?;
+                if config.server.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
+                    .map_err(connect_err)?;
             quinn::Endpoint::client(bind).map_err(connect_err)?
         }
     };
@@ -171,7 +172,11 @@ async fn accept_rooms(conn: quinn::Connection, tx: mpsc::Sender<(String, v1::Roo
     }
 }
 
-async fn read_room(conn: quinn::Connection, mut recv: quinn::RecvStream, tx: mpsc::Sender<(String, v1::RoomEvent)>) {
+async fn read_room(
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+    tx: mpsc::Sender<(String, v1::RoomEvent)>,
+) {
     let mut decoder = FrameDecoder::new(MAX_SERVER_FRAME_BYTES);
     let mut room: Option<String> = None;
     loop {
@@ -242,6 +247,30 @@ enum Pending {
     Join(String),
     Leave(String),
     Other,
+}
+
+/// Where an arriving event stands in its room's sequence.
+#[derive(Debug, PartialEq, Eq)]
+enum SeqCheck {
+    /// Deliver it: the next sequenced event, or an ephemeral one (seq 0).
+    Next,
+    /// Already delivered (from history or an earlier stream): drop it.
+    Duplicate,
+    /// Deliver it, after reporting that `from..=to` never arrived.
+    Gap { from: u64, to: u64 },
+}
+
+/// Advances `last_seq` past `seq` and says what that means.
+fn check_seq(last_seq: &mut u64, seq: u64) -> SeqCheck {
+    if seq == 0 {
+        return SeqCheck::Next;
+    }
+    if seq <= *last_seq {
+        return SeqCheck::Duplicate;
+    }
+    let expected = *last_seq + 1;
+    *last_seq = seq;
+    if seq == expected { SeqCheck::Next } else { SeqCheck::Gap { from: expected, to: seq - 1 } }
 }
 
 struct Driver {
@@ -381,13 +410,10 @@ impl Driver {
             }
             Track::Live { last_seq } => last_seq,
         };
-        if event.seq != 0 {
-            if event.seq <= *last_seq {
-                return; // already delivered (history or an earlier stream)
-            }
-            let gap = (event.seq > *last_seq + 1).then(|| (*last_seq + 1, event.seq - 1));
-            *last_seq = event.seq;
-            if let Some((from, to)) = gap {
+        match check_seq(last_seq, event.seq) {
+            SeqCheck::Duplicate => return,
+            SeqCheck::Next => {}
+            SeqCheck::Gap { from, to } => {
                 let _ = self.events.send(Event::Gap { room, from, to }).await;
             }
         }
@@ -395,3 +421,28 @@ impl Driver {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_check_delivers_in_order_drops_duplicates_and_reports_gaps() {
+        let mut last = 5;
+        assert_eq!(check_seq(&mut last, 6), SeqCheck::Next);
+        assert_eq!(check_seq(&mut last, 6), SeqCheck::Duplicate);
+        assert_eq!(check_seq(&mut last, 3), SeqCheck::Duplicate);
+        assert_eq!(check_seq(&mut last, 0), SeqCheck::Next, "ephemeral events never count");
+        assert_eq!(last, 6);
+        assert_eq!(check_seq(&mut last, 9), SeqCheck::Gap { from: 7, to: 8 });
+        assert_eq!(last, 9);
+        assert_eq!(check_seq(&mut last, 10), SeqCheck::Next);
+    }
+
+    #[test]
+    fn fresh_ids_are_unique() {
+        let a = fresh_id();
+        let b = fresh_id();
+        assert_ne!(a, b);
+        assert!(a.len() <= 64, "fits the server's client_msg_id limit");
+    }
+}

@@ -84,7 +84,8 @@ pub(crate) fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, Error>
         }
     };
     tls.alpn_protocols = vec![roomcast_protocol::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Error::Config(e.to_string()))?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Error::Config(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_uni_streams(256u32.into());
@@ -141,7 +142,6 @@ impl ServerCertVerifier for Pinned {
         self.algorithms.supported_schemes()
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -75,11 +75,7 @@ fn read_prefix(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
             return Ok(Some((v, i + 1)));
         }
     }
-    if buf.len() >= MAX_PREFIX {
-        Err(FrameError::BadLength)
-    } else {
-        Ok(None)
-    }
+    if buf.len() >= MAX_PREFIX { Err(FrameError::BadLength) } else { Ok(None) }
 }
 
 /// Incremental, bounded frame decoder for one stream.

@@ -33,11 +33,7 @@ pub enum ServerDatagram {
 }
 
 fn check(data: &[u8]) -> Result<(), DatagramError> {
-    if data.len() > MAX_DATAGRAM_BYTES {
-        Err(DatagramError::TooLarge(data.len()))
-    } else {
-        Ok(())
-    }
+    if data.len() > MAX_DATAGRAM_BYTES { Err(DatagramError::TooLarge(data.len())) } else { Ok(()) }
 }
 
 impl ClientDatagram {
@@ -79,11 +75,9 @@ impl ServerDatagram {
         check(&data)?;
         let d = v1::ServerDatagram::decode(data).map_err(|e| DatagramError::Decode(e.to_string()))?;
         match d.body.ok_or(DatagramError::Empty)? {
-            v1::server_datagram::Body::OnlineCount(o) => Ok(Self::OnlineCount {
-                room: o.room,
-                count: o.count,
-                server_time_ms: o.server_time_ms,
-            }),
+            v1::server_datagram::Body::OnlineCount(o) => {
+                Ok(Self::OnlineCount { room: o.room, count: o.count, server_time_ms: o.server_time_ms })
+            }
         }
     }
 }
@@ -97,7 +91,11 @@ mod tests {
     fn round_trips() {
         let h = ClientDatagram::Heartbeat { client_time_ms: 1_700_000_000_000 };
         assert_eq!(ClientDatagram::decode(h.encode()), Ok(h));
-        let o = ServerDatagram::OnlineCount { room: "r".repeat(crate::MAX_ROOM_ID_BYTES), count: u64::MAX, server_time_ms: u64::MAX };
+        let o = ServerDatagram::OnlineCount {
+            room: "r".repeat(crate::MAX_ROOM_ID_BYTES),
+            count: u64::MAX,
+            server_time_ms: u64::MAX,
+        };
         let wire = o.encode();
         assert!(wire.len() <= MAX_DATAGRAM_BYTES);
         assert_eq!(ServerDatagram::decode(wire), Ok(o));
@@ -105,7 +103,10 @@ mod tests {
 
     #[test]
     fn refuses_oversized_and_empty() {
-        assert_eq!(ClientDatagram::decode(Bytes::from(vec![0; MAX_DATAGRAM_BYTES + 1])), Err(DatagramError::TooLarge(MAX_DATAGRAM_BYTES + 1)));
+        assert_eq!(
+            ClientDatagram::decode(Bytes::from(vec![0; MAX_DATAGRAM_BYTES + 1])),
+            Err(DatagramError::TooLarge(MAX_DATAGRAM_BYTES + 1))
+        );
         assert_eq!(ClientDatagram::decode(Bytes::new()), Err(DatagramError::Empty));
     }
 

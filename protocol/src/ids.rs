@@ -21,9 +21,7 @@ impl RoomId {
     pub fn new(s: &str) -> Result<Self, InvalidRoomId> {
         let ok = !s.is_empty()
             && s.len() <= MAX_ROOM_ID_BYTES
-            && s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
         if ok { Ok(Self(Arc::from(s))) } else { Err(InvalidRoomId) }
     }
 

@@ -49,9 +49,7 @@ pub const MAX_ROOM_ID_BYTES: usize = 128;
 
 /// Milliseconds since the Unix epoch for a [`std::time::SystemTime`].
 pub fn unix_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Conventions shared by the server and the command-line client for local

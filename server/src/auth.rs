@@ -111,11 +111,11 @@ impl TokenVerifier {
 
     /// Verifies `token` and returns who it names, or the code to close with.
     pub fn verify(&self, token: &str) -> Result<Identity, ErrorCode> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => ErrorCode::TokenExpired,
-                _ => ErrorCode::BadToken,
-            }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => ErrorCode::TokenExpired,
+            _ => ErrorCode::BadToken,
         })?;
         let c = data.claims;
         if c.sub.is_empty() || c.sub.len() > 128 || c.name.len() > 128 {
@@ -181,8 +181,11 @@ mod tests {
     #[test]
     fn rejects_unknown_role_and_empty_user() {
         let v = TokenVerifier::hs256(b"k", 0);
-        let claims = Claims { sub: "bob".into(), name: String::new(), role: Some("god".into()), exp: now() + 60 };
-        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"k")).unwrap();
+        let claims =
+            Claims { sub: "bob".into(), name: String::new(), role: Some("god".into()), exp: now() + 60 };
+        let t =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"k"))
+                .unwrap();
         assert_eq!(v.verify(&t), Err(ErrorCode::BadToken));
         let t = mint_hs256(b"k", "", "", Role::Viewer, Duration::from_secs(60));
         assert_eq!(v.verify(&t), Err(ErrorCode::BadToken));

@@ -36,7 +36,8 @@ type ControlRx = mpsc::Receiver<Result<v1::ClientFrame, FrameError>>;
 /// Serves one incoming connection until it ends.
 pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("conn", conn = id, user = tracing::field::Empty, remote = %incoming.remote_address());
+    let span =
+        info_span!("conn", conn = id, user = tracing::field::Empty, remote = %incoming.remote_address());
     async move {
         let conn = match incoming.await {
             Ok(c) => c,
@@ -158,10 +159,10 @@ async fn write_room(mut send: quinn::SendStream, outbox: Arc<Outbox>, conn: quin
         if drained.dropped > 0 {
             debug!(room = %room, dropped = drained.dropped, "subscriber lagging: events dropped");
         }
-        if let Some(datagram) = drained.online {
-            if let Err(e) = conn.send_datagram(datagram) {
-                debug!(error = %e, "online count datagram not sent");
-            }
+        if let Some(datagram) = drained.online
+            && let Err(e) = conn.send_datagram(datagram)
+        {
+            debug!(error = %e, "online count datagram not sent");
         }
         if !batch.is_empty() {
             if send.write_all_chunks(&mut batch).await.is_err() {
@@ -179,7 +180,11 @@ async fn write_room(mut send: quinn::SendStream, outbox: Arc<Outbox>, conn: quin
 
 impl Session {
     /// Waits for `Hello`, checks version and token, answers `Welcome`.
-    async fn handshake(id: ConnId, conn: quinn::Connection, shared: Arc<Shared>) -> Option<(Self, ControlRx)> {
+    async fn handshake(
+        id: ConnId,
+        conn: quinn::Connection,
+        shared: Arc<Shared>,
+    ) -> Option<(Self, ControlRx)> {
         let limits = &shared.config.limits;
         let deadline = Instant::now() + std::time::Duration::from_millis(limits.hello_timeout_ms);
         let (mut send, recv) = match timeout_at(deadline, conn.accept_bi()).await {
@@ -210,7 +215,10 @@ impl Session {
             }
         };
         if hello.protocol_version != PROTOCOL_VERSION {
-            let why = format!("protocol version {} not supported (server speaks {PROTOCOL_VERSION})", hello.protocol_version);
+            let why = format!(
+                "protocol version {} not supported (server speaks {PROTOCOL_VERSION})",
+                hello.protocol_version
+            );
             close(&conn, Some(&mut send), ErrorCode::UnsupportedVersion, &why).await;
             return None;
         }
@@ -332,7 +340,10 @@ impl Session {
                 error_frame(rid, code, &why)
             }
         };
-        self.send.write_all(&bytes).await.map_err(|_| (ErrorCode::Internal, "control stream write failed".into()))
+        self.send
+            .write_all(&bytes)
+            .await
+            .map_err(|_| (ErrorCode::Internal, "control stream write failed".into()))
     }
 
     async fn join(&mut self, j: v1::Join) -> Result<v1::Joined, (ErrorCode, String)> {

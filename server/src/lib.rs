@@ -86,7 +86,11 @@ pub fn verifier(config: &Config) -> Result<auth::TokenVerifier> {
 
 /// Serves `endpoint` until `shutdown` resolves, then closes every connection
 /// with `SERVER_DRAINING` so clients reconnect elsewhere and resume.
-pub async fn run(config: Config, endpoint: quinn::Endpoint, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    config: Config,
+    endpoint: quinn::Endpoint,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let shared = Arc::new(Shared {
         verifier: verifier(&config)?,
         rooms: room::Rooms::new(config.room.clone()),

@@ -71,7 +71,8 @@ impl Cli {
     fn config(&self) -> Result<Config> {
         let mut c = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
                 Config::from_toml(&text).with_context(|| format!("parsing {}", path.display()))?
             }
             None => Config::default(),

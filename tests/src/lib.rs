@@ -1,1 +1,189 @@
-//! End-to-end tests for roomcast live under `tests/`.
+//! Harness for roomcast's end-to-end tests: a real node on a loopback UDP
+//! port, real TLS, and clients built on the real SDK.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use roomcast_client::{Client, ClientConfig, Event, Events, Trust};
+use roomcast_server::Config;
+use roomcast_server::auth::Role;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A roomcast node serving on 127.0.0.1 with a random port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    pub cert_path: PathBuf,
+    pub secret: String,
+    dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl TestServer {
+    /// A node with test-friendly timings: 200 ms heartbeats, 100 ms between
+    /// online-count pushes.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`TestServer::start`], with the configuration adjusted by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        init();
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("roomcast-e2e-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let secret = format!("test-secret-{n}");
+        let mut config =
+            Config { listen: "127.0.0.1:0".parse().unwrap(), data_dir: dir.clone(), ..Config::default() };
+        config.auth.hs256_secret = Some(secret.clone());
+        config.auth.leeway_secs = 0;
+        config.presence.heartbeat_interval_ms = 200;
+        config.room.online_push_interval_ms = 100;
+        tweak(&mut config);
+        let (endpoint, cert) = roomcast_server::tls::bind(&config).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(roomcast_server::run(config, endpoint, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            fingerprint: cert.fingerprint,
+            cert_path: cert.cert_path,
+            secret,
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn token(&self, user: &str, role: Role) -> String {
+        roomcast_server::auth::mint_hs256(self.secret.as_bytes(), user, user, role, Duration::from_secs(3600))
+    }
+
+    pub fn client_config(&self, token: String) -> ClientConfig {
+        ClientConfig::new(self.addr, token, Trust::fingerprint(&self.fingerprint).unwrap())
+    }
+
+    /// Connects a client for `user` with `role`.
+    pub async fn connect(&self, user: &str, role: Role) -> (Client, Events) {
+        Client::connect(self.client_config(self.token(user, role))).await.unwrap()
+    }
+
+    /// A plain QUIC connection with no roomcast session, for feeding the
+    /// server bytes the SDK would never send. It trusts the node's
+    /// certificate as a root and checks the name `localhost`.
+    pub async fn raw_connection(&self) -> quinn::Connection {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(&self.cert_path).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![roomcast_protocol::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        endpoint.connect(self.addr, "localhost").unwrap().await.unwrap()
+    }
+
+    /// Stops the node and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits for the first event for which `pick` returns `Some`, skipping others.
+/// Panics after [`WAIT`] or if the connection ends first.
+pub async fn wait_for<T>(events: &mut Events, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("timed out waiting for an event")
+            .expect("event stream ended");
+        if let Some(t) = pick(&event) {
+            return t;
+        }
+        if let Event::Disconnected { code, reason } = event {
+            panic!("disconnected while waiting: {code:?} {reason}");
+        }
+    }
+}
+
+/// Waits for the next online count of `room` equal to `want`.
+pub async fn wait_online(events: &mut Events, room: &str, want: u64) {
+    wait_for(events, |e| match e {
+        Event::OnlineCount { room: r, count } if r == room && *count == want => Some(()),
+        _ => None,
+    })
+    .await
+}
+
+/// Collects the next `n` sequenced events, failing on any reported gap.
+pub async fn sequenced(events: &mut Events, n: usize) -> Vec<roomcast_client::v1::RoomEvent> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let e = wait_for(events, |e| match e {
+            Event::Message(m) if m.seq > 0 => Some(m.clone()),
+            Event::Gap { room, from, to } => panic!("gap in {room}: {from}..={to}"),
+            _ => None,
+        })
+        .await;
+        out.push(e);
+    }
+    out
+}
+
+/// The text of a chat, host message or notice.
+pub fn text(e: &roomcast_client::v1::RoomEvent) -> &str {
+    use roomcast_client::v1::room_event::Kind;
+    match &e.kind {
+        Some(Kind::Chat(c)) => &c.text,
+        Some(Kind::HostMessage(h)) => &h.text,
+        Some(Kind::SystemNotice(n)) => &n.text,
+        _ => "",
+    }
+}

@@ -65,11 +65,11 @@ impl Cli {
         } else if let Some(ca) = &self.ca {
             Trust::ca_file(ca)?
         } else {
-            let path = self
-                .cert
-                .clone()
-                .unwrap_or_else(|| roomcast_protocol::dev::default_data_dir().join(roomcast_protocol::dev::CERT_FILE));
-            Trust::pinned_cert_file(&path).with_context(|| "pass --cert, --fingerprint or --ca to trust the server")?
+            let path = self.cert.clone().unwrap_or_else(|| {
+                roomcast_protocol::dev::default_data_dir().join(roomcast_protocol::dev::CERT_FILE)
+            });
+            Trust::pinned_cert_file(&path)
+                .with_context(|| "pass --cert, --fingerprint or --ca to trust the server")?
         })
     }
 }
@@ -86,7 +86,9 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let Some(token) = cli.token.clone() else {
-        bail!("no token: pass --token or set ROOMCAST_TOKEN (mint one with `roomcast-server token --user NAME`)");
+        bail!(
+            "no token: pass --token or set ROOMCAST_TOKEN (mint one with `roomcast-server token --user NAME`)"
+        );
     };
     let mut config = ClientConfig::new(cli.server, token, cli.trust()?);
     config.server_name = cli.server_name.clone();
@@ -100,7 +102,11 @@ async fn main() -> Result<()> {
                 joined.room,
                 joined.current_seq,
                 joined.online_count,
-                if from.is_some() { if joined.resumed { ", resumed" } else { ", too old to resume" } } else { "" }
+                if from.is_some() {
+                    if joined.resumed { ", resumed" } else { ", too old to resume" }
+                } else {
+                    ""
+                }
             );
             for e in &joined.history {
                 println!("{}", format_event(e));
@@ -121,7 +127,12 @@ async fn main() -> Result<()> {
         Command::Chat { room, text, media_ts } => {
             client.join(&room).await.context("joining")?;
             let ack = client
-                .send(ChatMessage { room: room.clone(), text, media_ts_ms: media_ts, ..ChatMessage::default() })
+                .send(ChatMessage {
+                    room: room.clone(),
+                    text,
+                    media_ts_ms: media_ts,
+                    ..ChatMessage::default()
+                })
                 .await
                 .context("sending")?;
             println!("seq {} ({})", ack.seq, ack.message_id);

@@ -78,10 +78,10 @@ impl Rooms {
 
     fn handle(self: &Arc<Self>, id: &RoomId) -> RoomHandle {
         let mut map = self.lock();
-        if let Some(h) = map.get(id) {
-            if !h.is_closed() {
-                return h.clone();
-            }
+        if let Some(h) = map.get(id)
+            && !h.is_closed()
+        {
+            return h.clone();
         }
         let (tx, rx) = mpsc::channel(self.config.command_queue.max(1));
         map.insert(id.clone(), tx.clone());

@@ -70,10 +70,10 @@ impl Dedup {
         if id.is_empty() {
             return;
         }
-        if self.order.len() >= DEDUP_CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.acks.remove(&old);
-            }
+        if self.order.len() >= DEDUP_CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.acks.remove(&old);
         }
         self.order.push_back((user.clone(), id.clone()));
         self.acks.insert((user, id), ack);
@@ -205,10 +205,11 @@ impl RoomState {
             if page.len() >= self.limits.viewer_page {
                 break;
             }
-            if let Some(m) = self.members.get(conn) {
-                if m.present && seen.insert(m.identity.user_id.clone()) {
-                    page.push(m.identity.to_proto());
-                }
+            if let Some(m) = self.members.get(conn)
+                && m.present
+                && seen.insert(m.identity.user_id.clone())
+            {
+                page.push(m.identity.to_proto());
             }
         }
         page
@@ -255,7 +256,12 @@ impl RoomState {
     }
 
     /// Sequences a chat message from a member and fans it out.
-    pub fn publish(&mut self, conn: ConnId, chat: ChatRequest, now_ms: u64) -> Result<v1::ChatAck, ErrorCode> {
+    pub fn publish(
+        &mut self,
+        conn: ConnId,
+        chat: ChatRequest,
+        now_ms: u64,
+    ) -> Result<v1::ChatAck, ErrorCode> {
         let member = self.members.get(&conn).ok_or(ErrorCode::NotJoined)?;
         let identity = member.identity.clone();
         if let Some(ack) = self.dedup.get(&identity.user_id, &chat.client_msg_id) {
@@ -263,10 +269,13 @@ impl RoomState {
         }
         use v1::room_event::Kind;
         let kind = match identity.role {
-            Role::Viewer => Kind::Chat(v1::Chat { text: chat.text, client_msg_id: chat.client_msg_id.clone() }),
-            Role::Host => {
-                Kind::HostMessage(v1::HostMessage { text: chat.text, client_msg_id: chat.client_msg_id.clone() })
+            Role::Viewer => {
+                Kind::Chat(v1::Chat { text: chat.text, client_msg_id: chat.client_msg_id.clone() })
             }
+            Role::Host => Kind::HostMessage(v1::HostMessage {
+                text: chat.text,
+                client_msg_id: chat.client_msg_id.clone(),
+            }),
             Role::Admin => Kind::SystemNotice(v1::SystemNotice { text: chat.text }),
         };
         let event = self.sequence(kind, Some(identity.to_proto()), chat.media_ts_ms, now_ms);
@@ -355,7 +364,8 @@ impl RoomState {
     /// Pushes the online count datagram to every member.
     pub fn push_online(&mut self, now: Instant, now_ms: u64) {
         let count = self.online_count();
-        let datagram = ServerDatagram::OnlineCount { room: self.id.to_string(), count, server_time_ms: now_ms }.encode();
+        let datagram =
+            ServerDatagram::OnlineCount { room: self.id.to_string(), count, server_time_ms: now_ms }.encode();
         for m in self.members.values() {
             m.outbox.set_online(datagram.clone());
         }
@@ -375,7 +385,12 @@ mod tests {
     use roomcast_protocol::codec::FrameDecoder;
 
     fn limits() -> RoomLimits {
-        RoomLimits { history_len: 5, join_history: 3, viewer_page: 2, online_push_interval: Duration::from_secs(1) }
+        RoomLimits {
+            history_len: 5,
+            join_history: 3,
+            viewer_page: 2,
+            online_push_interval: Duration::from_secs(1),
+        }
     }
 
     fn id(user: &str, role: Role) -> Identity {
@@ -394,7 +409,9 @@ mod tests {
             dec.extend(&f);
         }
         let mut out = Vec::new();
-        while let Some(v1::RoomFrame { body: Some(v1::room_frame::Body::Event(e)) }) = dec.next_message().unwrap() {
+        while let Some(v1::RoomFrame { body: Some(v1::room_frame::Body::Event(e)) }) =
+            dec.next_message().unwrap()
+        {
             out.push(e);
         }
         out
@@ -431,7 +448,8 @@ mod tests {
         r.publish(1, chat("a", ""), 0).unwrap();
         r.publish(2, chat("b", ""), 0).unwrap();
         r.publish(3, chat("c", ""), 0).unwrap();
-        let kinds: Vec<_> = events(&o).await.into_iter().filter(|e| e.seq > 0).map(|e| e.kind.unwrap()).collect();
+        let kinds: Vec<_> =
+            events(&o).await.into_iter().filter(|e| e.seq > 0).map(|e| e.kind.unwrap()).collect();
         assert!(matches!(kinds[0], v1::room_event::Kind::Chat(_)));
         assert!(matches!(kinds[1], v1::room_event::Kind::HostMessage(_)));
         assert!(matches!(kinds[2], v1::room_event::Kind::SystemNotice(_)));
