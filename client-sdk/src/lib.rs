@@ -3,10 +3,14 @@
 //! [`Client::connect`] opens a QUIC connection, authenticates with a token and
 //! starts heartbeats; [`Client::join`] enters a room and returns its snapshot
 //! (online count, viewers, recent history); room events, online counts, gaps
-//! and disconnects arrive on [`Events`], in order per room.
+//! and connection changes arrive on [`Events`], in order per room.
 //!
 //! The SDK checks every room's sequence numbers: if one is ever skipped it
-//! says so with [`Event::Gap`] instead of hiding it.
+//! says so with [`Event::Gap`] instead of hiding it. When the connection drops
+//! it reconnects with backoff and jitter and resumes each room where it left
+//! off ([`Event::Resumed`] says whether nothing was missed); when the server
+//! reports that this client fell behind ([`Event::Lagged`]) it resumes the
+//! same way. Events delivered twice on the way are dropped.
 //!
 //! ```no_run
 //! use roomcast_client::{Client, ClientConfig, Event, Trust};
@@ -23,7 +27,9 @@
 //!         Event::Message(e) => println!("#{} {:?}", e.seq, e.kind),
 //!         Event::OnlineCount { room, count } => println!("{room}: {count} online"),
 //!         Event::Gap { room, from, to } => eprintln!("{room}: missed {from}..={to}"),
+//!         Event::Resumed { room, complete, .. } => eprintln!("{room}: back, complete: {complete}"),
 //!         Event::Disconnected { reason, .. } => { eprintln!("gone: {reason}"); break }
+//!         _ => {}
 //!     }
 //! }
 //! # Ok(()) }
@@ -33,6 +39,8 @@ mod driver;
 mod tls;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use roomcast_protocol::ErrorCode;
@@ -66,6 +74,33 @@ pub struct ClientConfig {
     /// one is bound when absent. Load generators multiplex many connections
     /// over a few sockets this way.
     pub endpoint: Option<quinn::Endpoint>,
+    /// Reconnect after a dropped connection, and how; `None` ends the session
+    /// at the first drop. Tokens refused and protocol errors are never retried.
+    pub reconnect: Option<Backoff>,
+    /// Silence after which the connection counts as dead. Heartbeats keep a
+    /// healthy connection busy, so it must be longer than the server's
+    /// heartbeat interval. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Bytes of one room stream buffered before the server must wait for the
+    /// app to read (QUIC flow control). Default: quinn's. A small window makes
+    /// a stalled app fall behind (and resume) sooner and bounds its memory.
+    pub stream_receive_window: Option<u32>,
+}
+
+/// Reconnection schedule: attempt *n* waits between half and all of
+/// `min(initial × 2^(n-1), max)`, at random.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    /// Give up after this many failed attempts; `None` retries until closed.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: Duration::from_millis(500), max: Duration::from_secs(30), max_attempts: None }
+    }
 }
 
 impl ClientConfig {
@@ -81,12 +116,16 @@ impl ClientConfig {
             event_buffer: 4096,
             connect_timeout: Duration::from_secs(10),
             endpoint: None,
+            reconnect: Some(Backoff::default()),
+            idle_timeout: Duration::from_secs(30),
+            stream_receive_window: None,
         }
     }
 }
 
 /// Something that happened on the connection.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Event {
     /// A room event: sequenced (`seq` >= 1, in order) or ephemeral (`seq` 0).
     Message(v1::RoomEvent),
@@ -94,7 +133,25 @@ pub enum Event {
     Gap { room: String, from: u64, to: u64 },
     /// A room's online count (latest value wins).
     OnlineCount { room: String, count: u64 },
-    /// The connection ended. `code` is the server's close code when it gave one.
+    /// The server could not keep up with this client (it read too slowly) and
+    /// dropped `from..=to`; the SDK is resuming the room, and
+    /// [`Event::Resumed`] follows.
+    Lagged { room: String, from: u64, to: u64 },
+    /// A room was rejoined after a lag or a reconnection. The `replayed`
+    /// missed events were delivered just before this. `complete` is false
+    /// when some were older than the room's history window: an
+    /// [`Event::Gap`] named them, and recent history was replayed instead.
+    Resumed { room: String, complete: bool, replayed: usize },
+    /// A room could not be rejoined after a reconnection; it is no longer
+    /// joined.
+    ResumeFailed { room: String, error: Error },
+    /// The connection dropped; attempt `attempt` to connect again starts
+    /// after `delay`. Requests made meanwhile fail with [`Error::Closed`].
+    Reconnecting { attempt: u32, delay: Duration, code: Option<ErrorCode>, reason: String },
+    /// Connected again (a new session); room resumes follow.
+    Reconnected { session_id: String },
+    /// The session ended for good. `code` is the server's close code when it
+    /// gave one.
     Disconnected { code: Option<ErrorCode>, reason: String },
 }
 
@@ -150,7 +207,28 @@ pub struct ChatMessage {
     pub media_ts_ms: Option<u64>,
 }
 
-/// The stream of [`Event`]s of one connection.
+/// How to join a room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// Resume after this sequence number: `Joined.history` then holds the
+    /// missed events, and `Joined.resumed` says whether that is all of them.
+    pub last_seq: Option<u64>,
+    /// `Joined.epoch` the `last_seq` belongs to, if known.
+    pub epoch: Option<u64>,
+    /// Which events to receive.
+    pub filter: v1::JoinFilter,
+}
+
+/// Which part of a room's history to fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryRange {
+    /// Sequence numbers `from..=to`.
+    Seq { from: u64, to: u64 },
+    /// Events whose media timestamp is in `from_ms..=to_ms` (danmaku replay).
+    Media { from_ms: u64, to_ms: u64 },
+}
+
+/// The stream of [`Event`]s of one session.
 #[derive(Debug)]
 pub struct Events {
     rx: mpsc::Receiver<Event>,
@@ -163,43 +241,70 @@ impl Events {
     }
 }
 
-/// A connected session. Cheap to clone; every clone drives the same connection.
+/// A session with a roomcast server: one connection at a time, replaced when
+/// it drops. Cheap to clone; every clone drives the same session.
 #[derive(Debug, Clone)]
 pub struct Client {
     commands: mpsc::Sender<driver::Command>,
-    welcome: std::sync::Arc<v1::Welcome>,
-    conn: quinn::Connection,
+    shared: Arc<driver::Shared>,
 }
 
 impl Client {
-    /// Connects, authenticates and starts heartbeats.
+    /// Connects, authenticates and starts heartbeats. The first connection is
+    /// not retried: an error here is returned as is.
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), Error> {
-        let (welcome, conn, commands, rx) = driver::start(config).await?;
-        Ok((Client { commands, welcome: std::sync::Arc::new(welcome), conn }, Events { rx }))
+        let (shared, commands, rx) = driver::start(config).await?;
+        Ok((Client { commands, shared }, Events { rx }))
     }
 
-    /// The server's `Welcome`: session id, limits, heartbeat interval, user.
-    pub fn welcome(&self) -> &v1::Welcome {
-        &self.welcome
+    /// The current connection's `Welcome`: session id, limits, heartbeat
+    /// interval, user.
+    pub fn welcome(&self) -> Arc<v1::Welcome> {
+        self.shared.welcome()
+    }
+
+    /// Replaces the token used when the SDK reconnects (tokens expire).
+    pub fn set_token(&self, token: impl Into<String>) {
+        *self.shared.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = token.into();
     }
 
     async fn request(&self, body: v1::client_frame::Body) -> Result<v1::server_frame::Body, Error> {
         let (reply, rx) = oneshot::channel();
         let closed = || Error::Closed { code: None, reason: "client stopped".into() };
-        self.commands.send(driver::Command::Request { body, reply }).await.map_err(|_| closed())?;
+        self.commands.send(driver::Command { body, reply }).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
 
     /// Joins a room. Its events follow on [`Events`], right after
     /// `Joined.current_seq`.
     pub async fn join(&self, room: &str) -> Result<v1::Joined, Error> {
-        self.join_at(room, None).await
+        self.join_with(room, JoinOptions::default()).await
     }
 
     /// Joins a room, resuming after `last_seq`: `Joined.history` then holds
     /// the missed events, and `Joined.resumed` says whether that is all of them.
     pub async fn join_at(&self, room: &str, last_seq: Option<u64>) -> Result<v1::Joined, Error> {
-        let body = v1::client_frame::Body::Join(v1::Join { room: room.into(), last_seq });
+        self.join_with(room, JoinOptions { last_seq, ..JoinOptions::default() }).await
+    }
+
+    /// Joins a room with options: a resume position, or a filter such as
+    /// [`v1::JoinFilter::HostOnly`] (only host messages, system notices,
+    /// quiz traffic and recalls).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: roomcast_client::Client) -> Result<(), roomcast_client::Error> {
+    /// use roomcast_client::{JoinOptions, v1::JoinFilter};
+    /// let opts = JoinOptions { filter: JoinFilter::HostOnly, ..JoinOptions::default() };
+    /// client.join_with("live-42", opts).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn join_with(&self, room: &str, opts: JoinOptions) -> Result<v1::Joined, Error> {
+        let body = v1::client_frame::Body::Join(v1::Join {
+            room: room.into(),
+            last_seq: opts.last_seq,
+            filter: opts.filter as i32,
+            epoch: opts.epoch,
+        });
         match self.request(body).await? {
             v1::server_frame::Body::Joined(j) => Ok(j),
             other => Err(unexpected(other)),
@@ -214,7 +319,8 @@ impl Client {
         }
     }
 
-    /// Sends a chat message and waits for its sequence number.
+    /// Sends a chat message. The ack carries its sequence number, or
+    /// `broadcast: false` when the room's chat budget sampled it out.
     pub async fn send_chat(&self, room: &str, text: &str) -> Result<v1::ChatAck, Error> {
         self.send(ChatMessage { room: room.into(), text: text.into(), ..ChatMessage::default() }).await
     }
@@ -236,9 +342,45 @@ impl Client {
         }
     }
 
-    /// Closes the connection politely.
+    /// Recalls a message by its `message_id`: allowed to its sender, the
+    /// room's hosts and admins. Every member then receives a recall event.
+    pub async fn recall(&self, room: &str, message_id: &str) -> Result<v1::Recalled, Error> {
+        let body =
+            v1::client_frame::Body::Recall(v1::Recall { room: room.into(), message_id: message_id.into() });
+        match self.request(body).await? {
+            v1::server_frame::Body::Recalled(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Fetches part of a room's history (no need to be joined), oldest first,
+    /// at most `limit` events (0: the server's maximum).
+    pub async fn fetch_history(
+        &self,
+        room: &str,
+        range: HistoryRange,
+        limit: u32,
+    ) -> Result<v1::History, Error> {
+        use v1::fetch_history::Range;
+        let range = match range {
+            HistoryRange::Seq { from, to } => Range::Seq(v1::SeqRange { from, to }),
+            HistoryRange::Media { from_ms, to_ms } => Range::Media(v1::MediaRange { from_ms, to_ms }),
+        };
+        let body = v1::client_frame::Body::FetchHistory(v1::FetchHistory {
+            room: room.into(),
+            range: Some(range),
+            limit,
+        });
+        match self.request(body).await? {
+            v1::server_frame::Body::History(h) => Ok(h),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Ends the session politely; [`Event::Disconnected`] follows.
     pub fn close(&self) {
-        self.conn.close(0u32.into(), b"client closed");
+        self.shared.closing.store(true, Ordering::Relaxed);
+        self.shared.close.notify_one();
     }
 }
 

@@ -62,7 +62,8 @@ fn sha256(der: &[u8]) -> [u8; 32] {
     out
 }
 
-pub(crate) fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, Error> {
+pub(crate) fn client_config(options: &crate::ClientConfig) -> Result<quinn::ClientConfig, Error> {
+    let trust = &options.trust;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -92,6 +93,12 @@ pub(crate) fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, Error>
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.datagram_receive_buffer_size(Some(64 * 1024));
     transport.datagram_send_buffer_size(16 * 1024);
+    let idle =
+        quinn::IdleTimeout::try_from(options.idle_timeout).map_err(|e| Error::Config(e.to_string()))?;
+    transport.max_idle_timeout(Some(idle));
+    if let Some(window) = options.stream_receive_window {
+        transport.stream_receive_window(window.into());
+    }
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

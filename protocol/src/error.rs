@@ -21,11 +21,12 @@ pub enum ErrorCode {
     Forbidden,
     HelloTimeout,
     Internal,
+    NotFound,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::BadToken,
         Self::TokenExpired,
         Self::UnsupportedVersion,
@@ -41,6 +42,7 @@ impl ErrorCode {
         Self::Forbidden,
         Self::HelloTimeout,
         Self::Internal,
+        Self::NotFound,
     ];
 
     /// The wire value (an `ErrorCode` of the schema, and the QUIC close code).
@@ -67,6 +69,7 @@ impl ErrorCode {
             Self::Forbidden => P::Forbidden,
             Self::HelloTimeout => P::HelloTimeout,
             Self::Internal => P::Internal,
+            Self::NotFound => P::NotFound,
         }
     }
 
@@ -93,6 +96,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::HelloTimeout => "hello_timeout",
             Self::Internal => "internal",
+            Self::NotFound => "not_found",
         }
     }
 }

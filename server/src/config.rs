@@ -21,6 +21,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub presence: PresenceConfig,
     pub room: RoomConfig,
+    /// Address of the HTTP endpoint serving `/metrics` and `/healthz`; none
+    /// to turn it off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -73,8 +76,10 @@ pub struct PresenceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoomConfig {
-    /// Sequenced events kept per room for joins and resumes.
+    /// Sequenced events kept per room for joins, resumes and history reads.
     pub history_len: usize,
+    /// Age after which kept events are dropped, in seconds.
+    pub history_max_age_secs: u64,
     /// Recent events returned with a fresh join (a resume returns every
     /// missed event still in history).
     pub join_history: usize,
@@ -88,6 +93,21 @@ pub struct RoomConfig {
     pub empty_room_ttl_secs: u64,
     /// Commands queued per room before senders wait.
     pub command_queue: usize,
+    /// Batching window of rooms of up to 1,000 members, in ms: events that
+    /// arrive within it of the previous batch go out together. 0 sends every
+    /// event at once.
+    pub batch_window_ms: u64,
+    /// Bigger rooms widen the window in proportion to their size, up to this.
+    pub max_batch_window_ms: u64,
+    /// Viewer chat messages per second a room broadcasts; beyond it, chat is
+    /// sampled out before it is sequenced. Hosts and admins are never
+    /// sampled. 0: no budget.
+    pub chat_budget_per_sec: u32,
+    /// Chat messages per second one viewer may send; faster ones are refused
+    /// with RATE_LIMITED. 0: no limit.
+    pub user_chat_per_sec: f64,
+    /// "User entered" notices per second a room broadcasts. 0: none.
+    pub entered_per_sec: u32,
 }
 
 impl Default for Config {
@@ -100,6 +120,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             presence: PresenceConfig::default(),
             room: RoomConfig::default(),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         }
     }
 }
@@ -130,13 +151,19 @@ impl Default for PresenceConfig {
 impl Default for RoomConfig {
     fn default() -> Self {
         Self {
-            history_len: 200,
+            history_len: 1000,
+            history_max_age_secs: 300,
             join_history: 20,
             outbox_capacity: 200,
             online_push_interval_ms: 1_000,
             viewer_page: 20,
             empty_room_ttl_secs: 600,
             command_queue: 1024,
+            batch_window_ms: 20,
+            max_batch_window_ms: 500,
+            chat_budget_per_sec: 20,
+            user_chat_per_sec: 1.0,
+            entered_per_sec: 5,
         }
     }
 }
@@ -191,6 +218,7 @@ mod tests {
         assert_eq!(c.listen.port(), 5000);
         assert_eq!(c.room.history_len, 7);
         assert_eq!(c.room.outbox_capacity, 200);
+        assert_eq!(c.room.chat_budget_per_sec, 20);
         assert!(Config::from_toml("[room]\nhistroy_len = 7\n").is_err());
     }
 

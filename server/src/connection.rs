@@ -20,7 +20,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::Shared;
 use crate::auth::Identity;
 use crate::room::fanout::Outbox;
-use crate::room::state::{ChatRequest, ConnId};
+use crate::room::history::MAX_FETCH;
+use crate::room::state::{ChatRequest, ConnId, Filter, Resume};
 use crate::room::{RoomCommand, RoomHandle};
 
 use v1::client_frame::Body as Req;
@@ -46,10 +47,14 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
                 return;
             }
         };
+        let metrics = shared.metrics.clone();
         let Some((session, control)) = Session::handshake(id, conn, shared).await else {
+            metrics.sessions_refused.inc();
             return;
         };
+        metrics.connections.inc();
         session.run(control).await;
+        metrics.connections.dec();
     }
     .instrument(span)
     .await
@@ -156,13 +161,16 @@ async fn write_room(mut send: quinn::SendStream, outbox: Arc<Outbox>, conn: quin
     let mut batch = Vec::new();
     loop {
         let drained = outbox.drain(&mut batch).await;
-        if drained.dropped > 0 {
-            debug!(room = %room, dropped = drained.dropped, "subscriber lagging: events dropped");
-        }
         if let Some(datagram) = drained.online
             && let Err(e) = conn.send_datagram(datagram)
         {
             debug!(error = %e, "online count datagram not sent");
+        }
+        if let Some((from_seq, to_seq)) = drained.lagged {
+            debug!(room = %room, from_seq, to_seq, "subscriber lagged");
+            let lagged =
+                v1::RoomFrame { body: Some(v1::room_frame::Body::Lagged(v1::Lagged { from_seq, to_seq })) };
+            batch.push(encode_frame(&lagged));
         }
         if !batch.is_empty() {
             if send.write_all_chunks(&mut batch).await.is_err() {
@@ -171,7 +179,7 @@ async fn write_room(mut send: quinn::SendStream, outbox: Arc<Outbox>, conn: quin
             }
             batch.clear();
         }
-        if drained.closed {
+        if drained.closed || drained.lagged.is_some() {
             let _ = send.finish();
             return;
         }
@@ -332,6 +340,8 @@ impl Session {
             Some(Req::Join(j)) => self.join(j).await.map(Resp::Joined),
             Some(Req::Leave(l)) => self.leave(&l.room).await.map(|()| Resp::Left(v1::Left { room: l.room })),
             Some(Req::SendChat(c)) => self.chat(c).await.map(Resp::ChatAck),
+            Some(Req::Recall(r)) => self.recall(r).await.map(Resp::Recalled),
+            Some(Req::FetchHistory(f)) => self.fetch_history(f).map(Resp::History),
         };
         let bytes = match result {
             Ok(body) => encode_frame(&v1::ServerFrame { request_id: rid, body: Some(body) }),
@@ -357,10 +367,18 @@ impl Session {
             return Err((ErrorCode::TooManyRooms, format!("at most {max} rooms per connection")));
         }
         let outbox = Outbox::new(self.shared.config.room.outbox_capacity);
+        let filter = match v1::JoinFilter::try_from(j.filter) {
+            Ok(v1::JoinFilter::All) => Filter::All,
+            Ok(v1::JoinFilter::HostOnly) => Filter::HostOnly,
+            Err(_) => {
+                return Err((ErrorCode::ProtocolViolation, format!("unknown join filter {}", j.filter)));
+            }
+        };
+        let resume = j.last_seq.map(|last_seq| Resume { last_seq, epoch: j.epoch });
         let (handle, joined) = self
             .shared
             .rooms
-            .join(&room, self.id, &self.identity, &outbox, j.last_seq)
+            .join(&room, self.id, &self.identity, &outbox, resume, filter)
             .await
             .map_err(|code| (code, "room unavailable".to_string()))?;
         let stream = match self.conn.open_uni().await {
@@ -395,12 +413,63 @@ impl Session {
         }
     }
 
-    async fn chat(&mut self, c: v1::SendChat) -> Result<v1::ChatAck, (ErrorCode, String)> {
-        let room = RoomId::new(&c.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
-        let handle = match self.rooms.get(&room) {
-            Some(m) => m.handle.clone(),
-            None => return Err((ErrorCode::NotJoined, format!("not in room {room}"))),
+    fn joined_room(&self, room: &str) -> Result<(RoomId, RoomHandle), (ErrorCode, String)> {
+        let room = RoomId::new(room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
+        match self.rooms.get(&room) {
+            Some(m) => {
+                let handle = m.handle.clone();
+                Ok((room, handle))
+            }
+            None => Err((ErrorCode::NotJoined, format!("not in room {room}"))),
+        }
+    }
+
+    async fn recall(&mut self, r: v1::Recall) -> Result<v1::Recalled, (ErrorCode, String)> {
+        let (room, handle) = self.joined_room(&r.room)?;
+        if r.message_id.is_empty() || r.message_id.len() > 64 {
+            return Err((ErrorCode::NotFound, "no such message".into()));
+        }
+        let (reply, rx) = oneshot::channel();
+        let cmd = RoomCommand::Recall { conn: self.id, message_id: r.message_id, reply };
+        if handle.send(cmd).await.is_err() {
+            warn!(room = %room, "room task gone while joined");
+            return Err((ErrorCode::Internal, "room unavailable".into()));
+        }
+        match rx.await {
+            Ok(r) => r.map_err(|code| (code, "recall refused".to_string())),
+            Err(_) => Err((ErrorCode::Internal, "room unavailable".into())),
+        }
+    }
+
+    /// Reads history straight from the room's log, without joining and
+    /// without queueing behind the room's live traffic.
+    fn fetch_history(&mut self, f: v1::FetchHistory) -> Result<v1::History, (ErrorCode, String)> {
+        let room = RoomId::new(&f.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
+        let limit = if f.limit == 0 { MAX_FETCH } else { f.limit as usize };
+        let Some(log) = self.shared.rooms.history(&room) else {
+            return Ok(v1::History {
+                room: room.to_string(),
+                events: vec![],
+                oldest_seq: 0,
+                truncated: false,
+            });
         };
+        let now = Instant::now();
+        let page = match f.range {
+            Some(v1::fetch_history::Range::Seq(r)) => log.by_seq(now, r.from, r.to, limit),
+            Some(v1::fetch_history::Range::Media(m)) => log.by_media_time(now, m.from_ms, m.to_ms, limit),
+            None => return Err((ErrorCode::ProtocolViolation, "fetch_history needs a range".into())),
+        };
+        Ok(v1::History {
+            room: room.to_string(),
+            events: page.events,
+            oldest_seq: page.oldest_seq,
+            truncated: page.truncated,
+        })
+    }
+
+    async fn chat(&mut self, c: v1::SendChat) -> Result<v1::ChatAck, (ErrorCode, String)> {
+        let (room, handle) = self.joined_room(&c.room)?;
         let max = self.shared.config.limits.max_message_bytes as usize;
         if c.text.is_empty() || c.text.len() > max {
             return Err((ErrorCode::MessageTooLong, format!("text must be 1..={max} bytes")));

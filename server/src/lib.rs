@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 mod connection;
+pub mod metrics;
 pub mod room;
 pub mod tls;
 
@@ -41,6 +42,7 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) verifier: auth::TokenVerifier,
     pub(crate) rooms: Arc<room::Rooms>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) next_conn: AtomicU64,
     /// Start time of this node, to make session ids unique across restarts.
     pub(crate) node_epoch: u64,
@@ -84,20 +86,49 @@ pub fn verifier(config: &Config) -> Result<auth::TokenVerifier> {
     }
 }
 
-/// Serves `endpoint` until `shutdown` resolves, then closes every connection
-/// with `SERVER_DRAINING` so clients reconnect elsewhere and resume.
+/// Serves `endpoint` until `shutdown` resolves, with metrics on
+/// `config.metrics_listen` if set. See [`serve`].
 pub async fn run(
     config: Config,
     endpoint: quinn::Endpoint,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?),
+        None => None,
+    };
+    serve(config, endpoint, listener, shutdown).await
+}
+
+/// Serves `endpoint`, and `/metrics` on `metrics_listener` if given, until
+/// `shutdown` resolves; then closes every connection with `SERVER_DRAINING`
+/// so clients reconnect elsewhere and resume.
+pub async fn serve(
+    config: Config,
+    endpoint: quinn::Endpoint,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
     let shared = Arc::new(Shared {
         verifier: verifier(&config)?,
-        rooms: room::Rooms::new(config.room.clone()),
+        rooms: room::Rooms::new(config.room.clone(), metrics.clone()),
+        metrics: metrics.clone(),
         next_conn: AtomicU64::new(1),
         node_epoch: roomcast_protocol::unix_ms(SystemTime::now()),
         config,
     });
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(());
+    if let Some(listener) = metrics_listener {
+        let stopped = async move {
+            let _ = stop_rx.changed().await;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, metrics, stopped).await {
+                tracing::warn!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -111,6 +142,7 @@ pub async fn run(
         }
     }
     info!("shutting down");
+    let _ = stop_tx.send(());
     endpoint.close(ErrorCode::ServerDraining.to_code().into(), b"server shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())

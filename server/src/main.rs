@@ -35,6 +35,9 @@ struct Cli {
     /// ES256 public key (PEM) for connection tokens, instead of HS256.
     #[arg(long, env = "ROOMCAST_TOKEN_PUBLIC_KEY", global = true)]
     token_public_key: Option<PathBuf>,
+    /// HTTP address for /metrics and /healthz (`off` to disable).
+    #[arg(long, env = "ROOMCAST_METRICS_LISTEN", global = true)]
+    metrics_listen: Option<String>,
     /// Heartbeat interval in milliseconds.
     #[arg(long, env = "ROOMCAST_HEARTBEAT_MS", global = true)]
     heartbeat_ms: Option<u64>,
@@ -93,6 +96,9 @@ impl Cli {
         if let Some(v) = &self.token_public_key {
             c.auth.es256_public_key = Some(v.clone());
         }
+        if let Some(v) = &self.metrics_listen {
+            c.metrics_listen = if v == "off" { None } else { Some(v.parse().context("--metrics-listen")?) };
+        }
         if let Some(v) = self.heartbeat_ms {
             c.presence.heartbeat_interval_ms = v;
         }
@@ -127,6 +133,9 @@ async fn serve(config: Config) -> Result<()> {
     println!("roomcast listening on {addr} (QUIC, ALPN roomcast/1)");
     let kind = if cert.development { "development certificate" } else { "certificate" };
     println!("{kind}: {} (sha256 {})", cert.cert_path.display(), cert.fingerprint);
+    if let Some(m) = config.metrics_listen {
+        println!("metrics: http://{m}/metrics");
+    }
     if config.auth.es256_public_key.is_none() {
         println!("development token: roomcast-server token --user alice [--role viewer|host|admin]");
     }

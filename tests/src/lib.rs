@@ -18,9 +18,13 @@ use tokio::task::JoinHandle;
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+pub mod relay;
+
 /// A roomcast node serving on 127.0.0.1 with a random port.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where its Prometheus endpoint listens.
+    pub metrics_addr: SocketAddr,
     pub fingerprint: String,
     pub cert_path: PathBuf,
     pub secret: String,
@@ -41,8 +45,9 @@ fn init() {
 }
 
 impl TestServer {
-    /// A node with test-friendly timings: 200 ms heartbeats, 100 ms between
-    /// online-count pushes.
+    /// A node with test-friendly timings (200 ms heartbeats, 100 ms between
+    /// online-count pushes) and no chat budget or per-user chat rate, so that
+    /// tests can send quickly; tests of those limits set them.
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
@@ -61,15 +66,20 @@ impl TestServer {
         config.auth.leeway_secs = 0;
         config.presence.heartbeat_interval_ms = 200;
         config.room.online_push_interval_ms = 100;
+        config.room.chat_budget_per_sec = 0;
+        config.room.user_chat_per_sec = 0.0;
         tweak(&mut config);
         let (endpoint, cert) = roomcast_server::tls::bind(&config).unwrap();
         let addr = endpoint.local_addr().unwrap();
+        let metrics = roomcast_server::metrics::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(roomcast_server::run(config, endpoint, async {
+        let task = tokio::spawn(roomcast_server::serve(config, endpoint, Some(metrics), async {
             let _ = rx.await;
         }));
         Self {
             addr,
+            metrics_addr,
             fingerprint: cert.fingerprint,
             cert_path: cert.cert_path,
             secret,
@@ -90,6 +100,30 @@ impl TestServer {
     /// Connects a client for `user` with `role`.
     pub async fn connect(&self, user: &str, role: Role) -> (Client, Events) {
         Client::connect(self.client_config(self.token(user, role))).await.unwrap()
+    }
+
+    /// Connects a client for `user` with `role`, its configuration adjusted
+    /// by `tweak`.
+    pub async fn connect_with(
+        &self,
+        user: &str,
+        role: Role,
+        tweak: impl FnOnce(&mut ClientConfig),
+    ) -> (Client, Events) {
+        let mut config = self.client_config(self.token(user, role));
+        tweak(&mut config);
+        Client::connect(config).await.unwrap()
+    }
+
+    /// The Prometheus exposition from the node's metrics endpoint.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "metrics answered: {body}");
+        body
     }
 
     /// A plain QUIC connection with no roomcast session, for feeding the
@@ -175,6 +209,12 @@ pub async fn sequenced(events: &mut Events, n: usize) -> Vec<roomcast_client::v1
         out.push(e);
     }
     out
+}
+
+/// The value of the Prometheus sample `name` (with its labels, as printed,
+/// e.g. `roomcast_dropped_events_total{reason="lagged"}`) in `exposition`.
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The text of a chat, host message or notice.

@@ -59,7 +59,7 @@ async fn unsupported_version_and_missing_hello_are_refused() {
     let (mut send, _recv) = rude.open_bi().await.unwrap();
     let join = encode_frame(&v1::ClientFrame {
         request_id: 1,
-        body: Some(v1::client_frame::Body::Join(v1::Join { room: "r".into(), last_seq: None })),
+        body: Some(v1::client_frame::Body::Join(v1::Join { room: "r".into(), ..v1::Join::default() })),
     });
     send.write_all(&join).await.unwrap();
     assert_eq!(close_code(&rude).await, Some(ErrorCode::ProtocolViolation));

@@ -3,6 +3,8 @@
 //! ```text
 //! roomcast watch ROOM            print every event of a room as it arrives
 //! roomcast chat ROOM TEXT        send one message, print its sequence number
+//! roomcast recall ROOM MSG_ID    recall a message
+//! roomcast history ROOM          print part of a room's history
 //! ```
 
 use std::net::SocketAddr;
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use roomcast_client::{ChatMessage, Client, ClientConfig, Event, Trust, v1};
+use roomcast_client::{ChatMessage, Client, ClientConfig, Event, HistoryRange, JoinOptions, Trust, v1};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "roomcast protocol test client")]
@@ -47,6 +49,9 @@ enum Command {
         /// Resume after this sequence number.
         #[arg(long)]
         from: Option<u64>,
+        /// Only host messages, system notices, quiz traffic and recalls.
+        #[arg(long)]
+        host_only: bool,
     },
     /// Send one chat message to ROOM and print the acknowledged sequence number.
     Chat {
@@ -56,6 +61,32 @@ enum Command {
         #[arg(long)]
         media_ts: Option<u64>,
     },
+    /// Recall a message by its id (as printed by `chat`); sender, host or admin.
+    Recall { room: String, message_id: String },
+    /// Print part of ROOM's history, by sequence range (default: all kept)
+    /// or by media time.
+    History {
+        room: String,
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last sequence number.
+        #[arg(long, default_value_t = u64::MAX)]
+        to: u64,
+        /// Media time range in ms, `FROM..TO` (replaces --from/--to).
+        #[arg(long, value_parser = parse_range)]
+        media: Option<(u64, u64)>,
+        /// At most this many events (0: the server's maximum).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s.split_once("..").ok_or("expected FROM..TO")?;
+    let from = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
+    let to = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
+    Ok((from, to))
 }
 
 impl Cli {
@@ -95,8 +126,10 @@ async fn main() -> Result<()> {
     config.client_name = "roomcast-cli".into();
     let (client, mut events) = Client::connect(config).await.context("connecting")?;
     match cli.command {
-        Command::Watch { room, from } => {
-            let joined = client.join_at(&room, from).await.context("joining")?;
+        Command::Watch { room, from, host_only } => {
+            let filter = if host_only { v1::JoinFilter::HostOnly } else { v1::JoinFilter::All };
+            let opts = JoinOptions { last_seq: from, filter, ..JoinOptions::default() };
+            let joined = client.join_with(&room, opts).await.context("joining")?;
             println!(
                 "joined {} at seq {} ({} online{})",
                 joined.room,
@@ -116,10 +149,23 @@ async fn main() -> Result<()> {
                     Event::Message(e) => println!("{}", format_event(&e)),
                     Event::OnlineCount { room, count } => println!("   [{room}] {count} online"),
                     Event::Gap { room, from, to } => println!("!! [{room}] missed seq {from}..={to}"),
+                    Event::Lagged { room, from, to } => {
+                        println!("!! [{room}] fell behind at seq {from}..={to}; resuming")
+                    }
+                    Event::Resumed { room, complete, replayed } => println!(
+                        "-- [{room}] resumed: {replayed} replayed{}",
+                        if complete { "" } else { ", some too old to recover" }
+                    ),
+                    Event::ResumeFailed { room, error } => println!("!! [{room}] could not rejoin: {error}"),
+                    Event::Reconnecting { attempt, delay, reason, .. } => {
+                        println!("-- connection lost ({reason}); attempt {attempt} in {delay:.1?}")
+                    }
+                    Event::Reconnected { session_id } => println!("-- reconnected (session {session_id})"),
                     Event::Disconnected { code, reason } => {
                         let code = code.map(|c| format!(" ({c})")).unwrap_or_default();
                         bail!("disconnected{code}: {reason}");
                     }
+                    other => println!("   {other:?}"),
                 }
             }
             Ok(())
@@ -135,8 +181,38 @@ async fn main() -> Result<()> {
                 })
                 .await
                 .context("sending")?;
-            println!("seq {} ({})", ack.seq, ack.message_id);
+            if ack.broadcast {
+                println!("seq {} ({})", ack.seq, ack.message_id);
+            } else {
+                println!("sampled out: the room's chat budget is spent (the message was not broadcast)");
+            }
             let _ = client.leave(&room).await;
+            client.close();
+            Ok(())
+        }
+        Command::Recall { room, message_id } => {
+            client.join(&room).await.context("joining")?;
+            let r = client.recall(&room, &message_id).await.context("recalling")?;
+            println!("recalled {message_id} (recall notice seq {})", r.seq);
+            let _ = client.leave(&room).await;
+            client.close();
+            Ok(())
+        }
+        Command::History { room, from, to, media, limit } => {
+            let range = match media {
+                Some((from_ms, to_ms)) => HistoryRange::Media { from_ms, to_ms },
+                None => HistoryRange::Seq { from, to },
+            };
+            let h = client.fetch_history(&room, range, limit).await.context("fetching history")?;
+            for e in &h.events {
+                println!("{}", format_event(e));
+            }
+            println!(
+                "-- {} events; history kept from seq {}{}",
+                h.events.len(),
+                h.oldest_seq,
+                if h.truncated { "; more match (raise --limit or narrow the range)" } else { "" }
+            );
             client.close();
             Ok(())
         }
@@ -161,6 +237,7 @@ fn format_event(e: &v1::RoomEvent) -> String {
         Some(Kind::UserEntered(u)) => {
             format!("{seq} [entered] {}", u.user.as_ref().map(|u| u.user_id.as_str()).unwrap_or("?"))
         }
+        Some(Kind::Recall(r)) => format!("{seq} [recalled] {}", r.message_id),
         None => format!("{seq} [unknown event]"),
     }
 }

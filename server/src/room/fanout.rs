@@ -1,8 +1,8 @@
 //! Per-subscriber outboxes: the only thing the fan-out path touches per member.
 //!
-//! A room encodes an event once and pushes the same `Bytes` into every
-//! member's [`Outbox`]; the connection's writer task drains everything that
-//! is pending in one go and writes it to the room stream with a single
+//! A room encodes each event once and, at each flush, pushes the same `Bytes`
+//! (a batch of frames) into every member's [`Outbox`]. The connection's writer
+//! task drains everything pending and writes it to the room stream in one
 //! vectored write, so a busy room sends few, full packets.
 
 use std::collections::VecDeque;
@@ -11,13 +11,57 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+/// Shedding order for ephemeral events: lower is shed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Shed {
+    Low,
+    Normal,
+}
+
+/// What a room queues for one subscriber.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// Sequenced events `first..=last`, already framed back to back (and, for
+    /// filtered subscribers, followed by a `SeqAdvance` frame). `events` is
+    /// the number of events it carries, which is what counts against the
+    /// outbox's capacity. Never dropped silently: if it cannot be queued, the
+    /// subscriber lags.
+    Sequenced { frames: Bytes, first: u64, last: u64, events: usize },
+    /// One ephemeral event frame: may be shed under pressure.
+    Ephemeral { frame: Bytes, shed: Shed },
+}
+
+impl Item {
+    fn weight(&self) -> usize {
+        match self {
+            Self::Sequenced { events, .. } => (*events).max(1),
+            Self::Ephemeral { .. } => 1,
+        }
+    }
+}
+
+/// What happened to a push; the room adds these up for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PushOutcome {
+    /// Events queued by this push.
+    pub queued: usize,
+    /// Ephemeral events shed, by priority (the new one or queued ones).
+    pub shed_low: usize,
+    pub shed_normal: usize,
+    /// Sequenced events that could not be queued: the subscriber now lags.
+    pub lagged: usize,
+}
+
 /// A bounded queue of encoded room frames for one (connection, room), plus
 /// the latest online-count datagram for that room.
 ///
-/// Overflow policy: when `capacity` frames are already waiting, a new frame is
-/// dropped and counted; the client's sequence check turns the hole into an
-/// explicit gap rather than a silent one. The online count is a single slot:
-/// the latest value replaces an unsent older one.
+/// Overflow policy: capacity counts events. When a push would exceed it,
+/// queued ephemeral events are shed first, Low before Normal. A new ephemeral
+/// event that still does not fit is dropped. A sequenced batch that still does
+/// not fit is not queued: the outbox turns *lagged*. Its writer sends what is
+/// queued, then a `Lagged` frame naming the lost range, then ends the stream,
+/// and the client resumes from history. The online count is a single slot
+/// where the latest value replaces an unsent older one.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
@@ -27,9 +71,12 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<Bytes>,
+    items: VecDeque<Item>,
+    /// Sum of the queued items' weights.
+    queued: usize,
     online: Option<Bytes>,
-    dropped: u64,
+    /// Sequenced events lost to overflow: `(from, to)`.
+    lagged: Option<(u64, u64)>,
     closed: bool,
 }
 
@@ -37,8 +84,9 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Drained {
     pub online: Option<Bytes>,
-    /// Frames dropped for overflow since the previous drain.
-    pub dropped: u64,
+    /// The subscriber lagged: after the frames, tell it which range was lost
+    /// and end the stream.
+    pub lagged: Option<(u64, u64)>,
     /// The subscription ended: write what was drained, then finish the stream.
     pub closed: bool,
 }
@@ -54,23 +102,66 @@ impl Outbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues one encoded frame. Returns false if it was dropped (full or closed).
-    pub fn push(&self, frame: Bytes) -> bool {
+    /// Queues an item, applying the overflow policy.
+    pub fn push(&self, item: Item) -> PushOutcome {
+        let mut out = PushOutcome::default();
         let mut s = self.lock();
-        if s.closed {
-            return false;
+        if s.closed || s.lagged.is_some() {
+            if let Item::Sequenced { first, last, events, .. } = item {
+                if let Some((_, to)) = &mut s.lagged {
+                    *to = (*to).max(last).max(first);
+                }
+                out.lagged = events;
+            }
+            return out;
         }
-        if s.frames.len() >= self.capacity {
-            s.dropped += 1;
-            return false;
+        let weight = item.weight();
+        let new_shed = match &item {
+            Item::Ephemeral { shed, .. } => Some(*shed),
+            Item::Sequenced { .. } => None,
+        };
+        // Shed queued ephemeral events, lowest first, but never one that
+        // outranks (or equals) a new ephemeral event.
+        for level in [Shed::Low, Shed::Normal] {
+            if s.queued + weight <= self.capacity || new_shed.is_some_and(|n| n <= level) {
+                break;
+            }
+            while s.queued + weight > self.capacity {
+                let Some(pos) =
+                    s.items.iter().position(|i| matches!(i, Item::Ephemeral { shed, .. } if *shed == level))
+                else {
+                    break;
+                };
+                s.items.remove(pos);
+                s.queued -= 1;
+                match level {
+                    Shed::Low => out.shed_low += 1,
+                    Shed::Normal => out.shed_normal += 1,
+                }
+            }
         }
-        let was_idle = s.frames.is_empty() && s.online.is_none();
-        s.frames.push_back(frame);
+        if s.queued + weight > self.capacity {
+            match item {
+                Item::Ephemeral { shed: Shed::Low, .. } => out.shed_low += 1,
+                Item::Ephemeral { shed: Shed::Normal, .. } => out.shed_normal += 1,
+                Item::Sequenced { first, last, events, .. } => {
+                    s.lagged = Some((first, last));
+                    out.lagged = events;
+                    drop(s);
+                    self.notify.notify_one();
+                }
+            }
+            return out;
+        }
+        let was_idle = s.items.is_empty() && s.online.is_none();
+        s.items.push_back(item);
+        s.queued += weight;
+        out.queued = weight;
         drop(s);
         if was_idle {
             self.notify.notify_one();
         }
-        true
+        out
     }
 
     /// Replaces the pending online-count datagram.
@@ -79,7 +170,7 @@ impl Outbox {
         if s.closed {
             return;
         }
-        let was_idle = s.frames.is_empty() && s.online.is_none();
+        let was_idle = s.items.is_empty() && s.online.is_none();
         s.online = Some(datagram);
         drop(s);
         if was_idle {
@@ -93,8 +184,19 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
+    /// True once the subscription ended or lagged: nothing more is queued.
+    pub fn is_done(&self) -> bool {
+        let s = self.lock();
+        s.closed || s.lagged.is_some()
+    }
+
+    /// Events currently queued.
+    pub fn len(&self) -> usize {
+        self.lock().queued
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Waits until something is pending, then moves every queued frame into
@@ -103,13 +205,13 @@ impl Outbox {
         loop {
             {
                 let mut s = self.lock();
-                if !s.frames.is_empty() || s.online.is_some() || s.closed || s.dropped > 0 {
-                    frames.extend(s.frames.drain(..));
-                    return Drained {
-                        online: s.online.take(),
-                        dropped: std::mem::take(&mut s.dropped),
-                        closed: s.closed,
-                    };
+                if !s.items.is_empty() || s.online.is_some() || s.closed || s.lagged.is_some() {
+                    frames.extend(s.items.drain(..).map(|i| match i {
+                        Item::Sequenced { frames, .. } => frames,
+                        Item::Ephemeral { frame, .. } => frame,
+                    }));
+                    s.queued = 0;
+                    return Drained { online: s.online.take(), lagged: s.lagged, closed: s.closed };
                 }
             }
             self.notify.notified().await;
@@ -121,20 +223,87 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn seq(n: u64) -> Item {
+        Item::Sequenced { frames: Bytes::from(format!("s{n}")), first: n, last: n, events: 1 }
+    }
+
+    fn eph(name: &'static str, shed: Shed) -> Item {
+        Item::Ephemeral { frame: Bytes::from_static(name.as_bytes()), shed }
+    }
+
+    async fn drain(o: &Outbox) -> (Vec<Bytes>, Drained) {
+        let mut frames = Vec::new();
+        let d = o.drain(&mut frames).await;
+        (frames, d)
+    }
+
     #[tokio::test]
-    async fn drains_in_order_and_bounds_the_queue() {
-        let o = Outbox::new(3);
-        for i in 0..5u8 {
-            let kept = o.push(Bytes::from(vec![i]));
-            assert_eq!(kept, i < 3);
-        }
-        let mut got = Vec::new();
-        let d = o.drain(&mut got).await;
-        assert_eq!(got, vec![Bytes::from(vec![0]), Bytes::from(vec![1]), Bytes::from(vec![2])]);
-        assert_eq!(d.dropped, 2);
-        assert!(!d.closed);
-        // Room again after draining.
-        assert!(o.push(Bytes::from_static(b"x")));
+    async fn drains_in_order() {
+        let o = Outbox::new(10);
+        o.push(seq(1));
+        o.push(eph("e", Shed::Low));
+        o.push(seq(2));
+        let (frames, d) = drain(&o).await;
+        assert_eq!(frames, ["s1", "e", "s2"].map(|s: &'static str| Bytes::from_static(s.as_bytes())));
+        assert!(d.lagged.is_none() && !d.closed);
+        assert!(o.is_empty());
+    }
+
+    #[tokio::test]
+    async fn overflow_sheds_low_then_normal_before_sequenced() {
+        let o = Outbox::new(4);
+        o.push(eph("n1", Shed::Normal));
+        o.push(eph("l1", Shed::Low));
+        o.push(seq(1));
+        o.push(eph("l2", Shed::Low));
+        // Full. A sequenced event pushes out the oldest Low first.
+        let r = o.push(seq(2));
+        assert_eq!((r.queued, r.shed_low, r.shed_normal, r.lagged), (1, 1, 0, 0));
+        let r = o.push(seq(3));
+        assert_eq!((r.shed_low, r.shed_normal), (1, 0));
+        let r = o.push(seq(4));
+        assert_eq!((r.shed_low, r.shed_normal), (0, 1));
+        let (frames, _) = drain(&o).await;
+        assert_eq!(frames, ["s1", "s2", "s3", "s4"].map(|s: &'static str| Bytes::from_static(s.as_bytes())));
+    }
+
+    #[tokio::test]
+    async fn a_new_ephemeral_event_never_displaces_its_betters() {
+        let o = Outbox::new(2);
+        o.push(seq(1));
+        o.push(eph("n", Shed::Normal));
+        let r = o.push(eph("l", Shed::Low));
+        assert_eq!((r.queued, r.shed_low), (0, 1), "the new Low is dropped");
+        let r = o.push(eph("n2", Shed::Normal));
+        assert_eq!((r.queued, r.shed_normal), (0, 1), "equal rank does not displace");
+        let (frames, _) = drain(&o).await;
+        assert_eq!(frames, ["s1", "n"].map(|s: &'static str| Bytes::from_static(s.as_bytes())));
+    }
+
+    #[tokio::test]
+    async fn sequenced_overflow_turns_the_outbox_lagged() {
+        let o = Outbox::new(2);
+        o.push(seq(1));
+        o.push(seq(2));
+        let r = o.push(seq(3));
+        assert_eq!((r.queued, r.lagged), (0, 1));
+        let r = o.push(seq(4));
+        assert_eq!(r.lagged, 1, "later events are not queued either");
+        assert_eq!(o.push(eph("e", Shed::Normal)).queued, 0);
+        assert!(o.is_done());
+        let (frames, d) = drain(&o).await;
+        assert_eq!(frames, ["s1", "s2"].map(|s: &'static str| Bytes::from_static(s.as_bytes())));
+        assert_eq!(d.lagged, Some((3, 4)));
+    }
+
+    #[tokio::test]
+    async fn batches_weigh_their_event_count() {
+        let o = Outbox::new(5);
+        let batch = Item::Sequenced { frames: Bytes::from_static(b"b"), first: 1, last: 4, events: 4 };
+        assert_eq!(o.push(batch).queued, 4);
+        assert_eq!(o.len(), 4);
+        let big = Item::Sequenced { frames: Bytes::from_static(b"c"), first: 5, last: 6, events: 2 };
+        assert_eq!(o.push(big).lagged, 2);
     }
 
     #[tokio::test]
@@ -142,34 +311,21 @@ mod tests {
         let o = Outbox::new(4);
         o.set_online(Bytes::from_static(b"1"));
         o.set_online(Bytes::from_static(b"2"));
-        let mut got = Vec::new();
-        let d = o.drain(&mut got).await;
+        let (frames, d) = drain(&o).await;
         assert_eq!(d.online, Some(Bytes::from_static(b"2")));
-        assert!(got.is_empty());
+        assert!(frames.is_empty());
     }
 
     #[tokio::test]
     async fn close_wakes_the_writer_and_refuses_more() {
         let o = Outbox::new(4);
         let o2 = o.clone();
-        let writer = tokio::spawn(async move {
-            let mut got = Vec::new();
-            let d = o2.drain(&mut got).await;
-            (got.len(), d.closed)
-        });
+        let writer = tokio::spawn(async move { drain(&o2).await });
         tokio::task::yield_now().await;
-        assert!(o.push(Bytes::from_static(b"a")));
         o.close();
-        assert!(!o.push(Bytes::from_static(b"b")));
-        let (n, closed) = writer.await.unwrap();
-        assert_eq!(n, 1);
-        // The writer may have woken for the push before the close; then the
-        // next drain reports the close with nothing more queued.
-        if !closed {
-            let mut rest = Vec::new();
-            let d = o.drain(&mut rest).await;
-            assert!(d.closed);
-            assert!(rest.is_empty());
-        }
+        assert_eq!(o.push(seq(1)).queued, 0);
+        let (frames, d) = writer.await.unwrap();
+        assert!(frames.is_empty());
+        assert!(d.closed);
     }
 }

@@ -2,23 +2,26 @@
 //! socket. The room task feeds it commands and the time; it answers and
 //! pushes encoded frames into members' outboxes.
 //!
-//! **Invariant:** `publish` is the only place a sequence number is assigned,
-//! and it appends to history and fans out in the same step, so every member
-//! sees sequence numbers in order and without holes unless its own outbox
-//! overflowed.
+//! **Invariant:** `sequence` is the only place a sequence number is assigned.
+//! It appends to history and to the pending batch in the same step. Batches
+//! go to every member in order, so a member sees sequence numbers in order and
+//! without holes. If its outbox overflows, it is told so explicitly.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use roomcast_protocol::codec::encode_frame;
 use roomcast_protocol::datagram::ServerDatagram;
 use roomcast_protocol::{ErrorCode, RoomId, v1};
 use tokio::time::Instant;
 
-use super::fanout::Outbox;
+use super::fanout::{Item, Outbox, PushOutcome, Shed};
+use super::history::HistoryLog;
 use crate::auth::{Identity, Role};
+
+use v1::room_event::Kind;
 
 /// Identifies a connection on this node.
 pub type ConnId = u64;
@@ -26,10 +29,42 @@ pub type ConnId = u64;
 /// Room tunables, taken from the node configuration.
 #[derive(Debug, Clone)]
 pub struct RoomLimits {
-    pub history_len: usize,
     pub join_history: usize,
     pub viewer_page: usize,
     pub online_push_interval: Duration,
+    /// Batching window of a room of up to 1,000 members; zero sends at once.
+    pub batch_window: Duration,
+    /// The window grows with room size up to this.
+    pub max_batch_window: Duration,
+    /// Viewer chat messages per second the room sequences; the rest are
+    /// sampled out. 0: no budget.
+    pub chat_budget_per_sec: u32,
+    /// Chat messages per second one viewer may send. 0: no limit.
+    pub user_chat_per_sec: f64,
+    /// "User entered" events per second the room broadcasts. 0: none.
+    pub entered_per_sec: u32,
+}
+
+/// Which events a member receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    All,
+    /// Host messages, system notices, quiz traffic and recalls only.
+    HostOnly,
+}
+
+/// Where a rejoining client left off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub last_seq: u64,
+    /// The room incarnation `last_seq` belongs to, when the client knows it.
+    pub epoch: Option<u64>,
+}
+
+impl Resume {
+    pub fn at(last_seq: u64) -> Self {
+        Self { last_seq, epoch: None }
+    }
 }
 
 /// A chat message as the connection validated it.
@@ -40,11 +75,62 @@ pub struct ChatRequest {
     pub media_ts_ms: Option<u64>,
 }
 
+/// The priority the server gives each kind of event.
+pub fn priority(kind: &Kind) -> v1::Priority {
+    match kind {
+        Kind::Chat(_) | Kind::HostMessage(_) | Kind::Recall(_) => v1::Priority::High,
+        Kind::SystemNotice(_) => v1::Priority::Normal,
+        Kind::UserEntered(_) => v1::Priority::Low,
+    }
+}
+
+/// Whether a host-only member receives this kind.
+fn host_visible(kind: &Kind) -> bool {
+    match kind {
+        Kind::HostMessage(_) | Kind::SystemNotice(_) | Kind::Recall(_) => true,
+        Kind::Chat(_) | Kind::UserEntered(_) => false,
+    }
+}
+
+/// A token bucket; `rate` 0 means unlimited.
+#[derive(Debug, Clone)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Self {
+        let burst = rate.max(1.0);
+        Self { rate, burst, tokens: burst, last: None }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        if let Some(last) = self.last {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Member {
     identity: Identity,
     outbox: Arc<Outbox>,
     present: bool,
+    filter: Filter,
 }
 
 /// Remembered acknowledgements, so a retried `SendChat` is answered with the
@@ -80,6 +166,50 @@ impl Dedup {
     }
 }
 
+/// An event waiting for the next flush.
+#[derive(Debug)]
+struct Pending {
+    frame: Bytes,
+    /// 0 for ephemeral events.
+    seq: u64,
+    host_visible: bool,
+    shed: Shed,
+    /// A member that must not receive it (the subject of "user entered").
+    except: Option<ConnId>,
+}
+
+/// What one flush did, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushStats {
+    pub pushes: usize,
+    pub deliveries: usize,
+    pub shed_low: usize,
+    pub shed_normal: usize,
+    pub lagged_events: usize,
+    /// Members whose outbox turned lagged in this flush.
+    pub lagged_members: usize,
+}
+
+impl FlushStats {
+    fn add(&mut self, o: PushOutcome, was_done: bool, is_done: bool) {
+        self.pushes += 1;
+        self.deliveries += o.queued;
+        self.shed_low += o.shed_low;
+        self.shed_normal += o.shed_normal;
+        self.lagged_events += o.lagged;
+        if !was_done && is_done {
+            self.lagged_members += 1;
+        }
+    }
+}
+
+/// What the chat path decided, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatOutcome {
+    Broadcast,
+    Sampled,
+}
+
 #[derive(Debug)]
 pub struct RoomState {
     id: RoomId,
@@ -88,7 +218,7 @@ pub struct RoomState {
     epoch: u64,
     limits: RoomLimits,
     seq: u64,
-    history: VecDeque<v1::RoomEvent>,
+    history: Arc<HistoryLog>,
     members: HashMap<ConnId, Member>,
     /// Present connections per user: the online count is the number of keys.
     present_users: HashMap<Arc<str>, u32>,
@@ -100,16 +230,29 @@ pub struct RoomState {
     ephemeral_counter: u64,
     online_sent: Option<u64>,
     online_sent_at: Option<Instant>,
+    chat_budget: Bucket,
+    entered_budget: Bucket,
+    user_rates: HashMap<Arc<str>, Bucket>,
+    pending: Vec<Pending>,
+    last_flush: Option<Instant>,
+    flush_due: Option<Instant>,
+    /// The host-only stream has left out sequenced events since the last
+    /// event it carried: its next event must be preceded by a `SeqAdvance`.
+    host_skipped: bool,
+    /// Fan-out counts since the last `take_stats`.
+    stats: FlushStats,
 }
 
 impl RoomState {
-    pub fn new(id: RoomId, epoch: u64, limits: RoomLimits) -> Self {
+    pub fn new(id: RoomId, epoch: u64, limits: RoomLimits, history: Arc<HistoryLog>) -> Self {
         Self {
             id,
             epoch,
+            chat_budget: Bucket::new(f64::from(limits.chat_budget_per_sec)),
+            entered_budget: Bucket::new(f64::from(limits.entered_per_sec)),
             limits,
             seq: 0,
-            history: VecDeque::new(),
+            history,
             members: HashMap::new(),
             present_users: HashMap::new(),
             hosts: Vec::new(),
@@ -118,6 +261,12 @@ impl RoomState {
             ephemeral_counter: 0,
             online_sent: None,
             online_sent_at: None,
+            user_rates: HashMap::new(),
+            pending: Vec::new(),
+            last_flush: None,
+            flush_due: None,
+            host_skipped: false,
+            stats: FlushStats::default(),
         }
     }
 
@@ -137,16 +286,30 @@ impl RoomState {
         self.seq
     }
 
+    /// The batching window for the room's current size: the base window up
+    /// to 1,000 members, then proportionally wider, up to the maximum. Big
+    /// rooms trade a little latency for far fewer packets.
+    pub fn batch_window(&self) -> Duration {
+        let scale = (self.members.len() / 1000).max(1) as u32;
+        (self.limits.batch_window * scale).min(self.limits.max_batch_window.max(self.limits.batch_window))
+    }
+
     /// Adds (or replaces) a member and answers with the room's snapshot. Its
     /// outbox receives every event sequenced after `Joined.current_seq`.
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &mut self,
         conn: ConnId,
         identity: Identity,
         outbox: Arc<Outbox>,
-        last_seq: Option<u64>,
+        resume: Option<Resume>,
+        filter: Filter,
+        now: Instant,
         now_ms: u64,
     ) -> v1::Joined {
+        // Events already sequenced but not yet flushed belong before this
+        // member's start: flush them so `current_seq` is exact.
+        self.flush(now);
         self.leave(conn);
         let user = identity.user_id.clone();
         let first_of_user = !self.present_users.contains_key(&user);
@@ -154,14 +317,21 @@ impl RoomState {
             self.hosts.push(conn);
         }
         let entered = identity.to_proto();
-        self.members.insert(conn, Member { identity, outbox, present: true });
+        self.members.insert(conn, Member { identity, outbox, present: true, filter });
         *self.present_users.entry(user).or_default() += 1;
         self.recent.push_back(conn);
         if self.recent.len() > self.limits.viewer_page * 4 {
             self.recent.pop_front();
         }
 
-        let (history, resumed) = self.history_after(last_seq);
+        let last_seq = resume.filter(|r| r.epoch.is_none_or(|e| e == self.epoch)).map(|r| r.last_seq);
+        let (mut history, resumed) = match last_seq.and_then(|l| self.history.after(now, l, self.seq)) {
+            Some(missed) => (missed, true),
+            None => (self.history.recent(now, self.limits.join_history), false),
+        };
+        if filter == Filter::HostOnly {
+            history.retain(|e| e.kind.as_ref().is_some_and(host_visible));
+        }
         let joined = v1::Joined {
             room: self.id.to_string(),
             current_seq: self.seq,
@@ -169,39 +339,20 @@ impl RoomState {
             viewers: self.viewer_page(),
             history,
             resumed,
+            epoch: self.epoch,
         };
-        if first_of_user {
-            self.broadcast_ephemeral(
-                v1::room_event::Kind::UserEntered(v1::UserEntered { user: Some(entered.clone()) }),
-                Some(entered),
-                v1::Priority::Low,
-                now_ms,
-                Some(conn),
-            );
+        if first_of_user && self.entered_budget.take(now) {
+            let kind = Kind::UserEntered(v1::UserEntered { user: Some(entered.clone()) });
+            self.ephemeral(kind, Some(entered), now_ms, Some(conn));
         }
         joined
     }
 
-    /// History for a join: everything after `last_seq` when it is still in
-    /// the window, otherwise the most recent `join_history` events.
-    fn history_after(&self, last_seq: Option<u64>) -> (Vec<v1::RoomEvent>, bool) {
-        if let Some(last) = last_seq {
-            let oldest_kept = self.history.front().map_or(self.seq + 1, |e| e.seq);
-            if last <= self.seq && last + 1 >= oldest_kept {
-                let skip = (last + 1 - oldest_kept) as usize;
-                return (self.history.iter().skip(skip).cloned().collect(), true);
-            }
-        }
-        let skip = self.history.len().saturating_sub(self.limits.join_history);
-        (self.history.iter().skip(skip).cloned().collect(), false)
-    }
-
     /// Hosts first, then the most recent arrivals; one entry per user.
     fn viewer_page(&self) -> Vec<v1::User> {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         let mut page = Vec::new();
-        let candidates = self.hosts.iter().chain(self.recent.iter().rev());
-        for conn in candidates {
+        for conn in self.hosts.iter().chain(self.recent.iter().rev()) {
             if page.len() >= self.limits.viewer_page {
                 break;
             }
@@ -226,6 +377,10 @@ impl RoomState {
         }
         self.hosts.retain(|c| *c != conn);
         self.recent.retain(|c| *c != conn);
+        if self.user_rates.len() > 2 * self.members.len() + 16 {
+            let members: HashSet<_> = self.members.values().map(|m| m.identity.user_id.clone()).collect();
+            self.user_rates.retain(|u, _| members.contains(u));
+        }
         true
     }
 
@@ -255,21 +410,42 @@ impl RoomState {
         }
     }
 
-    /// Sequences a chat message from a member and fans it out.
+    /// Checks, sequences (or samples out) a chat message from a member.
     pub fn publish(
         &mut self,
         conn: ConnId,
         chat: ChatRequest,
+        now: Instant,
         now_ms: u64,
-    ) -> Result<v1::ChatAck, ErrorCode> {
+    ) -> Result<(v1::ChatAck, ChatOutcome), ErrorCode> {
         let member = self.members.get(&conn).ok_or(ErrorCode::NotJoined)?;
         let identity = member.identity.clone();
         if let Some(ack) = self.dedup.get(&identity.user_id, &chat.client_msg_id) {
-            return Ok(ack.clone());
+            let outcome = if ack.broadcast { ChatOutcome::Broadcast } else { ChatOutcome::Sampled };
+            return Ok((ack.clone(), outcome));
         }
-        use v1::room_event::Kind;
         let kind = match identity.role {
             Role::Viewer => {
+                let rate = self.limits.user_chat_per_sec;
+                if !self
+                    .user_rates
+                    .entry(identity.user_id.clone())
+                    .or_insert_with(|| Bucket::new(rate))
+                    .take(now)
+                {
+                    return Err(ErrorCode::RateLimited);
+                }
+                if !self.chat_budget.take(now) {
+                    let ack = v1::ChatAck {
+                        room: self.id.to_string(),
+                        seq: 0,
+                        message_id: String::new(),
+                        server_time_ms: now_ms,
+                        broadcast: false,
+                    };
+                    self.dedup.insert(identity.user_id, chat.client_msg_id, ack.clone());
+                    return Ok((ack, ChatOutcome::Sampled));
+                }
                 Kind::Chat(v1::Chat { text: chat.text, client_msg_id: chat.client_msg_id.clone() })
             }
             Role::Host => Kind::HostMessage(v1::HostMessage {
@@ -278,86 +454,160 @@ impl RoomState {
             }),
             Role::Admin => Kind::SystemNotice(v1::SystemNotice { text: chat.text }),
         };
-        let event = self.sequence(kind, Some(identity.to_proto()), chat.media_ts_ms, now_ms);
+        let event = self.sequence(kind, Some(identity.to_proto()), chat.media_ts_ms, now, now_ms);
         let ack = v1::ChatAck {
             room: self.id.to_string(),
             seq: event.seq,
-            message_id: event.message_id.clone(),
+            message_id: event.message_id,
             server_time_ms: now_ms,
+            broadcast: true,
         };
         self.dedup.insert(identity.user_id, chat.client_msg_id, ack.clone());
-        Ok(ack)
+        Ok((ack, ChatOutcome::Broadcast))
+    }
+
+    /// Recalls a kept message: its sender, the room's hosts and admins may.
+    pub fn recall(
+        &mut self,
+        conn: ConnId,
+        message_id: &str,
+        now: Instant,
+        now_ms: u64,
+    ) -> Result<v1::Recalled, ErrorCode> {
+        let member = self.members.get(&conn).ok_or(ErrorCode::NotJoined)?;
+        let identity = member.identity.clone();
+        let target = self.history.find(message_id).ok_or(ErrorCode::NotFound)?;
+        if matches!(target.kind, Some(Kind::Recall(_))) {
+            return Err(ErrorCode::NotFound);
+        }
+        let own = target.sender.as_ref().is_some_and(|s| *s.user_id == *identity.user_id);
+        if !own && identity.role == Role::Viewer {
+            return Err(ErrorCode::Forbidden);
+        }
+        self.history.remove(message_id);
+        let kind = Kind::Recall(v1::RecallNotice { message_id: message_id.to_string() });
+        let event = self.sequence(kind, Some(identity.to_proto()), None, now, now_ms);
+        Ok(v1::Recalled { room: self.id.to_string(), message_id: message_id.to_string(), seq: event.seq })
     }
 
     /// Assigns the next sequence number, keeps the event in history and
-    /// pushes its encoded frame to every member. The one place seq grows.
+    /// queues its encoded frame for the next flush. The one place seq grows.
     fn sequence(
         &mut self,
-        kind: v1::room_event::Kind,
+        kind: Kind,
         sender: Option<v1::User>,
         media_ts_ms: Option<u64>,
+        now: Instant,
         now_ms: u64,
     ) -> v1::RoomEvent {
         self.seq += 1;
+        let visible = host_visible(&kind);
         let event = v1::RoomEvent {
             room: self.id.to_string(),
             seq: self.seq,
             message_id: format!("{:x}-{}", self.epoch, self.seq),
             server_time_ms: now_ms,
             media_ts_ms,
-            priority: v1::Priority::High as i32,
+            priority: priority(&kind) as i32,
             sender,
             kind: Some(kind),
         };
         let frame = encode_frame(&v1::RoomFrame { body: Some(v1::room_frame::Body::Event(event.clone())) });
-        self.fan_out(&frame, None);
-        self.history.push_back(event.clone());
-        while self.history.len() > self.limits.history_len {
-            self.history.pop_front();
-        }
+        self.pending.push(Pending {
+            frame,
+            seq: self.seq,
+            host_visible: visible,
+            shed: Shed::Normal,
+            except: None,
+        });
+        self.history.push(now, event.clone());
         event
     }
 
-    fn broadcast_ephemeral(
-        &mut self,
-        kind: v1::room_event::Kind,
-        sender: Option<v1::User>,
-        priority: v1::Priority,
-        now_ms: u64,
-        except: Option<ConnId>,
-    ) {
+    fn ephemeral(&mut self, kind: Kind, sender: Option<v1::User>, now_ms: u64, except: Option<ConnId>) {
         self.ephemeral_counter += 1;
+        let prio = priority(&kind);
         let event = v1::RoomEvent {
             room: self.id.to_string(),
             seq: 0,
             message_id: format!("{:x}-e{}", self.epoch, self.ephemeral_counter),
             server_time_ms: now_ms,
             media_ts_ms: None,
-            priority: priority as i32,
+            priority: prio as i32,
             sender,
             kind: Some(kind),
         };
         let frame = encode_frame(&v1::RoomFrame { body: Some(v1::room_frame::Body::Event(event)) });
-        self.fan_out(&frame, except);
+        let shed = if prio == v1::Priority::Low { Shed::Low } else { Shed::Normal };
+        self.pending.push(Pending { frame, seq: 0, host_visible: false, shed, except });
     }
 
-    /// The per-member work: one queue push of shared bytes.
-    fn fan_out(&self, frame: &Bytes, except: Option<ConnId>) {
+    /// When the pending batch must go out: now if the room has been quiet
+    /// for a window (a lone message is not held back), else one window after
+    /// the previous flush.
+    pub fn flush_due(&mut self, now: Instant) -> Option<Instant> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        if self.flush_due.is_none() {
+            self.flush_due = Some(match self.last_flush {
+                Some(last) => (last + self.batch_window()).max(now),
+                None => now,
+            });
+        }
+        self.flush_due
+    }
+
+    /// Fan-out counts since the previous call.
+    pub fn take_stats(&mut self) -> FlushStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// Sends the pending batch to every member: one push per member of bytes
+    /// built once per flush.
+    pub fn flush(&mut self, now: Instant) {
+        self.flush_due = None;
+        if self.pending.is_empty() {
+            return;
+        }
+        self.last_flush = Some(now);
+        let pending = std::mem::take(&mut self.pending);
+        let all = batch(&pending, |_| true, &mut false);
+        let host = batch(&pending, |p| p.host_visible, &mut self.host_skipped);
+        let ephemeral: Vec<(Item, Option<ConnId>)> = pending
+            .iter()
+            .filter(|p| p.seq == 0)
+            .map(|p| (Item::Ephemeral { frame: p.frame.clone(), shed: p.shed }, p.except))
+            .collect();
+        let stats = &mut self.stats;
         for (conn, m) in &self.members {
-            if Some(*conn) != except {
-                m.outbox.push(frame.clone());
+            let (batch, with_ephemeral) = match m.filter {
+                Filter::All => (&all, true),
+                Filter::HostOnly => (&host, false),
+            };
+            if let Some(item) = batch {
+                let was_done = m.outbox.is_done();
+                let o = m.outbox.push(item.clone());
+                stats.add(o, was_done, m.outbox.is_done());
+            }
+            if with_ephemeral {
+                for (item, except) in &ephemeral {
+                    if *except != Some(*conn) {
+                        stats.add(m.outbox.push(item.clone()), true, true);
+                    }
+                }
             }
         }
     }
 
     /// When the online count should next be pushed, if it changed.
-    pub fn online_due(&self) -> Option<Instant> {
+    pub fn online_due(&self, now: Instant) -> Option<Instant> {
         if self.online_sent == Some(self.online_count()) || self.members.is_empty() {
             return None;
         }
         Some(match self.online_sent_at {
-            Some(at) => at + self.limits.online_push_interval,
-            None => Instant::now(),
+            Some(at) => (at + self.limits.online_push_interval).max(now),
+            None => now,
         })
     }
 
@@ -372,11 +622,35 @@ impl RoomState {
         self.online_sent = Some(count);
         self.online_sent_at = Some(now);
     }
+}
 
-    #[cfg(test)]
-    pub(crate) fn history_seqs(&self) -> Vec<u64> {
-        self.history.iter().map(|e| e.seq).collect()
+/// The sequenced part of one flush for one filter: the chosen events' frames
+/// back to back. When events were left out since the last one chosen, a
+/// `SeqAdvance` goes before the next chosen event, so the events left out
+/// never look like loss. `skipped` carries that state from flush to flush.
+fn batch(pending: &[Pending], keep: impl Fn(&Pending) -> bool, skipped: &mut bool) -> Option<Item> {
+    let mut buf = BytesMut::new();
+    let mut events = 0;
+    let (mut first, mut last) = (0, 0);
+    for p in pending.iter().filter(|p| p.seq > 0) {
+        if !keep(p) {
+            *skipped = true;
+            continue;
+        }
+        if std::mem::take(skipped) {
+            let adv = v1::RoomFrame {
+                body: Some(v1::room_frame::Body::Advance(v1::SeqAdvance { seq: p.seq - 1 })),
+            };
+            buf.extend_from_slice(&encode_frame(&adv));
+        }
+        if events == 0 {
+            first = p.seq;
+        }
+        buf.extend_from_slice(&p.frame);
+        events += 1;
+        last = p.seq;
     }
+    (events > 0).then(|| Item::Sequenced { frames: buf.freeze(), first, last, events })
 }
 
 #[cfg(test)]
@@ -386,10 +660,14 @@ mod tests {
 
     fn limits() -> RoomLimits {
         RoomLimits {
-            history_len: 5,
             join_history: 3,
             viewer_page: 2,
             online_push_interval: Duration::from_secs(1),
+            batch_window: Duration::from_millis(20),
+            max_batch_window: Duration::from_millis(500),
+            chat_budget_per_sec: 0,
+            user_chat_per_sec: 0.0,
+            entered_per_sec: 100,
         }
     }
 
@@ -401,104 +679,313 @@ mod tests {
         ChatRequest { text: text.into(), client_msg_id: cid.into(), media_ts_ms: None }
     }
 
-    async fn events(o: &Outbox) -> Vec<v1::RoomEvent> {
-        let mut frames = Vec::new();
-        o.drain(&mut frames).await;
+    fn room_with(limits: RoomLimits, history_len: usize) -> RoomState {
+        RoomState::new(
+            RoomId::new("r").unwrap(),
+            7,
+            limits,
+            HistoryLog::new(history_len, Duration::from_secs(3600)),
+        )
+    }
+
+    fn room() -> RoomState {
+        room_with(limits(), 5)
+    }
+
+    /// Frames currently queued for a member, decoded (none if nothing is).
+    async fn frames(o: &Outbox) -> Vec<v1::room_frame::Body> {
+        let mut raw = Vec::new();
+        if o.is_empty() && !o.is_done() {
+            return Vec::new();
+        }
+        o.drain(&mut raw).await;
         let mut dec = FrameDecoder::new(1 << 20);
-        for f in frames {
+        for f in raw {
             dec.extend(&f);
         }
         let mut out = Vec::new();
-        while let Some(v1::RoomFrame { body: Some(v1::room_frame::Body::Event(e)) }) =
-            dec.next_message().unwrap()
-        {
-            out.push(e);
+        while let Some(v1::RoomFrame { body: Some(b) }) = dec.next_message().unwrap() {
+            out.push(b);
         }
         out
     }
 
-    fn room() -> RoomState {
-        RoomState::new(RoomId::new("r").unwrap(), 7, limits())
+    async fn seqs(o: &Outbox) -> Vec<u64> {
+        frames(o)
+            .await
+            .into_iter()
+            .filter_map(|b| match b {
+                v1::room_frame::Body::Event(e) if e.seq > 0 => Some(e.seq),
+                _ => None,
+            })
+            .collect()
     }
 
-    #[tokio::test]
+    fn join(r: &mut RoomState, conn: ConnId, who: Identity, o: &Arc<Outbox>, now: Instant) -> v1::Joined {
+        r.join(conn, who, o.clone(), None, Filter::All, now, 0)
+    }
+
+    fn send(r: &mut RoomState, conn: ConnId, text: &str, now: Instant) -> v1::ChatAck {
+        r.publish(conn, chat(text, ""), now, 0).unwrap().0
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn sequence_numbers_are_consecutive_and_shared_by_all_members() {
         let mut r = room();
-        let a = Outbox::new(100);
-        let b = Outbox::new(100);
-        r.join(1, id("a", Role::Viewer), a.clone(), None, 0);
-        r.join(2, id("b", Role::Viewer), b.clone(), None, 0);
+        let now = Instant::now();
+        let (a, b) = (Outbox::new(100), Outbox::new(100));
+        join(&mut r, 1, id("a", Role::Viewer), &a, now);
+        join(&mut r, 2, id("b", Role::Viewer), &b, now);
         for i in 0..4 {
-            let ack = r.publish(if i % 2 == 0 { 1 } else { 2 }, chat("hi", ""), 0).unwrap();
-            assert_eq!(ack.seq, i + 1);
+            assert_eq!(send(&mut r, if i % 2 == 0 { 1 } else { 2 }, "hi", now).seq, i + 1);
         }
-        let ea: Vec<_> = events(&a).await.into_iter().filter(|e| e.seq > 0).map(|e| e.seq).collect();
-        let eb: Vec<_> = events(&b).await.into_iter().filter(|e| e.seq > 0).map(|e| e.seq).collect();
-        assert_eq!(ea, vec![1, 2, 3, 4]);
-        assert_eq!(ea, eb);
+        r.flush(now);
+        let sa = seqs(&a).await;
+        assert_eq!(sa, vec![1, 2, 3, 4]);
+        assert_eq!(sa, seqs(&b).await);
     }
 
-    #[tokio::test]
-    async fn kind_follows_the_senders_role() {
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_room_flushes_at_once_and_a_busy_one_once_per_window() {
         let mut r = room();
+        let t0 = Instant::now();
         let o = Outbox::new(100);
-        r.join(1, id("v", Role::Viewer), o.clone(), None, 0);
-        r.join(2, id("h", Role::Host), Outbox::new(100), None, 0);
-        r.join(3, id("x", Role::Admin), Outbox::new(100), None, 0);
-        r.publish(1, chat("a", ""), 0).unwrap();
-        r.publish(2, chat("b", ""), 0).unwrap();
-        r.publish(3, chat("c", ""), 0).unwrap();
-        let kinds: Vec<_> =
-            events(&o).await.into_iter().filter(|e| e.seq > 0).map(|e| e.kind.unwrap()).collect();
-        assert!(matches!(kinds[0], v1::room_event::Kind::Chat(_)));
-        assert!(matches!(kinds[1], v1::room_event::Kind::HostMessage(_)));
-        assert!(matches!(kinds[2], v1::room_event::Kind::SystemNotice(_)));
+        join(&mut r, 1, id("a", Role::Viewer), &o, t0);
+        r.flush(t0);
+        r.take_stats();
+        let _ = frames(&o).await;
+        let t1 = t0 + Duration::from_millis(30);
+        send(&mut r, 1, "first", t1);
+        assert_eq!(r.flush_due(t1), Some(t1), "nothing flushed for a window: at once");
+        r.flush(t1);
+        let stats = r.take_stats();
+        assert_eq!((stats.pushes, stats.deliveries), (1, 1));
+        let t2 = t1 + Duration::from_millis(5);
+        send(&mut r, 1, "second", t2);
+        send(&mut r, 1, "third", t2);
+        assert_eq!(r.flush_due(t2), Some(t1 + Duration::from_millis(20)), "within the window: wait");
+        r.flush(t1 + Duration::from_millis(20));
+        let stats = r.take_stats();
+        assert_eq!((stats.pushes, stats.deliveries), (1, 2), "two events, one push");
+        assert_eq!(seqs(&o).await, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_window_widens_with_room_size() {
+        let mut r = room();
+        let now = Instant::now();
+        assert_eq!(r.batch_window(), Duration::from_millis(20));
+        for c in 0..5_000 {
+            r.join(c, id(&format!("u{c}"), Role::Viewer), Outbox::new(4), None, Filter::All, now, 0);
+        }
+        assert_eq!(r.batch_window(), Duration::from_millis(100));
+        for c in 5_000..40_000 {
+            r.join(c, id(&format!("u{c}"), Role::Viewer), Outbox::new(4), None, Filter::All, now, 0);
+        }
+        assert_eq!(r.batch_window(), Duration::from_millis(500), "capped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kind_and_priority_follow_the_senders_role() {
+        let mut r = room();
+        let now = Instant::now();
+        let o = Outbox::new(100);
+        join(&mut r, 1, id("v", Role::Viewer), &o, now);
+        join(&mut r, 2, id("h", Role::Host), &Outbox::new(100), now);
+        join(&mut r, 3, id("x", Role::Admin), &Outbox::new(100), now);
+        send(&mut r, 1, "a", now);
+        send(&mut r, 2, "b", now);
+        send(&mut r, 3, "c", now);
+        r.flush(now);
+        let events: Vec<_> = frames(&o)
+            .await
+            .into_iter()
+            .filter_map(|b| match b {
+                v1::room_frame::Body::Event(e) if e.seq > 0 => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert!(matches!(events[0].kind, Some(Kind::Chat(_))));
+        assert_eq!(events[0].priority, v1::Priority::High as i32);
+        assert!(matches!(events[1].kind, Some(Kind::HostMessage(_))));
+        assert!(matches!(events[2].kind, Some(Kind::SystemNotice(_))));
+        assert_eq!(events[2].priority, v1::Priority::Normal as i32);
     }
 
     #[test]
     fn duplicate_client_msg_id_is_sequenced_once() {
         let mut r = room();
-        r.join(1, id("a", Role::Viewer), Outbox::new(100), None, 0);
-        let first = r.publish(1, chat("hi", "c-1"), 0).unwrap();
-        let again = r.publish(1, chat("hi", "c-1"), 0).unwrap();
+        let now = Instant::now();
+        join(&mut r, 1, id("a", Role::Viewer), &Outbox::new(100), now);
+        let first = r.publish(1, chat("hi", "c-1"), now, 0).unwrap();
+        let again = r.publish(1, chat("hi", "c-1"), now, 0).unwrap();
         assert_eq!(first, again);
         assert_eq!(r.current_seq(), 1);
-        // Without an id, every send is a new message.
-        r.publish(1, chat("hi", ""), 0).unwrap();
-        r.publish(1, chat("hi", ""), 0).unwrap();
+        send(&mut r, 1, "hi", now);
+        send(&mut r, 1, "hi", now);
         assert_eq!(r.current_seq(), 3);
     }
 
     #[test]
-    fn history_is_bounded_and_resume_returns_exactly_the_missed_events() {
-        let mut r = room();
-        r.join(1, id("a", Role::Viewer), Outbox::new(100), None, 0);
-        for _ in 0..8 {
-            r.publish(1, chat("m", ""), 0).unwrap();
+    fn the_budget_samples_viewer_chat_but_never_hosts_or_admins() {
+        let mut r = room_with(RoomLimits { chat_budget_per_sec: 5, ..limits() }, 100);
+        let now = Instant::now();
+        join(&mut r, 1, id("v", Role::Viewer), &Outbox::new(100), now);
+        join(&mut r, 2, id("h", Role::Host), &Outbox::new(100), now);
+        join(&mut r, 3, id("x", Role::Admin), &Outbox::new(100), now);
+        let outcomes: Vec<_> = (0..20).map(|_| r.publish(1, chat("x", ""), now, 0).unwrap()).collect();
+        let broadcast = outcomes.iter().filter(|(a, _)| a.broadcast).count();
+        assert_eq!(broadcast, 5, "the burst of a 5/s budget");
+        for (ack, outcome) in &outcomes[5..] {
+            assert_eq!((ack.seq, *outcome), (0, ChatOutcome::Sampled));
         }
-        assert_eq!(r.history_seqs(), vec![4, 5, 6, 7, 8]);
-        let j = r.join(2, id("b", Role::Viewer), Outbox::new(100), Some(5), 0);
+        for _ in 0..20 {
+            assert!(r.publish(2, chat("host", ""), now, 0).unwrap().0.broadcast);
+            assert!(r.publish(3, chat("notice", ""), now, 0).unwrap().0.broadcast);
+        }
+        assert_eq!(r.current_seq(), 45, "sampled messages took no sequence numbers");
+        // The budget refills with time.
+        let later = now + Duration::from_secs(1);
+        assert!(r.publish(1, chat("x", ""), later, 0).unwrap().0.broadcast);
+    }
+
+    #[test]
+    fn a_viewer_faster_than_the_user_rate_is_refused() {
+        let mut r = room_with(RoomLimits { user_chat_per_sec: 1.0, ..limits() }, 100);
+        let now = Instant::now();
+        join(&mut r, 1, id("v", Role::Viewer), &Outbox::new(100), now);
+        join(&mut r, 2, id("w", Role::Viewer), &Outbox::new(100), now);
+        join(&mut r, 3, id("h", Role::Host), &Outbox::new(100), now);
+        assert!(r.publish(1, chat("a", ""), now, 0).is_ok());
+        assert_eq!(r.publish(1, chat("b", ""), now, 0), Err(ErrorCode::RateLimited));
+        assert!(r.publish(2, chat("c", ""), now, 0).is_ok(), "per user, not per room");
+        assert!(r.publish(3, chat("d", ""), now, 0).is_ok());
+        assert!(r.publish(3, chat("e", ""), now, 0).is_ok(), "hosts are not limited");
+        assert!(r.publish(1, chat("f", ""), now + Duration::from_secs(1), 0).is_ok());
+    }
+
+    #[test]
+    fn join_returns_recent_history_or_exactly_the_missed_events() {
+        let mut r = room();
+        let now = Instant::now();
+        join(&mut r, 1, id("a", Role::Viewer), &Outbox::new(100), now);
+        for _ in 0..8 {
+            send(&mut r, 1, "m", now);
+        }
+        let resume = |r: &mut RoomState, last: Option<u64>| {
+            r.join(2, id("b", Role::Viewer), Outbox::new(100), last.map(Resume::at), Filter::All, now, 0)
+        };
+        let j = resume(&mut r, Some(5));
         assert!(j.resumed);
         assert_eq!(j.history.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![6, 7, 8]);
-        let j = r.join(2, id("b", Role::Viewer), Outbox::new(100), Some(3), 0);
-        assert!(j.resumed, "seq 4.. is all still kept");
-        let j = r.join(2, id("b", Role::Viewer), Outbox::new(100), Some(2), 0);
+        assert!(resume(&mut r, Some(3)).resumed, "seq 4.. is all still kept");
+        let j = resume(&mut r, Some(2));
         assert!(!j.resumed, "seq 3 is gone");
         assert_eq!(j.history.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![6, 7, 8]);
-        let j = r.join(2, id("b", Role::Viewer), Outbox::new(100), Some(8), 0);
+        let j = resume(&mut r, Some(8));
         assert!(j.resumed && j.history.is_empty());
-        let j = r.join(2, id("b", Role::Viewer), Outbox::new(100), Some(99), 0);
-        assert!(!j.resumed, "a position from a future (or an earlier room) is not a resume");
-        let j = r.join(3, id("c", Role::Viewer), Outbox::new(100), None, 0);
-        assert_eq!((j.current_seq, j.history.len(), j.resumed), (8, 3, false));
+        assert!(!resume(&mut r, Some(99)).resumed, "a position from a future (or an earlier room)");
+        let j = resume(&mut r, None);
+        assert_eq!((j.current_seq, j.history.len(), j.resumed, j.epoch), (8, 3, false, 7));
+        let at = |epoch| Some(Resume { last_seq: 5, epoch: Some(epoch) });
+        let j = r.join(2, id("b", Role::Viewer), Outbox::new(100), at(7), Filter::All, now, 0);
+        assert!(j.resumed, "same incarnation");
+        let j = r.join(2, id("b", Role::Viewer), Outbox::new(100), at(6), Filter::All, now, 0);
+        assert!(!j.resumed, "seq 5 of an earlier incarnation of the room");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_join_sees_unflushed_events_in_its_history_not_twice() {
+        let mut r = room();
+        let t0 = Instant::now();
+        let o = Outbox::new(100);
+        join(&mut r, 1, id("a", Role::Viewer), &o, t0);
+        send(&mut r, 1, "one", t0);
+        r.flush(t0);
+        send(&mut r, 1, "two", t0); // pending: within the window
+        let late = Outbox::new(100);
+        let j = join(&mut r, 2, id("b", Role::Viewer), &late, t0);
+        assert_eq!(j.current_seq, 2);
+        assert_eq!(j.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        r.flush(t0 + Duration::from_secs(1));
+        assert!(late.is_empty(), "seq 2 came with the history, not again live");
+        assert_eq!(seqs(&o).await, [1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn host_only_members_get_host_events_and_advances_instead_of_gaps() {
+        let mut r = room_with(limits(), 100);
+        let now = Instant::now();
+        let host_only = Outbox::new(100);
+        join(&mut r, 1, id("v", Role::Viewer), &Outbox::new(100), now);
+        join(&mut r, 2, id("h", Role::Host), &Outbox::new(100), now);
+        r.join(3, id("f", Role::Viewer), host_only.clone(), None, Filter::HostOnly, now, 0);
+        r.flush(now);
+        send(&mut r, 1, "chat 1", now); // 1
+        send(&mut r, 2, "host 2", now); // 2
+        send(&mut r, 1, "chat 3", now); // 3
+        send(&mut r, 1, "chat 4", now); // 4
+        send(&mut r, 2, "host 5", now); // 5
+        send(&mut r, 2, "host 6", now); // 6
+        send(&mut r, 1, "chat 7", now); // 7
+        r.flush(now);
+        let got: Vec<String> = frames(&host_only)
+            .await
+            .into_iter()
+            .map(|b| match b {
+                v1::room_frame::Body::Event(e) => format!("event {}", e.seq),
+                v1::room_frame::Body::Advance(a) => format!("advance {}", a.seq),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, ["advance 1", "event 2", "advance 4", "event 5", "event 6"]);
+        // Its join history is filtered the same way.
+        let j = r.join(3, id("f", Role::Viewer), Outbox::new(100), None, Filter::HostOnly, now, 0);
+        assert_eq!(
+            j.history.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [5, 6],
+            "recent 3 = 5, 6, 7; 7 is chat"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recall_by_sender_host_or_admin_removes_from_history() {
+        let mut r = room_with(limits(), 100);
+        let now = Instant::now();
+        let o = Outbox::new(100);
+        join(&mut r, 1, id("v", Role::Viewer), &o, now);
+        join(&mut r, 2, id("w", Role::Viewer), &Outbox::new(100), now);
+        join(&mut r, 3, id("h", Role::Host), &Outbox::new(100), now);
+        let a = send(&mut r, 1, "oops", now);
+        let b = send(&mut r, 1, "rude", now);
+        assert_eq!(r.recall(2, &a.message_id, now, 0), Err(ErrorCode::Forbidden), "not someone else's");
+        let rec = r.recall(1, &a.message_id, now, 0).unwrap();
+        assert_eq!(rec.seq, 3);
+        assert_eq!(r.recall(1, &a.message_id, now, 0), Err(ErrorCode::NotFound), "already gone");
+        assert!(r.recall(3, &b.message_id, now, 0).is_ok(), "the host may");
+        assert_eq!(r.recall(1, "nope", now, 0), Err(ErrorCode::NotFound));
+        let j = r.join(9, id("z", Role::Viewer), Outbox::new(10), None, Filter::All, now, 0);
+        let kinds: Vec<_> =
+            j.history.iter().map(|e| (e.seq, matches!(e.kind, Some(Kind::Recall(_))))).collect();
+        assert_eq!(kinds, [(3, true), (4, true)], "both messages left history; the recalls stay");
+        r.flush(now);
+        let frames = frames(&o).await;
+        let recalls = frames
+            .iter()
+            .filter(
+                |b| matches!(b, v1::room_frame::Body::Event(e) if matches!(e.kind, Some(Kind::Recall(_)))),
+            )
+            .count();
+        assert_eq!(recalls, 2, "every member hears about the recall");
     }
 
     #[test]
     fn online_count_counts_present_users_once() {
         let mut r = room();
-        r.join(1, id("a", Role::Viewer), Outbox::new(10), None, 0);
-        r.join(2, id("a", Role::Viewer), Outbox::new(10), None, 0);
-        let j = r.join(3, id("b", Role::Viewer), Outbox::new(10), None, 0);
+        let now = Instant::now();
+        join(&mut r, 1, id("a", Role::Viewer), &Outbox::new(10), now);
+        join(&mut r, 2, id("a", Role::Viewer), &Outbox::new(10), now);
+        let j = join(&mut r, 3, id("b", Role::Viewer), &Outbox::new(10), now);
         assert_eq!(j.online_count, 2);
         r.set_present(3, false);
         assert_eq!(r.online_count(), 1);
@@ -514,10 +1001,11 @@ mod tests {
     #[test]
     fn viewer_page_lists_hosts_first_then_recent_arrivals() {
         let mut r = room();
-        r.join(1, id("host", Role::Host), Outbox::new(10), None, 0);
-        r.join(2, id("v1", Role::Viewer), Outbox::new(10), None, 0);
-        r.join(3, id("v2", Role::Viewer), Outbox::new(10), None, 0);
-        let j = r.join(4, id("v3", Role::Viewer), Outbox::new(10), None, 0);
+        let now = Instant::now();
+        join(&mut r, 1, id("host", Role::Host), &Outbox::new(10), now);
+        join(&mut r, 2, id("v1", Role::Viewer), &Outbox::new(10), now);
+        join(&mut r, 3, id("v2", Role::Viewer), &Outbox::new(10), now);
+        let j = join(&mut r, 4, id("v3", Role::Viewer), &Outbox::new(10), now);
         let names: Vec<_> = j.viewers.iter().map(|u| u.user_id.as_str()).collect();
         assert_eq!(names, vec!["host", "v3"]);
     }
@@ -525,41 +1013,73 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn online_count_is_pushed_at_most_once_per_interval() {
         let mut r = room();
+        let now = Instant::now();
         let o = Outbox::new(10);
-        r.join(1, id("a", Role::Viewer), o.clone(), None, 0);
-        let due = r.online_due().unwrap();
+        join(&mut r, 1, id("a", Role::Viewer), &o, now);
+        let due = r.online_due(now).unwrap();
         r.push_online(due, 0);
-        assert_eq!(r.online_due(), None, "nothing changed");
-        r.join(2, id("b", Role::Viewer), Outbox::new(10), None, 0);
-        assert_eq!(r.online_due(), Some(due + Duration::from_secs(1)));
-        let mut frames = Vec::new();
-        let d = o.drain(&mut frames).await;
+        assert_eq!(r.online_due(now), None, "nothing changed");
+        join(&mut r, 2, id("b", Role::Viewer), &Outbox::new(10), now);
+        assert_eq!(r.online_due(now), Some(due + Duration::from_secs(1)));
+        let mut raw = Vec::new();
+        let d = o.drain(&mut raw).await;
         let got = ServerDatagram::decode(d.online.unwrap()).unwrap();
         assert_eq!(got, ServerDatagram::OnlineCount { room: "r".into(), count: 1, server_time_ms: 0 });
     }
 
-    #[tokio::test]
-    async fn user_entered_is_ephemeral_and_not_sent_to_the_joiner() {
-        let mut r = room();
-        let a = Outbox::new(10);
-        let b = Outbox::new(10);
-        r.join(1, id("a", Role::Viewer), a.clone(), None, 0);
-        r.join(2, id("b", Role::Viewer), b.clone(), None, 0);
-        let ea = events(&a).await;
-        assert_eq!(ea.len(), 1);
-        assert_eq!(ea[0].seq, 0);
-        assert!(matches!(ea[0].kind, Some(v1::room_event::Kind::UserEntered(_))));
+    #[tokio::test(start_paused = true)]
+    async fn user_entered_is_ephemeral_sampled_and_not_sent_to_the_joiner() {
+        let mut r = room_with(RoomLimits { entered_per_sec: 2, ..limits() }, 10);
+        let now = Instant::now();
+        let a = Outbox::new(100);
+        join(&mut r, 1, id("a", Role::Viewer), &a, now);
+        r.flush(now);
+        let _ = frames(&a).await;
+        for c in 2..10 {
+            join(&mut r, c, id(&format!("u{c}"), Role::Viewer), &Outbox::new(100), now);
+        }
+        r.flush(now);
+        let entered: Vec<_> = frames(&a)
+            .await
+            .into_iter()
+            .filter_map(|b| match b {
+                v1::room_frame::Body::Event(e) if matches!(e.kind, Some(Kind::UserEntered(_))) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(entered.len(), 1, "a's own entry used one of the two tokens; one more got through");
+        assert_eq!(entered[0].seq, 0);
+        assert_eq!(entered[0].priority, v1::Priority::Low as i32);
         assert_eq!(r.current_seq(), 0, "ephemeral events take no sequence number");
-        assert!(r.history_seqs().is_empty());
-        let mut none = Vec::new();
-        b.push(Bytes::from_static(b"probe"));
-        b.drain(&mut none).await;
-        assert_eq!(none, vec![Bytes::from_static(b"probe")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_outbox_lags_one_member_and_not_the_others() {
+        let mut r = room_with(limits(), 100);
+        let now = Instant::now();
+        let slow = Outbox::new(3);
+        let fast = Outbox::new(100);
+        join(&mut r, 1, id("s", Role::Viewer), &slow, now);
+        join(&mut r, 2, id("f", Role::Viewer), &fast, now);
+        r.flush(now);
+        let _ = frames(&fast).await;
+        r.take_stats();
+        for _ in 0..6 {
+            send(&mut r, 2, "x", now);
+            r.flush(now);
+        }
+        let stats = r.take_stats();
+        assert_eq!((stats.lagged_members, stats.lagged_events, stats.shed_low), (1, 3, 1));
+        assert_eq!(seqs(&fast).await, [1, 2, 3, 4, 5, 6]);
+        let mut raw = Vec::new();
+        let d = slow.drain(&mut raw).await;
+        assert_eq!(d.lagged, Some((4, 6)), "the user-entered event was shed first, then 4.. lost");
+        assert_eq!(raw.len(), 3, "1..=3 still go out before the lag notice");
     }
 
     #[test]
     fn publish_requires_membership() {
         let mut r = room();
-        assert_eq!(r.publish(9, chat("x", ""), 0), Err(ErrorCode::NotJoined));
+        assert_eq!(r.publish(9, chat("x", ""), Instant::now(), 0), Err(ErrorCode::NotJoined));
     }
 }

@@ -1,0 +1,181 @@
+//! Prometheus metrics, served over HTTP at `/metrics` (OpenMetrics text).
+//!
+//! Handles are created once and kept; nothing on the hot path looks up a
+//! label. Rooms add their fan-out counts once per command, not per member.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::room::state::FlushStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Every metric the node exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub rooms: Gauge,
+    pub sessions_refused: Counter,
+    pub events_sequenced: Counter,
+    /// Events queued to subscribers (one per event per subscriber).
+    pub deliveries: Counter,
+    /// Outbox pushes (one per flush per subscriber).
+    pub pushes: Counter,
+    pub drop_shed_low: Counter,
+    pub drop_shed_normal: Counter,
+    pub drop_lagged: Counter,
+    pub chat_sampled: Counter,
+    pub chat_rate_limited: Counter,
+    pub subscribers_lagged: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("roomcast");
+        let connections = Gauge::default();
+        registry.register("connections", "Open QUIC connections with a session", connections.clone());
+        let rooms = Gauge::default();
+        registry.register("rooms", "Rooms alive on this node", rooms.clone());
+        let sessions_refused = Counter::default();
+        registry.register("sessions_refused", "Connections closed during hello", sessions_refused.clone());
+        let events_sequenced = Counter::default();
+        registry.register(
+            "events_sequenced",
+            "Room events given a sequence number",
+            events_sequenced.clone(),
+        );
+        let deliveries = Counter::default();
+        registry.register("deliveries", "Room events queued to subscribers", deliveries.clone());
+        let pushes = Counter::default();
+        registry.register("outbox_pushes", "Batches queued to subscribers", pushes.clone());
+        let drops = Family::<ReasonLabel, Counter>::default();
+        registry.register("dropped_events", "Events not delivered to a subscriber, by reason", drops.clone());
+        let drop_shed_low = drops.get_or_create(&ReasonLabel { reason: "shed_low" }).clone();
+        let drop_shed_normal = drops.get_or_create(&ReasonLabel { reason: "shed_normal" }).clone();
+        let drop_lagged = drops.get_or_create(&ReasonLabel { reason: "lagged" }).clone();
+        let chat = Family::<ReasonLabel, Counter>::default();
+        registry.register("chat_refused", "Chat messages not broadcast, by reason", chat.clone());
+        let chat_sampled = chat.get_or_create(&ReasonLabel { reason: "sampled" }).clone();
+        let chat_rate_limited = chat.get_or_create(&ReasonLabel { reason: "rate_limited" }).clone();
+        let subscribers_lagged = Counter::default();
+        registry.register(
+            "subscribers_lagged",
+            "Subscriptions that fell behind and were told to resume",
+            subscribers_lagged.clone(),
+        );
+        Self {
+            registry,
+            connections,
+            rooms,
+            sessions_refused,
+            events_sequenced,
+            deliveries,
+            pushes,
+            drop_shed_low,
+            drop_shed_normal,
+            drop_lagged,
+            chat_sampled,
+            chat_rate_limited,
+            subscribers_lagged,
+        }
+    }
+
+    /// Adds a room's fan-out counts.
+    pub fn record_flush(&self, s: FlushStats) {
+        if s == FlushStats::default() {
+            return;
+        }
+        self.pushes.inc_by(s.pushes as u64);
+        self.deliveries.inc_by(s.deliveries as u64);
+        self.drop_shed_low.inc_by(s.shed_low as u64);
+        self.drop_shed_normal.inc_by(s.shed_normal as u64);
+        self.drop_lagged.inc_by(s.lagged_events as u64);
+        self.subscribers_lagged.inc_by(s.lagged_members as u64);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// `/metrics` and `/healthz`.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        m.encode(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+}
+
+/// Serves the metrics router on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown).await
+}
+
+/// Binds the metrics listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_drop_reason() {
+        let m = Metrics::new();
+        m.record_flush(FlushStats {
+            pushes: 3,
+            deliveries: 5,
+            shed_low: 2,
+            shed_normal: 1,
+            lagged_events: 4,
+            lagged_members: 1,
+        });
+        let text = m.encode();
+        assert!(text.contains("roomcast_dropped_events_total{reason=\"shed_low\"} 2"), "{text}");
+        assert!(text.contains("roomcast_dropped_events_total{reason=\"shed_normal\"} 1"));
+        assert!(text.contains("roomcast_dropped_events_total{reason=\"lagged\"} 4"));
+        assert!(text.contains("roomcast_deliveries_total 5"));
+        assert!(text.contains("roomcast_subscribers_lagged_total 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
