@@ -37,6 +37,8 @@ pub(crate) struct Command {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub welcome: Mutex<Arc<v1::Welcome>>,
+    /// The current connection.
+    pub conn: Mutex<quinn::Connection>,
     /// Token used for the next (re)connection.
     pub token: Mutex<String>,
     pub closing: AtomicBool,
@@ -46,6 +48,10 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn welcome(&self) -> Arc<v1::Welcome> {
         self.welcome.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn conn(&self) -> quinn::Connection {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn token(&self) -> String {
@@ -198,6 +204,7 @@ pub(crate) async fn start(
         connect_once(&config, &endpoint, config.token.clone(), &room_tx, &events_tx).await?;
     let shared = Arc::new(Shared {
         welcome: Mutex::new(Arc::new(welcome)),
+        conn: Mutex::new(link.conn.clone()),
         token: Mutex::new(config.token.clone()),
         closing: AtomicBool::new(false),
         close: Notify::new(),
@@ -569,6 +576,7 @@ impl Driver {
                     debug!(attempt, session = %welcome.session_id, "reconnected");
                     let session_id = welcome.session_id.clone();
                     *self.shared.welcome.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(welcome);
+                    *self.shared.conn.lock().unwrap_or_else(PoisonError::into_inner) = link.conn.clone();
                     self.link = link;
                     let _ = self.events.send(Event::Reconnected { session_id }).await;
                     return true;

@@ -263,6 +263,12 @@ impl Client {
         self.shared.welcome()
     }
 
+    /// Transport statistics of the current connection (packets, bytes,
+    /// round-trip time), as QUIC counts them.
+    pub fn connection_stats(&self) -> quinn::ConnectionStats {
+        self.shared.conn().stats()
+    }
+
     /// Replaces the token used when the SDK reconnects (tokens expire).
     pub fn set_token(&self, token: impl Into<String>) {
         *self.shared.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = token.into();

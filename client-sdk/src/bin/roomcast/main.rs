@@ -5,7 +5,10 @@
 //! roomcast chat ROOM TEXT        send one message, print its sequence number
 //! roomcast recall ROOM MSG_ID    recall a message
 //! roomcast history ROOM          print part of a room's history
+//! roomcast bench SCENARIO        load-generate and measure (see BENCHMARKS.md)
 //! ```
+
+mod bench;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +66,9 @@ enum Command {
     },
     /// Recall a message by its id (as printed by `chat`); sender, host or admin.
     Recall { room: String, message_id: String },
+    /// Run a load scenario against a server and report what it carried and
+    /// what it cost (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     /// Print part of ROOM's history, by sequence range (default: all kept)
     /// or by media time.
     History {
@@ -116,6 +122,15 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::Bench(args) = &cli.command {
+        let explicit = cli.cert.is_some() || cli.fingerprint.is_some() || cli.ca.is_some();
+        let endpoint = bench::Endpoint {
+            server: cli.server,
+            server_name: cli.server_name.clone(),
+            trust: if explicit { Some(cli.trust()?) } else { None },
+        };
+        return bench::run(endpoint, args.clone()).await;
+    }
     let Some(token) = cli.token.clone() else {
         bail!(
             "no token: pass --token or set ROOMCAST_TOKEN (mint one with `roomcast-server token --user NAME`)"
@@ -198,6 +213,7 @@ async fn main() -> Result<()> {
             client.close();
             Ok(())
         }
+        Command::Bench(_) => Ok(()),
         Command::History { room, from, to, media, limit } => {
             let range = match media {
                 Some((from_ms, to_ms)) => HistoryRange::Media { from_ms, to_ms },
