@@ -50,6 +50,8 @@ pub struct PushOutcome {
     pub shed_normal: usize,
     /// Sequenced events that could not be queued: the subscriber now lags.
     pub lagged: usize,
+    /// This push turned the outbox lagged.
+    pub turned_lagged: bool,
 }
 
 /// A bounded queue of encoded room frames for one (connection, room), plus
@@ -147,6 +149,7 @@ impl Outbox {
                 Item::Sequenced { first, last, events, .. } => {
                     s.lagged = Some((first, last));
                     out.lagged = events;
+                    out.turned_lagged = true;
                     drop(s);
                     self.notify.notify_one();
                 }
@@ -199,22 +202,29 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// Waits until something is pending, then moves every queued frame into
-    /// `frames` (in order) and returns the rest.
+    /// Moves every queued frame into `frames` (in order) and returns the
+    /// rest, if anything is pending; `None` if there is nothing to write yet.
+    pub fn try_drain(&self, frames: &mut Vec<Bytes>) -> Option<Drained> {
+        let mut s = self.lock();
+        if s.items.is_empty() && s.online.is_none() && !s.closed && s.lagged.is_none() {
+            return None;
+        }
+        frames.extend(s.items.drain(..).map(|i| match i {
+            Item::Sequenced { frames, .. } => frames,
+            Item::Ephemeral { frame, .. } => frame,
+        }));
+        s.queued = 0;
+        Some(Drained { online: s.online.take(), lagged: s.lagged, closed: s.closed })
+    }
+
+    /// Waits until something is pending, then drains it as [`Self::try_drain`].
     pub async fn drain(&self, frames: &mut Vec<Bytes>) -> Drained {
         loop {
-            {
-                let mut s = self.lock();
-                if !s.items.is_empty() || s.online.is_some() || s.closed || s.lagged.is_some() {
-                    frames.extend(s.items.drain(..).map(|i| match i {
-                        Item::Sequenced { frames, .. } => frames,
-                        Item::Ephemeral { frame, .. } => frame,
-                    }));
-                    s.queued = 0;
-                    return Drained { online: s.online.take(), lagged: s.lagged, closed: s.closed };
-                }
+            let notified = self.notify.notified();
+            if let Some(d) = self.try_drain(frames) {
+                return d;
             }
-            self.notify.notified().await;
+            notified.await;
         }
     }
 }

@@ -130,7 +130,17 @@ struct Member {
     identity: Identity,
     outbox: Arc<Outbox>,
     present: bool,
+    /// Index of this member in `RoomState::subscribers`.
+    slot: usize,
+}
+
+/// What a flush needs of a member, kept in a dense array so that a flush
+/// walks contiguous memory.
+#[derive(Debug)]
+struct Subscriber {
+    conn: ConnId,
     filter: Filter,
+    outbox: Arc<Outbox>,
 }
 
 /// Remembered acknowledgements, so a retried `SendChat` is answered with the
@@ -191,15 +201,13 @@ pub struct FlushStats {
 }
 
 impl FlushStats {
-    fn add(&mut self, o: PushOutcome, was_done: bool, is_done: bool) {
+    fn add(&mut self, o: PushOutcome) {
         self.pushes += 1;
         self.deliveries += o.queued;
         self.shed_low += o.shed_low;
         self.shed_normal += o.shed_normal;
         self.lagged_events += o.lagged;
-        if !was_done && is_done {
-            self.lagged_members += 1;
-        }
+        self.lagged_members += usize::from(o.turned_lagged);
     }
 }
 
@@ -220,6 +228,8 @@ pub struct RoomState {
     seq: u64,
     history: Arc<HistoryLog>,
     members: HashMap<ConnId, Member>,
+    /// The fan-out targets, one per member.
+    subscribers: Vec<Subscriber>,
     /// Present connections per user: the online count is the number of keys.
     present_users: HashMap<Arc<str>, u32>,
     /// Connections of hosts, for the head of the viewer list.
@@ -254,6 +264,7 @@ impl RoomState {
             seq: 0,
             history,
             members: HashMap::new(),
+            subscribers: Vec::new(),
             present_users: HashMap::new(),
             hosts: Vec::new(),
             recent: VecDeque::new(),
@@ -317,7 +328,9 @@ impl RoomState {
             self.hosts.push(conn);
         }
         let entered = identity.to_proto();
-        self.members.insert(conn, Member { identity, outbox, present: true, filter });
+        let slot = self.subscribers.len();
+        self.subscribers.push(Subscriber { conn, filter, outbox: outbox.clone() });
+        self.members.insert(conn, Member { identity, outbox, present: true, slot });
         *self.present_users.entry(user).or_default() += 1;
         self.recent.push_back(conn);
         if self.recent.len() > self.limits.viewer_page * 4 {
@@ -371,6 +384,12 @@ impl RoomState {
         let Some(m) = self.members.remove(&conn) else {
             return false;
         };
+        self.subscribers.swap_remove(m.slot);
+        if let Some(moved) = self.subscribers.get(m.slot)
+            && let Some(member) = self.members.get_mut(&moved.conn)
+        {
+            member.slot = m.slot;
+        }
         m.outbox.close();
         if m.present {
             self.unpresent(&m.identity.user_id);
@@ -580,20 +599,18 @@ impl RoomState {
             .map(|p| (Item::Ephemeral { frame: p.frame.clone(), shed: p.shed }, p.except))
             .collect();
         let stats = &mut self.stats;
-        for (conn, m) in &self.members {
-            let (batch, with_ephemeral) = match m.filter {
+        for sub in &self.subscribers {
+            let (batch, with_ephemeral) = match sub.filter {
                 Filter::All => (&all, true),
                 Filter::HostOnly => (&host, false),
             };
             if let Some(item) = batch {
-                let was_done = m.outbox.is_done();
-                let o = m.outbox.push(item.clone());
-                stats.add(o, was_done, m.outbox.is_done());
+                stats.add(sub.outbox.push(item.clone()));
             }
             if with_ephemeral {
                 for (item, except) in &ephemeral {
-                    if *except != Some(*conn) {
-                        stats.add(m.outbox.push(item.clone()), true, true);
+                    if *except != Some(sub.conn) {
+                        stats.add(sub.outbox.push(item.clone()));
                     }
                 }
             }
@@ -616,8 +633,8 @@ impl RoomState {
         let count = self.online_count();
         let datagram =
             ServerDatagram::OnlineCount { room: self.id.to_string(), count, server_time_ms: now_ms }.encode();
-        for m in self.members.values() {
-            m.outbox.set_online(datagram.clone());
+        for sub in &self.subscribers {
+            sub.outbox.set_online(datagram.clone());
         }
         self.online_sent = Some(count);
         self.online_sent_at = Some(now);
@@ -1075,6 +1092,38 @@ mod tests {
         let d = slow.drain(&mut raw).await;
         assert_eq!(d.lagged, Some((4, 6)), "the user-entered event was shed first, then 4.. lost");
         assert_eq!(raw.len(), 3, "1..=3 still go out before the lag notice");
+    }
+
+    #[tokio::test]
+    async fn leaves_and_rejoins_keep_every_remaining_member_subscribed() {
+        let mut r = room();
+        let now = Instant::now();
+        let boxes: Vec<_> = (0..4).map(|_| Outbox::new(100)).collect();
+        for (c, o) in boxes.iter().enumerate() {
+            join(&mut r, c as ConnId, id(&format!("u{c}"), Role::Host), o, now);
+        }
+        r.flush(now);
+        for o in &boxes {
+            frames(o).await;
+        }
+        // Leave from the front, the middle and the end of the member list.
+        assert!(r.leave(0));
+        send(&mut r, 1, "a", now);
+        r.flush(now);
+        assert!(r.leave(3));
+        send(&mut r, 2, "b", now);
+        r.flush(now);
+        let again = Outbox::new(100);
+        join(&mut r, 0, id("u0", Role::Host), &again, now);
+        assert!(r.leave(1));
+        send(&mut r, 2, "c", now);
+        r.flush(now);
+        assert_eq!(r.member_count(), 2);
+        assert_eq!(seqs(&again).await, [3]);
+        assert!(seqs(&boxes[0]).await.is_empty());
+        assert_eq!(seqs(&boxes[2]).await, [1, 2, 3]);
+        assert_eq!(seqs(&boxes[1]).await, [1, 2]);
+        assert_eq!(seqs(&boxes[3]).await, [1]);
     }
 
     #[test]
