@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use roomcast_protocol::codec::{FrameDecoder, encode_frame};
 use roomcast_protocol::datagram::{ClientDatagram, ServerDatagram};
 use roomcast_protocol::{ErrorCode, MAX_SERVER_FRAME_BYTES, PROTOCOL_VERSION, unix_ms, v1};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::debug;
 
 use crate::{Backoff, ClientConfig, Error, Event};
@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub token: Mutex<String>,
     pub closing: AtomicBool,
     pub close: Notify,
+    /// Set once the session is over and its connection closed.
+    pub ended: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -61,6 +63,8 @@ impl Shared {
 
 /// Decoded room-stream frames waiting for the driver.
 const ROOM_QUEUE: usize = 256;
+/// How long a closing session waits for its close to reach the server.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Frames held for a room between its join request and its `Joined`.
 const MAX_BUFFERED: usize = 16 * 1024;
 /// Message ids remembered per room for de-duplication.
@@ -208,6 +212,7 @@ pub(crate) async fn start(
         token: Mutex::new(config.token.clone()),
         closing: AtomicBool::new(false),
         close: Notify::new(),
+        ended: watch::Sender::new(false),
     });
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let driver = Driver {
@@ -221,6 +226,7 @@ pub(crate) async fn start(
         events: events_tx,
         room_tx,
         close_error: None,
+        ended: None,
     };
     tokio::spawn(driver.run(commands_rx, room_rx));
     Ok((shared, commands_tx, events_rx))
@@ -451,11 +457,27 @@ struct Driver {
     room_tx: mpsc::Sender<(String, RoomMsg)>,
     /// The reason the server gave in an unsolicited `Error` before closing.
     close_error: Option<(Option<ErrorCode>, String)>,
+    /// Why the session ended, for the final `Disconnected` event.
+    ended: Option<(Option<ErrorCode>, String)>,
 }
 
 impl Driver {
-    async fn run(
-        mut self,
+    async fn run(mut self, commands: mpsc::Receiver<Command>, rooms: mpsc::Receiver<(String, RoomMsg)>) {
+        self.run_session(commands, rooms).await;
+        // Let the connection close reach the server before the app, told
+        // the session ended, possibly exits. A shared endpoint belongs to the
+        // app, which waits for it itself.
+        if self.config.endpoint.is_none() {
+            let _ = tokio::time::timeout(CLOSE_LINGER, self.endpoint.wait_idle()).await;
+        }
+        self.shared.ended.send_replace(true);
+        if let Some((code, reason)) = self.ended.take() {
+            let _ = self.events.send(Event::Disconnected { code, reason }).await;
+        }
+    }
+
+    async fn run_session(
+        &mut self,
         mut commands: mpsc::Receiver<Command>,
         mut rooms: mpsc::Receiver<(String, RoomMsg)>,
     ) {
@@ -475,7 +497,7 @@ impl Driver {
             self.rooms.retain(|_, t| t.joining.is_none() || t.epoch.is_some());
             let retry = self.config.reconnect.as_ref().filter(|_| !end.by_client && !is_fatal(end.code));
             let Some(backoff) = retry.cloned() else {
-                let _ = self.events.send(Event::Disconnected { code: end.code, reason: end.reason }).await;
+                self.ended = Some((end.code, end.reason));
                 return;
             };
             if !self.reconnect(&backoff, end, &mut commands, &mut rooms).await {
@@ -544,7 +566,7 @@ impl Driver {
         loop {
             attempt += 1;
             if backoff.max_attempts.is_some_and(|max| attempt > max) {
-                let _ = self.events.send(Event::Disconnected { code, reason }).await;
+                self.ended = Some((code, reason));
                 return false;
             }
             let delay = backoff_delay(backoff, attempt, random_u64());
@@ -556,8 +578,7 @@ impl Driver {
                 tokio::select! {
                     biased;
                     _ = shared.close.notified() => {
-                        let reason = "closed by the client".to_string();
-                        let _ = self.events.send(Event::Disconnected { code: None, reason }).await;
+                        self.ended = Some((None, "closed by the client".to_string()));
                         return false;
                     }
                     _ = &mut sleep => break,
@@ -584,10 +605,7 @@ impl Driver {
                 Err(e) => {
                     debug!(attempt, error = %e, "reconnection failed");
                     if is_fatal(e.code()) {
-                        let _ = self
-                            .events
-                            .send(Event::Disconnected { code: e.code(), reason: e.to_string() })
-                            .await;
+                        self.ended = Some((e.code(), e.to_string()));
                         return false;
                     }
                     code = e.code();

@@ -383,10 +383,25 @@ impl Client {
         }
     }
 
-    /// Ends the session politely; [`Event::Disconnected`] follows.
+    /// Ends the session politely; [`Event::Disconnected`] follows. Await
+    /// [`Client::closed`] before the process exits so that the server hears
+    /// of it at once rather than at its idle timeout.
     pub fn close(&self) {
         self.shared.closing.store(true, Ordering::Relaxed);
         self.shared.close.notify_one();
+    }
+
+    /// Waits until the session is over, whoever ended it, and its connection
+    /// close has been sent (at most about a second after the end).
+    ///
+    /// ```no_run
+    /// # async fn f(client: roomcast_client::Client) {
+    /// client.close();
+    /// client.closed().await;
+    /// # }
+    /// ```
+    pub async fn closed(&self) {
+        let _ = self.shared.ended.subscribe().wait_for(|ended| *ended).await;
     }
 }
 

@@ -593,27 +593,35 @@ impl RoomState {
         let pending = std::mem::take(&mut self.pending);
         let all = batch(&pending, |_| true, &mut false);
         let host = batch(&pending, |p| p.host_visible, &mut self.host_skipped);
-        let ephemeral: Vec<(Item, Option<ConnId>)> = pending
-            .iter()
-            .filter(|p| p.seq == 0)
-            .map(|p| (Item::Ephemeral { frame: p.frame.clone(), shed: p.shed }, p.except))
-            .collect();
+        // Ephemeral events keep their place relative to the sequenced batch:
+        // those that came before its first event go out before it.
+        let first_sequenced = pending.iter().position(|p| p.seq > 0).unwrap_or(pending.len());
+        let ephemeral = |range: std::ops::Range<usize>| -> Vec<(Item, Option<ConnId>)> {
+            pending[range]
+                .iter()
+                .filter(|p| p.seq == 0)
+                .map(|p| (Item::Ephemeral { frame: p.frame.clone(), shed: p.shed }, p.except))
+                .collect()
+        };
+        let (before, after) = (ephemeral(0..first_sequenced), ephemeral(first_sequenced..pending.len()));
         let stats = &mut self.stats;
         for sub in &self.subscribers {
             let (batch, with_ephemeral) = match sub.filter {
                 Filter::All => (&all, true),
                 Filter::HostOnly => (&host, false),
             };
-            if let Some(item) = batch {
-                stats.add(sub.outbox.push(item.clone()));
-            }
-            if with_ephemeral {
-                for (item, except) in &ephemeral {
+            let push_ephemeral = |items: &[(Item, Option<ConnId>)], stats: &mut FlushStats| {
+                for (item, except) in items.iter().filter(|_| with_ephemeral) {
                     if *except != Some(sub.conn) {
                         stats.add(sub.outbox.push(item.clone()));
                     }
                 }
+            };
+            push_ephemeral(&before, stats);
+            if let Some(item) = batch {
+                stats.add(sub.outbox.push(item.clone()));
             }
+            push_ephemeral(&after, stats);
         }
     }
 
@@ -1068,6 +1076,35 @@ mod tests {
         assert_eq!(entered[0].seq, 0);
         assert_eq!(entered[0].priority, v1::Priority::Low as i32);
         assert_eq!(r.current_seq(), 0, "ephemeral events take no sequence number");
+    }
+
+    #[tokio::test]
+    async fn an_entry_and_the_newcomers_first_message_arrive_in_that_order() {
+        let mut r = room();
+        let now = Instant::now();
+        let a = Outbox::new(100);
+        join(&mut r, 1, id("a", Role::Viewer), &a, now);
+        r.flush(now);
+        let _ = frames(&a).await;
+        join(&mut r, 2, id("b", Role::Viewer), &Outbox::new(100), now);
+        send(&mut r, 2, "hi", now);
+        join(&mut r, 3, id("c", Role::Viewer), &Outbox::new(100), now);
+        r.flush(now);
+        let kinds: Vec<_> = frames(&a)
+            .await
+            .into_iter()
+            .filter_map(|b| match b {
+                v1::room_frame::Body::Event(e) => match e.kind {
+                    Some(Kind::UserEntered(u)) => {
+                        Some(format!("entered {}", u.user.unwrap_or_default().user_id))
+                    }
+                    Some(Kind::Chat(c)) => Some(format!("chat {}", c.text)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, ["entered b", "chat hi", "entered c"]);
     }
 
     #[tokio::test(start_paused = true)]

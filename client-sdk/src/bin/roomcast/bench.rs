@@ -705,6 +705,10 @@ pub(crate) async fn run(ep: Endpoint, args: BenchArgs) -> Result<()> {
     for r in &reports {
         r.print();
     }
+    // Let the connections' closes reach the server.
+    for e in &target.endpoints {
+        let _ = tokio::time::timeout(Duration::from_secs(2), e.wait_idle()).await;
+    }
     Ok(())
 }
 

@@ -203,6 +203,7 @@ async fn main() -> Result<()> {
             }
             let _ = client.leave(&room).await;
             client.close();
+            client.closed().await;
             Ok(())
         }
         Command::Recall { room, message_id } => {
@@ -211,6 +212,7 @@ async fn main() -> Result<()> {
             println!("recalled {message_id} (recall notice seq {})", r.seq);
             let _ = client.leave(&room).await;
             client.close();
+            client.closed().await;
             Ok(())
         }
         Command::Bench(_) => Ok(()),
@@ -230,6 +232,7 @@ async fn main() -> Result<()> {
                 if h.truncated { "; more match (raise --limit or narrow the range)" } else { "" }
             );
             client.close();
+            client.closed().await;
             Ok(())
         }
     }
