@@ -59,6 +59,11 @@ pub struct LimitsConfig {
     pub max_message_bytes: u32,
     /// Time a new connection has to send `Hello`.
     pub hello_timeout_ms: u64,
+    /// Receive and send buffer of the UDP socket, in bytes. A node that fans
+    /// out to thousands of connections receives their acknowledgements in
+    /// bursts; a small buffer drops them and QUIC has to retransmit. The
+    /// kernel caps it at `net.core.rmem_max` / `wmem_max`.
+    pub udp_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,7 +98,7 @@ pub struct RoomConfig {
     pub empty_room_ttl_secs: u64,
     /// Commands queued per room before senders wait.
     pub command_queue: usize,
-    /// Batching window of rooms of up to 1,000 members, in ms: events that
+    /// Batching window of rooms of up to 500 members, in ms: events that
     /// arrive within it of the previous batch go out together. 0 sends every
     /// event at once.
     pub batch_window_ms: u64,
@@ -138,6 +143,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: roomcast_protocol::DEFAULT_MAX_FRAME_BYTES,
             max_message_bytes: 512,
             hello_timeout_ms: 10_000,
+            udp_buffer_bytes: 16 << 20,
         }
     }
 }
@@ -160,7 +166,7 @@ impl Default for RoomConfig {
             empty_room_ttl_secs: 600,
             command_queue: 1024,
             batch_window_ms: 20,
-            max_batch_window_ms: 500,
+            max_batch_window_ms: 250,
             chat_budget_per_sec: 20,
             user_chat_per_sec: 1.0,
             entered_per_sec: 5,

@@ -117,9 +117,38 @@ fn transport(config: &Config) -> Result<quinn::TransportConfig> {
 /// Binds the QUIC endpoint described by `config`.
 pub fn bind(config: &Config) -> Result<(quinn::Endpoint, CertInfo)> {
     let (server, info) = server_config(config)?;
-    let endpoint = quinn::Endpoint::server(server, config.listen)
+    let socket = udp_socket(config.listen, config.limits.udp_buffer_bytes)
         .with_context(|| format!("binding UDP {}", config.listen))?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+        .with_context(|| format!("serving on UDP {}", config.listen))?;
     Ok((endpoint, info))
+}
+
+/// Binds a UDP socket with the given receive and send buffer sizes (as far as
+/// the kernel allows: it logs what it got when that is less).
+fn udp_socket(addr: std::net::SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    if buffer > 0 {
+        socket.set_recv_buffer_size(buffer)?;
+        socket.set_send_buffer_size(buffer)?;
+        // Linux reports twice what it grants (the doubling covers overhead).
+        let (recv, send) = (socket.recv_buffer_size()? / 2, socket.send_buffer_size()? / 2);
+        if recv < buffer || send < buffer {
+            tracing::warn!(
+                requested = buffer,
+                recv,
+                send,
+                "UDP socket buffers capped by the kernel; raise net.core.rmem_max and net.core.wmem_max"
+            );
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub struct RoomLimits {
     pub join_history: usize,
     pub viewer_page: usize,
     pub online_push_interval: Duration,
-    /// Batching window of a room of up to 1,000 members; zero sends at once.
+    /// Batching window of a room of up to 500 members; zero sends at once.
     pub batch_window: Duration,
     /// The window grows with room size up to this.
     pub max_batch_window: Duration,
@@ -251,6 +251,9 @@ pub struct RoomState {
     host_skipped: bool,
     /// Fan-out counts since the last `take_stats`.
     stats: FlushStats,
+    /// Wall-clock time of the latest event, for an online count that goes
+    /// out with a flush.
+    last_now_ms: u64,
 }
 
 impl RoomState {
@@ -278,6 +281,7 @@ impl RoomState {
             flush_due: None,
             host_skipped: false,
             stats: FlushStats::default(),
+            last_now_ms: 0,
         }
     }
 
@@ -298,11 +302,20 @@ impl RoomState {
     }
 
     /// The batching window for the room's current size: the base window up
-    /// to 1,000 members, then proportionally wider, up to the maximum. Big
-    /// rooms trade a little latency for far fewer packets.
+    /// to 500 members, then proportionally wider (one base window per 500
+    /// members), up to the maximum. The packets a node sends for a busy room
+    /// are members / window per second, so big rooms trade a little latency
+    /// for far fewer packets.
     pub fn batch_window(&self) -> Duration {
-        let scale = (self.members.len() / 1000).max(1) as u32;
+        let scale = (self.members.len() / 500).max(1) as u32;
         (self.limits.batch_window * scale).min(self.limits.max_batch_window.max(self.limits.batch_window))
+    }
+
+    /// How long a batch of ephemeral events alone ("user entered", like
+    /// totals) may wait for a sequenced event to travel with: five windows,
+    /// at most a second. Shed-able events do not cost packets of their own.
+    fn ephemeral_linger(&self) -> Duration {
+        (self.batch_window() * 5).min(Duration::from_secs(1))
     }
 
     /// Adds (or replaces) a member and answers with the room's snapshot. Its
@@ -540,11 +553,16 @@ impl RoomState {
             except: None,
         });
         self.history.push(now, event.clone());
+        // An ephemeral-only batch may have been set to linger: a sequenced
+        // event goes out within the window.
+        self.flush_due = None;
+        self.last_now_ms = now_ms;
         event
     }
 
     fn ephemeral(&mut self, kind: Kind, sender: Option<v1::User>, now_ms: u64, except: Option<ConnId>) {
         self.ephemeral_counter += 1;
+        self.last_now_ms = now_ms;
         let prio = priority(&kind);
         let event = v1::RoomEvent {
             room: self.id.to_string(),
@@ -569,8 +587,13 @@ impl RoomState {
             return None;
         }
         if self.flush_due.is_none() {
+            let wait = if self.pending.iter().any(|p| p.seq > 0) {
+                self.batch_window()
+            } else {
+                self.ephemeral_linger()
+            };
             self.flush_due = Some(match self.last_flush {
-                Some(last) => (last + self.batch_window()).max(now),
+                Some(last) => (last + wait).max(now),
                 None => now,
             });
         }
@@ -590,6 +613,11 @@ impl RoomState {
             return;
         }
         self.last_flush = Some(now);
+        // A changed online count that would be due within the next window
+        // travels with this batch instead of costing packets of its own.
+        if self.online_due(now).is_some_and(|at| at <= now + self.batch_window()) {
+            self.push_online(now, self.last_now_ms);
+        }
         let pending = std::mem::take(&mut self.pending);
         let all = batch(&pending, |_| true, &mut false);
         let host = batch(&pending, |p| p.host_visible, &mut self.host_skipped);
@@ -803,11 +831,41 @@ mod tests {
         for c in 0..5_000 {
             r.join(c, id(&format!("u{c}"), Role::Viewer), Outbox::new(4), None, Filter::All, now, 0);
         }
-        assert_eq!(r.batch_window(), Duration::from_millis(100));
+        assert_eq!(r.batch_window(), Duration::from_millis(200));
         for c in 5_000..40_000 {
             r.join(c, id(&format!("u{c}"), Role::Viewer), Outbox::new(4), None, Filter::All, now, 0);
         }
         assert_eq!(r.batch_window(), Duration::from_millis(500), "capped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ephemeral_events_alone_linger_and_the_online_count_rides_with_a_batch() {
+        let mut r = room_with(RoomLimits { entered_per_sec: 100, ..limits() }, 10);
+        let t0 = Instant::now();
+        let a = Outbox::new(100);
+        join(&mut r, 1, id("a", Role::Host), &a, t0);
+        r.flush(t0);
+        r.push_online(t0, 0);
+        let mut raw = Vec::new();
+        assert!(a.try_drain(&mut raw).is_some_and(|d| d.online.is_some()));
+        // A newcomer's "entered" alone waits five windows for company.
+        let t1 = t0 + Duration::from_millis(10);
+        join(&mut r, 2, id("b", Role::Viewer), &Outbox::new(100), t1);
+        assert_eq!(r.flush_due(t1), Some(t0 + Duration::from_millis(100)));
+        // A sequenced event brings the batch back to one window.
+        send(&mut r, 1, "hi", t1);
+        assert_eq!(r.flush_due(t1), Some(t0 + Duration::from_millis(20)));
+        // The online count changed (2 now); its next push is due a second
+        // after the last, so it waits...
+        let t2 = t0 + Duration::from_millis(20);
+        r.flush(t2);
+        assert!(a.try_drain(&mut raw).is_some_and(|d| d.online.is_none()));
+        // ...and goes out with the first batch within a window of that.
+        let t3 = t0 + Duration::from_millis(990);
+        send(&mut r, 1, "again", t3);
+        r.flush(t3);
+        assert!(a.try_drain(&mut raw).is_some_and(|d| d.online.is_some()));
+        assert_eq!(r.online_due(t3), None, "nothing left to push on its own");
     }
 
     #[tokio::test(start_paused = true)]

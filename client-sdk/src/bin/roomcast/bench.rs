@@ -112,6 +112,9 @@ pub(crate) struct Endpoint {
 }
 
 /// Microseconds since the process started: publishers stamp it into the
+/// Receive and send buffer of each of the generator's UDP sockets.
+const SOCKET_BUFFER: usize = 16 << 20;
+
 /// payload, receivers in the same process subtract it from their clock.
 fn now_us() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -279,7 +282,7 @@ impl Target {
         let mut endpoints = Vec::new();
         for _ in 0..args.sockets.max(1) {
             let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
-            endpoints.push(quinn::Endpoint::client(bind)?);
+            endpoints.push(roomcast_client::bind_endpoint(bind, SOCKET_BUFFER)?);
         }
         Ok(Self {
             addr,
