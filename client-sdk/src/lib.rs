@@ -92,6 +92,9 @@ pub struct ClientConfig {
     pub event_buffer: usize,
     /// Time allowed for the QUIC and roomcast handshakes.
     pub connect_timeout: Duration,
+    /// Time a request (join, chat, leave…) waits for the server's answer
+    /// before it fails with [`Error::Timeout`]. Default 15 s.
+    pub request_timeout: Duration,
     /// A client endpoint (UDP socket) to share with other connections; a new
     /// one is bound when absent. Load generators multiplex many connections
     /// over a few sockets this way.
@@ -137,6 +140,7 @@ impl ClientConfig {
             heartbeats: true,
             event_buffer: 4096,
             connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
             endpoint: None,
             reconnect: Some(Backoff::default()),
             idle_timeout: Duration::from_secs(30),
@@ -195,6 +199,10 @@ pub enum Error {
     /// The server broke the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// No answer came within [`ClientConfig::request_timeout`]. The request
+    /// may still take effect on the server.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 impl Error {
@@ -269,14 +277,16 @@ impl Events {
 pub struct Client {
     commands: mpsc::Sender<driver::Command>,
     shared: Arc<driver::Shared>,
+    request_timeout: Duration,
 }
 
 impl Client {
     /// Connects, authenticates and starts heartbeats. The first connection is
     /// not retried: an error here is returned as is.
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), Error> {
+        let request_timeout = config.request_timeout;
         let (shared, commands, rx) = driver::start(config).await?;
-        Ok((Client { commands, shared }, Events { rx }))
+        Ok((Client { commands, shared, request_timeout }, Events { rx }))
     }
 
     /// The current connection's `Welcome`: session id, limits, heartbeat
@@ -299,8 +309,13 @@ impl Client {
     async fn request(&self, body: v1::client_frame::Body) -> Result<v1::server_frame::Body, Error> {
         let (reply, rx) = oneshot::channel();
         let closed = || Error::Closed { code: None, reason: "client stopped".into() };
-        self.commands.send(driver::Command { body, reply }).await.map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        let answer = async {
+            self.commands.send(driver::Command { body, reply }).await.map_err(|_| closed())?;
+            rx.await.map_err(|_| closed())?
+        };
+        tokio::time::timeout(self.request_timeout, answer)
+            .await
+            .unwrap_or(Err(Error::Timeout(self.request_timeout)))
     }
 
     /// Joins a room. Its events follow on [`Events`], right after

@@ -4,7 +4,9 @@
 //! Anything malformed from the network ends this connection only, with the
 //! matching close code; nothing here unwraps what a peer sent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -33,6 +35,45 @@ use v1::server_frame::Body as Resp;
 const CONTROL_QUEUE: usize = 16;
 
 type ControlRx = mpsc::Receiver<Result<v1::ClientFrame, FrameError>>;
+
+/// Requests handed to a room whose answers are still to come. Chats and
+/// recalls are pipelined: the session reads the next request while the room
+/// works, so one sender's rate is not capped at one round trip through a
+/// busy scheduler. At this many the session stops reading the control stream
+/// until the oldest answer arrives.
+const MAX_IN_FLIGHT: usize = 64;
+
+type Answered = Result<Resp, (ErrorCode, String)>;
+type Answer = Pin<Box<dyn Future<Output = Answered> + Send>>;
+
+/// How a request is answered: at once, or when its room replies.
+enum Outcome {
+    Now(Answered),
+    Later(Answer),
+}
+
+/// Waits for the oldest pending answer; rooms answer their commands in
+/// order, so the front is normally the first to be ready.
+async fn oldest(pending: &mut VecDeque<(u32, Answer)>) -> Answered {
+    match pending.front_mut() {
+        Some((_, answer)) => answer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The room's reply to a command, as an answer to the client.
+fn room_answer<T: Send + 'static>(
+    rx: oneshot::Receiver<Result<T, ErrorCode>>,
+    refused: &'static str,
+    wrap: fn(T) -> Resp,
+) -> Answer {
+    Box::pin(async move {
+        match rx.await {
+            Ok(r) => r.map(wrap).map_err(|code| (code, refused.to_string())),
+            Err(_) => Err((ErrorCode::Internal, "room unavailable".into())),
+        }
+    })
+}
 
 /// Serves one incoming connection until it ends.
 pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
@@ -76,6 +117,8 @@ struct Session {
     last_heartbeat: Arc<AtomicU64>,
     started: Instant,
     present: bool,
+    /// Answers still to come from rooms, oldest first (at most `MAX_IN_FLIGHT`).
+    pending: VecDeque<(u32, Answer)>,
 }
 
 /// Closes the connection with `code`, after trying to say why on the control
@@ -269,6 +312,7 @@ impl Session {
             last_heartbeat: Arc::new(AtomicU64::new(0)),
             started,
             present: true,
+            pending: VecDeque::new(),
         };
         Some((session, rx))
     }
@@ -282,7 +326,14 @@ impl Session {
         let conn = self.conn.clone();
         loop {
             tokio::select! {
-                frame = control.recv() => match frame {
+                answered = oldest(&mut self.pending), if !self.pending.is_empty() => {
+                    let Some((rid, _)) = self.pending.pop_front() else { continue };
+                    if let Err((code, why)) = self.answer(rid, answered).await {
+                        close(&self.conn, Some(&mut self.send), code, &why).await;
+                        break;
+                    }
+                }
+                frame = control.recv(), if self.pending.len() < MAX_IN_FLIGHT => match frame {
                     Some(Ok(frame)) => {
                         if let Err((code, why)) = self.handle(frame).await {
                             close(&self.conn, Some(&mut self.send), code, &why).await;
@@ -334,15 +385,31 @@ impl Session {
     /// Handles one request. `Err` closes the connection.
     async fn handle(&mut self, frame: v1::ClientFrame) -> Result<(), (ErrorCode, String)> {
         let rid = frame.request_id;
-        let result = match frame.body {
+        let now = |r: Answered| Outcome::Now(r);
+        let later =
+            |r: Result<Answer, (ErrorCode, String)>| r.map_or_else(|e| Outcome::Now(Err(e)), Outcome::Later);
+        let outcome = match frame.body {
             None => return Err((ErrorCode::ProtocolViolation, "empty frame".into())),
             Some(Req::Hello(_)) => return Err((ErrorCode::ProtocolViolation, "second hello".into())),
-            Some(Req::Join(j)) => self.join(j).await.map(Resp::Joined),
-            Some(Req::Leave(l)) => self.leave(&l.room).await.map(|()| Resp::Left(v1::Left { room: l.room })),
-            Some(Req::SendChat(c)) => self.chat(c).await.map(Resp::ChatAck),
-            Some(Req::Recall(r)) => self.recall(r).await.map(Resp::Recalled),
-            Some(Req::FetchHistory(f)) => self.fetch_history(f).map(Resp::History),
+            Some(Req::Join(j)) => now(self.join(j).await.map(Resp::Joined)),
+            Some(Req::Leave(l)) => {
+                now(self.leave(&l.room).await.map(|()| Resp::Left(v1::Left { room: l.room })))
+            }
+            Some(Req::SendChat(c)) => later(self.chat(c).await),
+            Some(Req::Recall(r)) => later(self.recall(r).await),
+            Some(Req::FetchHistory(f)) => now(self.fetch_history(f).map(Resp::History)),
         };
+        match outcome {
+            Outcome::Now(result) => self.answer(rid, result).await,
+            Outcome::Later(answer) => {
+                self.pending.push_back((rid, answer));
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the answer to request `rid`. `Err` closes the connection.
+    async fn answer(&mut self, rid: u32, result: Answered) -> Result<(), (ErrorCode, String)> {
         let bytes = match result {
             Ok(body) => encode_frame(&v1::ServerFrame { request_id: rid, body: Some(body) }),
             Err((code, why)) => {
@@ -424,7 +491,7 @@ impl Session {
         }
     }
 
-    async fn recall(&mut self, r: v1::Recall) -> Result<v1::Recalled, (ErrorCode, String)> {
+    async fn recall(&mut self, r: v1::Recall) -> Result<Answer, (ErrorCode, String)> {
         let (room, handle) = self.joined_room(&r.room)?;
         if r.message_id.is_empty() || r.message_id.len() > 64 {
             return Err((ErrorCode::NotFound, "no such message".into()));
@@ -435,10 +502,7 @@ impl Session {
             warn!(room = %room, "room task gone while joined");
             return Err((ErrorCode::Internal, "room unavailable".into()));
         }
-        match rx.await {
-            Ok(r) => r.map_err(|code| (code, "recall refused".to_string())),
-            Err(_) => Err((ErrorCode::Internal, "room unavailable".into())),
-        }
+        Ok(room_answer(rx, "recall refused", Resp::Recalled))
     }
 
     /// Reads history straight from the room's log, without joining and
@@ -468,7 +532,7 @@ impl Session {
         })
     }
 
-    async fn chat(&mut self, c: v1::SendChat) -> Result<v1::ChatAck, (ErrorCode, String)> {
+    async fn chat(&mut self, c: v1::SendChat) -> Result<Answer, (ErrorCode, String)> {
         let (room, handle) = self.joined_room(&c.room)?;
         let max = self.shared.config.limits.max_message_bytes as usize;
         if c.text.is_empty() || c.text.len() > max {
@@ -484,9 +548,6 @@ impl Session {
             warn!(room = %room, "room task gone while joined");
             return Err((ErrorCode::Internal, "room unavailable".into()));
         }
-        match rx.await {
-            Ok(r) => r.map_err(|code| (code, "chat refused".to_string())),
-            Err(_) => Err((ErrorCode::Internal, "room unavailable".into())),
-        }
+        Ok(room_answer(rx, "chat refused", Resp::ChatAck))
     }
 }

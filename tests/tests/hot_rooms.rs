@@ -225,6 +225,39 @@ async fn sequence_numbers_stay_consecutive_under_many_concurrent_senders() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_senders_many_chats_in_flight_are_each_answered_with_their_own_seq() {
+    let server = TestServer::start().await;
+    let (watcher, mut events) = server.connect("watcher", Role::Viewer).await;
+    watcher.join("pipelined").await.unwrap();
+    let (host, _host_events) = server.connect("host", Role::Host).await;
+    host.join("pipelined").await.unwrap();
+    // More than a session keeps in flight at once, all sent before any answer.
+    let n = 150;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let c = host.clone();
+        tasks.spawn(async move { (i, c.send_chat("pipelined", &format!("m{i}")).await) });
+    }
+    let mut by_seq = std::collections::BTreeMap::new();
+    while let Some(done) = tasks.join_next().await {
+        let (i, ack) = done.unwrap();
+        let ack = ack.unwrap_or_else(|e| panic!("chat {i} failed: {e}"));
+        assert!(ack.broadcast, "host chat is never sampled");
+        assert!(by_seq.insert(ack.seq, format!("m{i}")).is_none(), "seq {} acknowledged twice", ack.seq);
+    }
+    assert_eq!(by_seq.keys().copied().collect::<Vec<_>>(), (1..=n as u64).collect::<Vec<_>>());
+    for e in sequenced(&mut events, n).await {
+        assert_eq!(
+            by_seq.get(&e.seq).map(String::as_str),
+            Some(text(&e)),
+            "the ack for #{} named another message",
+            e.seq
+        );
+    }
+    server.stop().await;
+}
+
 /// A viewer behind a relay that will drop out, reconnecting quickly.
 async fn viewer_behind(server: &TestServer, relay: &Relay) -> (roomcast_client::Client, Events) {
     server

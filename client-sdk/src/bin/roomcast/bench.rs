@@ -378,6 +378,10 @@ fn bar(len: u64, what: &str) -> ProgressBar {
         .progress_chars("=> ");
     pb.set_style(style);
     pb.set_prefix(what.to_string());
+    if pb.is_hidden() {
+        // Not a terminal: one line per phase, so a log shows where a run is.
+        eprintln!("{what}: {len}");
+    }
     pb
 }
 
@@ -544,6 +548,16 @@ async fn open_sessions(
         opened.add(done, &pb);
     }
     pb.finish_and_clear();
+    let mut reasons: Vec<(&String, usize)> = Vec::new();
+    for f in &opened.failures {
+        match reasons.iter_mut().find(|(r, _)| *r == f) {
+            Some((_, n)) => *n += 1,
+            None => reasons.push((f, 1)),
+        }
+    }
+    for (reason, n) in reasons {
+        eprintln!("{n} sessions failed: {reason}");
+    }
     opened
 }
 
@@ -628,6 +642,8 @@ struct Published {
     sampled: u64,
     rate_limited: u64,
     errors: u64,
+    /// Send-to-ack times of acknowledged sends, µs.
+    ack_latencies: Vec<u64>,
 }
 
 /// Sends stamped messages at `rate` per second for `secs`, without waiting
@@ -647,9 +663,12 @@ async fn publish(
     let mut p = Published::default();
     let take =
         |p: &mut Published,
-         r: Result<Result<v1::ChatAck, roomcast_client::Error>, tokio::task::JoinError>| {
+         r: Result<Result<(v1::ChatAck, u64), roomcast_client::Error>, tokio::task::JoinError>| {
+            if let Ok(Ok((_, took))) = &r {
+                p.ack_latencies.push(*took);
+            }
             match r {
-                Ok(Ok(ack)) if ack.broadcast => p.seqs.push(ack.seq),
+                Ok(Ok((ack, _))) if ack.broadcast => p.seqs.push(ack.seq),
                 Ok(Ok(_)) => p.sampled += 1,
                 Ok(Err(e)) if e.code() == Some(roomcast_protocol::ErrorCode::RateLimited) => {
                     p.rate_limited += 1
@@ -663,7 +682,10 @@ async fn publish(
             break;
         }
         let (c, room) = (client.clone(), room.to_string());
-        set.spawn(async move { c.send_chat(&room, &stamped(size)).await });
+        set.spawn(async move {
+            let started = Instant::now();
+            c.send_chat(&room, &stamped(size)).await.map(|ack| (ack, started.elapsed().as_micros() as u64))
+        });
         p.sent += 1;
         if let Some(pb) = pb {
             pb.inc(1);
@@ -868,6 +890,11 @@ async fn fanout(target: &Arc<Target>, args: &BenchArgs, slow_share: f64, label: 
     let got: u64 = healthy.iter().map(|r| published.seqs.iter().filter(|s| r.has(**s)).count() as u64).sum();
     report.add("published", published.sent);
     report.add("publish_errors", published.errors);
+    latency_rows(&mut report, "publish_ack_", published.ack_latencies.clone());
+    let stats = publisher.connection_stats();
+    report.add("publisher_rtt_ms", round2(stats.path.rtt.as_secs_f64() * 1e3));
+    report.add("publisher_cwnd", stats.path.cwnd);
+    report.add("publisher_lost_packets", stats.path.lost_packets);
     report.add("healthy_subscribers", healthy.len());
     report.add("slow_subscribers", received.len() - healthy.len());
     report.add("expected_deliveries", expected);
