@@ -332,8 +332,13 @@ impl RoomState {
         now_ms: u64,
     ) -> v1::Joined {
         // Events already sequenced but not yet flushed belong before this
-        // member's start: flush them so `current_seq` is exact.
-        self.flush(now);
+        // member's start: flush them so `current_seq` is exact. Pending
+        // ephemeral events alone wait: the newcomer may as well get them, and
+        // flushing them here would cost a push to every member per join, which
+        // in a join storm is a packet to every member per newcomer.
+        if self.pending.iter().any(|p| p.seq > 0) {
+            self.flush(now);
+        }
         self.leave(conn);
         let user = identity.user_id.clone();
         let first_of_user = !self.present_users.contains_key(&user);
@@ -1134,6 +1139,29 @@ mod tests {
         assert_eq!(entered[0].seq, 0);
         assert_eq!(entered[0].priority, v1::Priority::Low as i32);
         assert_eq!(r.current_seq(), 0, "ephemeral events take no sequence number");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_join_storm_sends_members_one_batch_of_entries_not_a_push_per_newcomer() {
+        let mut r = room_with(RoomLimits { entered_per_sec: 100, ..limits() }, 10);
+        let t0 = Instant::now();
+        let a = Outbox::new(100);
+        join(&mut r, 1, id("a", Role::Viewer), &a, t0);
+        r.flush(t0);
+        let _ = frames(&a).await;
+        for c in 2..7 {
+            let at = t0 + Duration::from_millis(c);
+            join(&mut r, c, id(&format!("u{c}"), Role::Viewer), &Outbox::new(100), at);
+        }
+        assert!(a.is_empty(), "a newcomer's join pushed pending entries to everyone");
+        let due = r.flush_due(t0).expect("the entries are pending");
+        r.flush(due);
+        let entered = frames(&a)
+            .await
+            .into_iter()
+            .filter(|b| matches!(b, v1::room_frame::Body::Event(e) if matches!(e.kind, Some(Kind::UserEntered(_)))))
+            .count();
+        assert_eq!(entered, 5, "all five entries, together");
     }
 
     #[tokio::test]

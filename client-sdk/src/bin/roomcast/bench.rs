@@ -319,6 +319,20 @@ impl Target {
         c
     }
 
+    /// A host client on a socket of its own, its events read and dropped, as
+    /// a host's app would: its packets do not queue behind a thousand
+    /// viewers' in a shared socket, and its event buffer never fills up and
+    /// stops it reading its acks.
+    async fn host(&self, user: &str) -> Result<Client> {
+        let mut config = self.config(user, "host");
+        let bind: SocketAddr = if self.addr.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+        config.endpoint = Some(roomcast_client::bind_endpoint(bind, SOCKET_BUFFER)?);
+        let (client, mut events) =
+            Client::connect(config).await.with_context(|| format!("{user} connect"))?;
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        Ok(client)
+    }
+
     fn sample(&self) -> Option<ProcSample> {
         self.pid.as_deref().and_then(proc_sample)
     }
@@ -870,8 +884,7 @@ async fn fanout(target: &Arc<Target>, args: &BenchArgs, slow_share: f64, label: 
     )
     .await;
     report.add("connect_failures", opened.failures.len());
-    let (publisher, _publisher_events) =
-        Client::connect(target.config(&format!("{label}-publisher"), "host")).await.context("publisher")?;
+    let publisher = target.host(&format!("{label}-publisher")).await?;
     publisher.join(&room).await.context("publisher join")?;
     // Let the joins' side effects (entered notices, online counts) settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -963,7 +976,7 @@ async fn chat_storm(target: &Arc<Target>, args: &BenchArgs) -> Result<Report> {
         false,
     )
     .await;
-    let (host, _host_events) = Client::connect(target.config("storm-host", "host")).await.context("host")?;
+    let host = target.host("storm-host").await?;
     host.join(&room).await.context("host join")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let usage = Usage::start(target);
