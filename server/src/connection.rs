@@ -385,7 +385,7 @@ impl Session {
     /// Handles one request. `Err` closes the connection.
     async fn handle(&mut self, frame: v1::ClientFrame) -> Result<(), (ErrorCode, String)> {
         let rid = frame.request_id;
-        let now = |r: Answered| Outcome::Now(r);
+        let now = Outcome::Now;
         let later =
             |r: Result<Answer, (ErrorCode, String)>| r.map_or_else(|e| Outcome::Now(Err(e)), Outcome::Later);
         let outcome = match frame.body {

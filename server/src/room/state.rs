@@ -336,7 +336,7 @@ impl RoomState {
         // ephemeral events alone wait: the newcomer may as well get them, and
         // flushing them here would cost a push to every member per join, which
         // in a join storm is a packet to every member per newcomer.
-        if self.pending.iter().any(|p| p.seq > 0) {
+        if self.has_sequenced_pending() {
             self.flush(now);
         }
         self.leave(conn);
@@ -584,6 +584,11 @@ impl RoomState {
         self.pending.push(Pending { frame, seq: 0, host_visible: false, shed, except });
     }
 
+    /// Whether the pending batch holds sequenced events (not only ephemeral).
+    fn has_sequenced_pending(&self) -> bool {
+        self.pending.iter().any(|p| p.seq > 0)
+    }
+
     /// When the pending batch must go out: now if the room has been quiet
     /// for a window (a lone message is not held back), else one window after
     /// the previous flush.
@@ -592,11 +597,8 @@ impl RoomState {
             return None;
         }
         if self.flush_due.is_none() {
-            let wait = if self.pending.iter().any(|p| p.seq > 0) {
-                self.batch_window()
-            } else {
-                self.ephemeral_linger()
-            };
+            let wait =
+                if self.has_sequenced_pending() { self.batch_window() } else { self.ephemeral_linger() };
             self.flush_due = Some(match self.last_flush {
                 Some(last) => (last + wait).max(now),
                 None => now,
@@ -766,6 +768,17 @@ mod tests {
             out.push(b);
         }
         out
+    }
+
+    /// The "user entered" events among `frames`.
+    fn entered_events(frames: Vec<v1::room_frame::Body>) -> Vec<v1::RoomEvent> {
+        frames
+            .into_iter()
+            .filter_map(|b| match b {
+                v1::room_frame::Body::Event(e) if matches!(e.kind, Some(Kind::UserEntered(_))) => Some(e),
+                _ => None,
+            })
+            .collect()
     }
 
     async fn seqs(o: &Outbox) -> Vec<u64> {
@@ -1127,14 +1140,7 @@ mod tests {
             join(&mut r, c, id(&format!("u{c}"), Role::Viewer), &Outbox::new(100), now);
         }
         r.flush(now);
-        let entered: Vec<_> = frames(&a)
-            .await
-            .into_iter()
-            .filter_map(|b| match b {
-                v1::room_frame::Body::Event(e) if matches!(e.kind, Some(Kind::UserEntered(_))) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let entered = entered_events(frames(&a).await);
         assert_eq!(entered.len(), 1, "a's own entry used one of the two tokens; one more got through");
         assert_eq!(entered[0].seq, 0);
         assert_eq!(entered[0].priority, v1::Priority::Low as i32);
@@ -1156,11 +1162,7 @@ mod tests {
         assert!(a.is_empty(), "a newcomer's join pushed pending entries to everyone");
         let due = r.flush_due(t0).expect("the entries are pending");
         r.flush(due);
-        let entered = frames(&a)
-            .await
-            .into_iter()
-            .filter(|b| matches!(b, v1::room_frame::Body::Event(e) if matches!(e.kind, Some(Kind::UserEntered(_)))))
-            .count();
+        let entered = entered_events(frames(&a).await).len();
         assert_eq!(entered, 5, "all five entries, together");
     }
 

@@ -203,6 +203,16 @@ impl Drop for Target {
     }
 }
 
+/// The unspecified address of `server`'s family, port 0: where a client socket binds.
+fn any_addr(server: &SocketAddr) -> SocketAddr {
+    let ip: std::net::IpAddr = if server.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    SocketAddr::new(ip, 0)
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw);
@@ -281,8 +291,7 @@ impl Target {
         };
         let mut endpoints = Vec::new();
         for _ in 0..args.sockets.max(1) {
-            let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
-            endpoints.push(roomcast_client::bind_endpoint(bind, SOCKET_BUFFER)?);
+            endpoints.push(roomcast_client::bind_endpoint(any_addr(&addr), SOCKET_BUFFER)?);
         }
         Ok(Self {
             addr,
@@ -325,8 +334,7 @@ impl Target {
     /// stops it reading its acks.
     async fn host(&self, user: &str) -> Result<Client> {
         let mut config = self.config(user, "host");
-        let bind: SocketAddr = if self.addr.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
-        config.endpoint = Some(roomcast_client::bind_endpoint(bind, SOCKET_BUFFER)?);
+        config.endpoint = Some(roomcast_client::bind_endpoint(any_addr(&self.addr), SOCKET_BUFFER)?);
         let (client, mut events) =
             Client::connect(config).await.with_context(|| format!("{user} connect"))?;
         tokio::spawn(async move { while events.recv().await.is_some() {} });
