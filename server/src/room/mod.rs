@@ -199,7 +199,7 @@ async fn run_room(
         tokio::select! {
             biased;
             () = sleep_until(flush_at.unwrap_or_else(far_future)), if flush_at.is_some() => {
-                state.flush(Instant::now());
+                state.tick(Instant::now());
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
@@ -219,11 +219,11 @@ async fn run_room(
                 }
             }
         }
-        // A batch that is due now (a quiet room's lone message) goes out
+        // A tick that is due now (a quiet room's lone message) goes out
         // before the next command is read.
         let now = Instant::now();
         if state.flush_due(now).is_some_and(|t| t <= now) {
-            state.flush(now);
+            state.tick(now);
         }
         metrics.record_flush(state.take_stats());
     }

@@ -3,11 +3,18 @@
 //! pushes encoded frames into members' outboxes.
 //!
 //! **Invariant:** `sequence` is the only place a sequence number is assigned.
-//! It appends to history and to the pending batch in the same step. Batches
-//! go to every member in order, so a member sees sequence numbers in order and
-//! without holes. If its outbox overflows, it is told so explicitly.
+//! It appends to history and to the room's log in the same step. Each member
+//! has a cursor into the log and is sent everything after it, in order, so a
+//! member sees sequence numbers in order and without holes. If its outbox
+//! overflows, it is told so explicitly.
+//!
+//! Fan-out is spread over the batching window. A *round* walks the members in
+//! chunks, one chunk per base window (a tick), so that a room of 10,000 does
+//! not send 10,000 packets in one burst and leave the last member waiting
+//! behind the first 9,999. Each member still gets at most one push per window.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,6 +148,13 @@ struct Subscriber {
     conn: ConnId,
     filter: Filter,
     outbox: Arc<Outbox>,
+    /// Log position of the first event not yet pushed to it.
+    next: u64,
+    /// Host-only: sequenced events were left out since the last one it was
+    /// sent, so its next one must be preceded by a `SeqAdvance`.
+    host_skipped: bool,
+    /// Version of the online-count datagram it was last given.
+    online: u64,
 }
 
 /// Remembered acknowledgements, so a retried `SendChat` is answered with the
@@ -176,7 +190,7 @@ impl Dedup {
     }
 }
 
-/// An event waiting for the next flush.
+/// An event in the room's log, waiting to be pushed to members.
 #[derive(Debug)]
 struct Pending {
     frame: Bytes,
@@ -243,12 +257,20 @@ pub struct RoomState {
     chat_budget: Bucket,
     entered_budget: Bucket,
     user_rates: HashMap<Arc<str>, Bucket>,
-    pending: Vec<Pending>,
-    last_flush: Option<Instant>,
-    flush_due: Option<Instant>,
-    /// The host-only stream has left out sequenced events since the last
-    /// event it carried: its next event must be preceded by a `SeqAdvance`.
-    host_skipped: bool,
+    /// Events not yet pushed to every member; `log[0]` is at position
+    /// `log_base`. Trimmed at the end of each round.
+    log: Vec<Pending>,
+    log_base: u64,
+    /// The round in progress: the next member to serve and how many a tick
+    /// serves.
+    round: Option<Round>,
+    /// When the last round started.
+    round_started: Option<Instant>,
+    last_tick: Option<Instant>,
+    /// The latest online-count datagram and its version; members are given it
+    /// as their chunk is served.
+    online_frame: Option<Bytes>,
+    online_version: u64,
     /// Fan-out counts since the last `take_stats`.
     stats: FlushStats,
     /// Wall-clock time of the latest event, for an online count that goes
@@ -276,10 +298,13 @@ impl RoomState {
             online_sent: None,
             online_sent_at: None,
             user_rates: HashMap::new(),
-            pending: Vec::new(),
-            last_flush: None,
-            flush_due: None,
-            host_skipped: false,
+            log: Vec::new(),
+            log_base: 0,
+            round: None,
+            round_started: None,
+            last_tick: None,
+            online_frame: None,
+            online_version: 0,
             stats: FlushStats::default(),
             last_now_ms: 0,
         }
@@ -331,14 +356,9 @@ impl RoomState {
         now: Instant,
         now_ms: u64,
     ) -> v1::Joined {
-        // Events already sequenced but not yet flushed belong before this
-        // member's start: flush them so `current_seq` is exact. Pending
-        // ephemeral events alone wait: the newcomer may as well get them, and
-        // flushing them here would cost a push to every member per join, which
-        // in a join storm is a packet to every member per newcomer.
-        if self.has_sequenced_pending() {
-            self.flush(now);
-        }
+        // The newcomer's cursor starts at the end of the log: events already
+        // sequenced but not yet pushed reach it through `history`, which holds
+        // everything up to `current_seq`. Nobody else's batch is cut short.
         self.leave(conn);
         let user = identity.user_id.clone();
         let first_of_user = !self.present_users.contains_key(&user);
@@ -347,7 +367,14 @@ impl RoomState {
         }
         let entered = identity.to_proto();
         let slot = self.subscribers.len();
-        self.subscribers.push(Subscriber { conn, filter, outbox: outbox.clone() });
+        self.subscribers.push(Subscriber {
+            conn,
+            filter,
+            outbox: outbox.clone(),
+            next: self.log_end(),
+            host_skipped: false,
+            online: self.online_version,
+        });
         self.members.insert(conn, Member { identity, outbox, present: true, slot });
         *self.present_users.entry(user).or_default() += 1;
         self.recent.push_back(conn);
@@ -372,7 +399,7 @@ impl RoomState {
             resumed,
             epoch: self.epoch,
         };
-        if first_of_user && self.entered_budget.take(now) {
+        if first_of_user && self.limits.entered_per_sec > 0 && self.entered_budget.take(now) {
             let kind = Kind::UserEntered(v1::UserEntered { user: Some(entered.clone()) });
             self.ephemeral(kind, Some(entered), now_ms, Some(conn));
         }
@@ -550,17 +577,16 @@ impl RoomState {
             kind: Some(kind),
         };
         let frame = encode_frame(&v1::RoomFrame { body: Some(v1::room_frame::Body::Event(event.clone())) });
-        self.pending.push(Pending {
-            frame,
-            seq: self.seq,
-            host_visible: visible,
-            shed: Shed::Normal,
-            except: None,
-        });
+        if !self.subscribers.is_empty() {
+            self.log.push(Pending {
+                frame,
+                seq: self.seq,
+                host_visible: visible,
+                shed: Shed::Normal,
+                except: None,
+            });
+        }
         self.history.push(now, event.clone());
-        // An ephemeral-only batch may have been set to linger: a sequenced
-        // event goes out within the window.
-        self.flush_due = None;
         self.last_now_ms = now_ms;
         event
     }
@@ -581,30 +607,37 @@ impl RoomState {
         };
         let frame = encode_frame(&v1::RoomFrame { body: Some(v1::room_frame::Body::Event(event)) });
         let shed = if prio == v1::Priority::Low { Shed::Low } else { Shed::Normal };
-        self.pending.push(Pending { frame, seq: 0, host_visible: false, shed, except });
+        if !self.subscribers.is_empty() {
+            self.log.push(Pending { frame, seq: 0, host_visible: false, shed, except });
+        }
     }
 
-    /// Whether the pending batch holds sequenced events (not only ephemeral).
+    fn log_end(&self) -> u64 {
+        self.log_base + self.log.len() as u64
+    }
+
+    /// Whether the log holds sequenced events (not only ephemeral).
     fn has_sequenced_pending(&self) -> bool {
-        self.pending.iter().any(|p| p.seq > 0)
+        self.log.iter().any(|p| p.seq > 0)
     }
 
-    /// When the pending batch must go out: now if the room has been quiet
-    /// for a window (a lone message is not held back), else one window after
-    /// the previous flush.
-    pub fn flush_due(&mut self, now: Instant) -> Option<Instant> {
-        if self.pending.is_empty() {
+    /// When the next tick is due. During a round: one base window after the
+    /// last tick. Otherwise, if the log holds events: now if the room has
+    /// been quiet for a window (a lone message is not held back), else one
+    /// window after the previous round started. A log that reached
+    /// `MAX_LOG` is due at once.
+    pub fn flush_due(&self, now: Instant) -> Option<Instant> {
+        if self.log.is_empty() && self.round.is_none() {
             return None;
         }
-        if self.flush_due.is_none() {
-            let wait =
-                if self.has_sequenced_pending() { self.batch_window() } else { self.ephemeral_linger() };
-            self.flush_due = Some(match self.last_flush {
-                Some(last) => (last + wait).max(now),
-                None => now,
-            });
+        if self.log.len() >= MAX_LOG {
+            return Some(now);
         }
-        self.flush_due
+        if self.round.is_some() {
+            return Some(self.last_tick.map_or(now, |t| (t + self.limits.batch_window).max(now)));
+        }
+        let wait = if self.has_sequenced_pending() { self.batch_window() } else { self.ephemeral_linger() };
+        Some(self.round_started.map_or(now, |s| (s + wait).max(now)))
     }
 
     /// Fan-out counts since the previous call.
@@ -612,57 +645,105 @@ impl RoomState {
         std::mem::take(&mut self.stats)
     }
 
-    /// Sends the pending batch to every member: one push per member of bytes
-    /// built once per flush.
-    pub fn flush(&mut self, now: Instant) {
-        self.flush_due = None;
-        if self.pending.is_empty() {
-            return;
-        }
-        self.last_flush = Some(now);
-        // A changed online count that would be due within the next window
-        // travels with this batch instead of costing packets of its own.
-        if self.online_due(now).is_some_and(|at| at <= now + self.batch_window()) {
-            self.push_online(now, self.last_now_ms);
-        }
-        let pending = std::mem::take(&mut self.pending);
-        let all = batch(&pending, |_| true, &mut false);
-        let host = batch(&pending, |p| p.host_visible, &mut self.host_skipped);
-        // Ephemeral events keep their place relative to the sequenced batch:
-        // those that came before its first event go out before it.
-        let first_sequenced = pending.iter().position(|p| p.seq > 0).unwrap_or(pending.len());
-        let ephemeral = |range: std::ops::Range<usize>| -> Vec<(Item, Option<ConnId>)> {
-            pending[range]
-                .iter()
-                .filter(|p| p.seq == 0)
-                .map(|p| (Item::Ephemeral { frame: p.frame.clone(), shed: p.shed }, p.except))
-                .collect()
+    /// Serves the next chunk of members, starting a round if none is in
+    /// progress. A round has one tick per base window in the room's batching
+    /// window, so it serves every member once per window, a slice at a time.
+    pub fn tick(&mut self, now: Instant) {
+        let round = match self.round {
+            Some(round) => round,
+            None if self.log.is_empty() => return,
+            None => self.start_round(now),
         };
-        let (before, after) = (ephemeral(0..first_sequenced), ephemeral(first_sequenced..pending.len()));
-        let stats = &mut self.stats;
-        for sub in &self.subscribers {
-            let (batch, with_ephemeral) = match sub.filter {
-                Filter::All => (&all, true),
-                Filter::HostOnly => (&host, false),
-            };
-            let push_ephemeral = |items: &[(Item, Option<ConnId>)], stats: &mut FlushStats| {
-                for (item, except) in items.iter().filter(|_| with_ephemeral) {
-                    if *except != Some(sub.conn) {
-                        stats.add(sub.outbox.push(item.clone()));
-                    }
-                }
-            };
-            push_ephemeral(&before, stats);
-            if let Some(item) = batch {
-                stats.add(sub.outbox.push(item.clone()));
-            }
-            push_ephemeral(&after, stats);
+        let n = self.subscribers.len();
+        let end = if self.log.len() >= MAX_LOG { n } else { round.next.saturating_add(round.chunk).min(n) };
+        self.serve(round.next.min(n)..end);
+        self.last_tick = Some(now);
+        if end >= n {
+            self.end_round();
+        } else {
+            self.round = Some(Round { next: end, ..round });
         }
     }
 
-    /// When the online count should next be pushed, if it changed.
+    /// Brings every member up to date now, finishing the round in progress.
+    pub fn flush(&mut self, now: Instant) {
+        if self.round.is_none() {
+            if self.log.is_empty() {
+                return;
+            }
+            self.start_round(now);
+        }
+        self.serve(0..self.subscribers.len());
+        self.last_tick = Some(now);
+        self.end_round();
+    }
+
+    fn start_round(&mut self, now: Instant) -> Round {
+        let window = self.batch_window();
+        // A changed online count that would be due within this window
+        // travels with the round's batches instead of costing packets of its
+        // own.
+        if self.online_due(now).is_some_and(|at| at <= now + window) {
+            self.stage_online(now, self.last_now_ms);
+        }
+        let base = self.limits.batch_window;
+        let ticks = if base.is_zero() { 1 } else { (window.as_nanos() / base.as_nanos()).max(1) as usize };
+        let round = Round { next: 0, chunk: self.subscribers.len().div_ceil(ticks).max(1) };
+        self.round = Some(round);
+        self.round_started = Some(now);
+        round
+    }
+
+    /// Ends the round and forgets the events every member has been sent.
+    fn end_round(&mut self) {
+        self.round = None;
+        let oldest = self.subscribers.iter().map(|s| s.next).min().unwrap_or_else(|| self.log_end());
+        self.log.drain(..(oldest - self.log_base) as usize);
+        self.log_base = oldest;
+    }
+
+    /// Pushes to each member in `range` everything in the log after its
+    /// cursor, and the staged online count. Members at the same cursor share
+    /// one batch, built once.
+    fn serve(&mut self, range: Range<usize>) {
+        let end = self.log_end();
+        let (log, base, stats) = (&self.log, self.log_base, &mut self.stats);
+        let online = self.online_frame.as_ref().map(|f| (self.online_version, f));
+        let mut built: Vec<Built> = Vec::new();
+        for sub in &mut self.subscribers[range] {
+            if let Some((version, frame)) = online
+                && sub.online != version
+            {
+                sub.outbox.set_online(frame.clone());
+                sub.online = version;
+            }
+            if sub.next == end {
+                continue;
+            }
+            let key = (sub.next, sub.filter, sub.host_skipped);
+            let b = match built.iter().position(|b| b.key == key) {
+                Some(i) => &built[i],
+                None => {
+                    built.push(Built::new(key, &log[(sub.next - base) as usize..]));
+                    &built[built.len() - 1]
+                }
+            };
+            let conn = Some(sub.conn);
+            let ephemeral = |items: &[(Item, Option<ConnId>)]| -> Vec<Item> {
+                items.iter().filter(|(_, except)| *except != conn).map(|(item, _)| item.clone()).collect()
+            };
+            for item in ephemeral(&b.before).into_iter().chain(b.batch.clone()).chain(ephemeral(&b.after)) {
+                stats.add(sub.outbox.push(item));
+            }
+            sub.next = end;
+            sub.host_skipped = b.skipped;
+        }
+    }
+
+    /// When the online count should next be pushed on its own, if it
+    /// changed. During a round it waits for the next round to carry it.
     pub fn online_due(&self, now: Instant) -> Option<Instant> {
-        if self.online_sent == Some(self.online_count()) || self.members.is_empty() {
+        if self.online_sent == Some(self.online_count()) || self.members.is_empty() || self.round.is_some() {
             return None;
         }
         Some(match self.online_sent_at {
@@ -673,21 +754,90 @@ impl RoomState {
 
     /// Pushes the online count datagram to every member.
     pub fn push_online(&mut self, now: Instant, now_ms: u64) {
+        self.stage_online(now, now_ms);
+        let (version, frame) = (self.online_version, self.online_frame.as_ref());
+        for sub in &mut self.subscribers {
+            if let Some(frame) = frame {
+                sub.outbox.set_online(frame.clone());
+                sub.online = version;
+            }
+        }
+    }
+
+    /// Encodes the current online count as the datagram members are given
+    /// next.
+    fn stage_online(&mut self, now: Instant, now_ms: u64) {
         let count = self.online_count();
         let datagram =
             ServerDatagram::OnlineCount { room: self.id.to_string(), count, server_time_ms: now_ms }.encode();
-        for sub in &self.subscribers {
-            sub.outbox.set_online(datagram.clone());
-        }
+        self.online_frame = Some(datagram);
+        self.online_version += 1;
         self.online_sent = Some(count);
         self.online_sent_at = Some(now);
     }
 }
 
-/// The sequenced part of one flush for one filter: the chosen events' frames
-/// back to back. When events were left out since the last one chosen, a
-/// `SeqAdvance` goes before the next chosen event, so the events left out
-/// never look like loss. `skipped` carries that state from flush to flush.
+/// Where a round is.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    /// Index in `subscribers` of the next member to serve.
+    next: usize,
+    /// Members served per tick.
+    chunk: usize,
+}
+
+/// The most events the log holds before every member is brought up to date
+/// at once; bounds the log when events come faster than rounds end.
+const MAX_LOG: usize = 256;
+
+/// What a member at one cursor (with one filter) is sent: built once per
+/// chunk and shared by every member at that cursor.
+struct Built {
+    key: (u64, Filter, bool),
+    /// Ephemeral events from before the first sequenced one, with the member
+    /// each must not reach.
+    before: Vec<(Item, Option<ConnId>)>,
+    batch: Option<Item>,
+    /// Ephemeral events from after it.
+    after: Vec<(Item, Option<ConnId>)>,
+    /// The host-only state after this batch.
+    skipped: bool,
+}
+
+impl Built {
+    fn new(key: (u64, Filter, bool), events: &[Pending]) -> Self {
+        let (_, filter, mut skipped) = key;
+        match filter {
+            Filter::All => {
+                let first = events.iter().position(|p| p.seq > 0).unwrap_or(events.len());
+                let ephemeral = |events: &[Pending]| -> Vec<(Item, Option<ConnId>)> {
+                    events
+                        .iter()
+                        .filter(|p| p.seq == 0)
+                        .map(|p| (Item::Ephemeral { frame: p.frame.clone(), shed: p.shed }, p.except))
+                        .collect()
+                };
+                Self {
+                    key,
+                    before: ephemeral(&events[..first]),
+                    batch: batch(events, |_| true, &mut false),
+                    after: ephemeral(&events[first..]),
+                    skipped,
+                }
+            }
+            Filter::HostOnly => {
+                let batch = batch(events, |p| p.host_visible, &mut skipped);
+                Self { key, before: Vec::new(), batch, after: Vec::new(), skipped }
+            }
+        }
+    }
+}
+
+/// The sequenced part of a stretch of the log for one filter: the chosen
+/// events' frames back to back. When events were left out since the last one
+/// chosen, a `SeqAdvance` goes before the next chosen event, so the events
+/// left out never look like loss. `skipped` carries that state from batch to
+/// batch.
 fn batch(pending: &[Pending], keep: impl Fn(&Pending) -> bool, skipped: &mut bool) -> Option<Item> {
     let mut buf = BytesMut::new();
     let mut events = 0;
@@ -1249,6 +1399,106 @@ mod tests {
         assert_eq!(seqs(&boxes[2]).await, [1, 2, 3]);
         assert_eq!(seqs(&boxes[1]).await, [1, 2]);
         assert_eq!(seqs(&boxes[3]).await, [1]);
+    }
+
+    /// A room of 1,500 with a 20 ms base window: a 60 ms window, so a round
+    /// is three ticks of 500 members.
+    fn big_room(now: Instant) -> (RoomState, Vec<Arc<Outbox>>) {
+        let mut r = room_with(RoomLimits { entered_per_sec: 0, ..limits() }, 100);
+        let boxes: Vec<_> = (0..1_500).map(|_| Outbox::new(100)).collect();
+        for (c, o) in boxes.iter().enumerate() {
+            join(&mut r, c as ConnId, id(&format!("u{c}"), Role::Viewer), o, now);
+        }
+        assert_eq!(r.batch_window(), Duration::from_millis(60));
+        (r, boxes)
+    }
+
+    /// Ticks the room through every due tick up to `until`, as the room
+    /// task does.
+    fn run_until(r: &mut RoomState, from: Instant, until: Instant) {
+        let mut now = from;
+        while let Some(at) = r.flush_due(now).filter(|at| *at <= until) {
+            r.tick(at);
+            now = at;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_big_room_is_served_a_slice_per_tick_and_each_member_once_per_window() {
+        let t0 = Instant::now();
+        let (mut r, boxes) = big_room(t0);
+        send(&mut r, 0, "one", t0);
+        assert_eq!(r.flush_due(t0), Some(t0), "a quiet room starts at once");
+        r.tick(t0);
+        assert_eq!(boxes.iter().filter(|o| !o.is_empty()).count(), 500, "one slice per tick");
+        let t1 = t0 + Duration::from_millis(20);
+        assert_eq!(r.flush_due(t0), Some(t1), "the next slice one base window later");
+        send(&mut r, 0, "two", t1 - Duration::from_millis(1));
+        r.tick(t1);
+        assert_eq!(boxes.iter().filter(|o| !o.is_empty()).count(), 1_000);
+        r.tick(t1 + Duration::from_millis(20));
+        assert_eq!(r.take_stats().pushes, 1_500, "one push per member in the round");
+        // The first slice gets "two" in the next round, one window after
+        // the first began; everyone else already has both.
+        assert_eq!(r.flush_due(t1), Some(t0 + Duration::from_millis(60)));
+        run_until(&mut r, t0, t0 + Duration::from_secs(1));
+        assert_eq!(r.take_stats().pushes, 500);
+        assert_eq!(r.flush_due(t0 + Duration::from_secs(1)), None, "all delivered");
+        assert!(r.log.is_empty(), "the log is trimmed once every member has it");
+        for o in &boxes {
+            assert_eq!(seqs(o).await, [1, 2]);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_moved_by_a_leave_mid_round_still_gets_every_event_once() {
+        let t0 = Instant::now();
+        let (mut r, boxes) = big_room(t0);
+        send(&mut r, 1, "one", t0);
+        r.tick(t0);
+        // Slot 0 was served; the last member, not yet served, moves into it.
+        assert!(r.leave(0));
+        run_until(&mut r, t0, t0 + Duration::from_secs(1));
+        assert!(r.log.is_empty());
+        for o in &boxes[1..] {
+            assert_eq!(seqs(o).await, [1]);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newcomer_mid_round_has_unsent_events_in_its_history_and_not_again() {
+        let t0 = Instant::now();
+        let (mut r, boxes) = big_room(t0);
+        send(&mut r, 0, "one", t0);
+        r.tick(t0);
+        let late = Outbox::new(100);
+        let joined = join(&mut r, 9_999, id("late", Role::Viewer), &late, t0 + Duration::from_millis(5));
+        assert_eq!(joined.current_seq, 1);
+        assert_eq!(joined.history.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+        send(&mut r, 0, "two", t0 + Duration::from_millis(10));
+        run_until(&mut r, t0, t0 + Duration::from_secs(1));
+        assert_eq!(seqs(&late).await, [2]);
+        assert_eq!(seqs(&boxes[1_499]).await, [1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_log_that_outgrows_its_bound_reaches_everyone_at_once() {
+        let t0 = Instant::now();
+        let (mut r, boxes) = big_room(t0);
+        r.tick(t0);
+        for i in 0..MAX_LOG as u64 {
+            r.sequence(
+                Kind::Chat(v1::Chat { text: format!("{i}"), ..Default::default() }),
+                None,
+                None,
+                t0,
+                0,
+            );
+        }
+        assert_eq!(r.flush_due(t0), Some(t0));
+        r.tick(t0);
+        assert!(r.log.is_empty());
+        assert_eq!(r.take_stats().pushes, boxes.len(), "every member, not one slice");
     }
 
     #[test]
