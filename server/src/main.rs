@@ -125,7 +125,9 @@ async fn serve(config: Config) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // quinn's per-connection spans are entered on every poll of its
+                // drivers; below `warn` they cost CPU on every packet.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,quinn_proto=warn")),
         )
         .init();
     let (endpoint, cert) = tls::bind(&config)?;
