@@ -140,7 +140,7 @@ async fn connect_once(
     config: &ClientConfig,
     endpoint: &quinn::Endpoint,
     token: String,
-    room_tx: &mpsc::Sender<(String, RoomMsg)>,
+    room_tx: &mpsc::Sender<(String, Vec<RoomMsg>)>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(Link, v1::Welcome), Error> {
     let client_config = crate::tls::client_config(config)?;
@@ -268,7 +268,7 @@ async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<v1::S
 }
 
 /// Accepts the server's room streams and reads each in its own task.
-async fn accept_rooms(conn: quinn::Connection, tx: mpsc::Sender<(String, RoomMsg)>) {
+async fn accept_rooms(conn: quinn::Connection, tx: mpsc::Sender<(String, Vec<RoomMsg>)>) {
     while let Ok(recv) = conn.accept_uni().await {
         tokio::spawn(read_room(conn.clone(), recv, tx.clone()));
     }
@@ -277,7 +277,7 @@ async fn accept_rooms(conn: quinn::Connection, tx: mpsc::Sender<(String, RoomMsg
 async fn read_room(
     conn: quinn::Connection,
     mut recv: quinn::RecvStream,
-    tx: mpsc::Sender<(String, RoomMsg)>,
+    tx: mpsc::Sender<(String, Vec<RoomMsg>)>,
 ) {
     use v1::room_frame::Body;
     let mut decoder = FrameDecoder::new(MAX_SERVER_FRAME_BYTES);
@@ -288,6 +288,8 @@ async fn read_room(
             Ok(None) | Err(_) => return,
         };
         decoder.extend(&chunk.bytes);
+        // Everything one chunk carried goes to the driver in one message.
+        let mut msgs = Vec::new();
         loop {
             let frame = match decoder.next_message::<v1::RoomFrame>() {
                 Ok(Some(f)) => f,
@@ -310,11 +312,13 @@ async fn read_room(
                     return;
                 }
             };
-            if let Some(r) = &room
-                && tx.send((r.clone(), msg)).await.is_err()
-            {
-                return;
-            }
+            msgs.push(msg);
+        }
+        if let Some(r) = &room
+            && !msgs.is_empty()
+            && tx.send((r.clone(), msgs)).await.is_err()
+        {
+            return;
         }
     }
 }
@@ -454,7 +458,7 @@ struct Driver {
     pending: HashMap<u32, Pending>,
     rooms: HashMap<String, RoomTrack>,
     events: mpsc::Sender<Event>,
-    room_tx: mpsc::Sender<(String, RoomMsg)>,
+    room_tx: mpsc::Sender<(String, Vec<RoomMsg>)>,
     /// The reason the server gave in an unsolicited `Error` before closing.
     close_error: Option<(Option<ErrorCode>, String)>,
     /// Why the session ended, for the final `Disconnected` event.
@@ -462,7 +466,7 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, commands: mpsc::Receiver<Command>, rooms: mpsc::Receiver<(String, RoomMsg)>) {
+    async fn run(mut self, commands: mpsc::Receiver<Command>, rooms: mpsc::Receiver<(String, Vec<RoomMsg>)>) {
         self.run_session(commands, rooms).await;
         // Let the connection close reach the server before the app, told
         // the session ended, possibly exits. A shared endpoint belongs to the
@@ -479,12 +483,12 @@ impl Driver {
     async fn run_session(
         &mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut rooms: mpsc::Receiver<(String, RoomMsg)>,
+        mut rooms: mpsc::Receiver<(String, Vec<RoomMsg>)>,
     ) {
         loop {
             let end = self.drive(&mut commands, &mut rooms).await;
-            while let Ok((room, msg)) = rooms.try_recv() {
-                self.on_room(room, msg).await;
+            while let Ok((room, msgs)) = rooms.try_recv() {
+                self.on_room_msgs(&room, msgs).await;
             }
             for (_, p) in self.pending.drain() {
                 if let Pending::Join(_, reply) | Pending::Leave(_, reply) | Pending::Other(reply) = p {
@@ -511,7 +515,7 @@ impl Driver {
     async fn drive(
         &mut self,
         commands: &mut mpsc::Receiver<Command>,
-        rooms: &mut mpsc::Receiver<(String, RoomMsg)>,
+        rooms: &mut mpsc::Receiver<(String, Vec<RoomMsg>)>,
     ) -> End {
         let conn = self.link.conn.clone();
         let shared = self.shared.clone();
@@ -530,7 +534,7 @@ impl Driver {
                     }
                     None => self.link.control_open = false,
                 },
-                Some((room, msg)) = rooms.recv() => self.on_room(room, msg).await,
+                Some((room, msgs)) = rooms.recv() => self.on_room_msgs(&room, msgs).await,
                 cmd = commands.recv() => match cmd {
                     Some(Command { body, reply }) => self.on_request(body, reply).await,
                     None => {
@@ -558,7 +562,7 @@ impl Driver {
         backoff: &Backoff,
         end: End,
         commands: &mut mpsc::Receiver<Command>,
-        rooms: &mut mpsc::Receiver<(String, RoomMsg)>,
+        rooms: &mut mpsc::Receiver<(String, Vec<RoomMsg>)>,
     ) -> bool {
         let (mut code, mut reason) = (end.code, end.reason);
         let shared = self.shared.clone();
@@ -588,7 +592,7 @@ impl Driver {
                         }
                         None => return false,
                     },
-                    Some((room, msg)) = rooms.recv() => self.on_room(room, msg).await,
+                    Some((room, msgs)) = rooms.recv() => self.on_room_msgs(&room, msgs).await,
                 }
             }
             let token = self.shared.token();
@@ -710,9 +714,7 @@ impl Driver {
                     None => Vec::new(),
                 };
                 let _ = reply.send(Ok(Resp::Joined(j)));
-                for msg in buffered {
-                    self.on_room(room.clone(), msg).await;
-                }
+                self.on_room_msgs(&room, buffered).await;
             }
             (Pending::Join(room, reply), result) => {
                 if result.is_err() {
@@ -775,13 +777,17 @@ impl Driver {
             track.last_seq = track.last_seq.max(j.current_seq);
         }
         let _ = self.events.send(Event::Resumed { room: room.clone(), complete, replayed }).await;
-        for msg in buffered {
-            self.on_room(room.clone(), msg).await;
+        self.on_room_msgs(&room, buffered).await;
+    }
+
+    async fn on_room_msgs(&mut self, room: &str, msgs: Vec<RoomMsg>) {
+        for msg in msgs {
+            self.on_room(room, msg).await;
         }
     }
 
-    async fn on_room(&mut self, room: String, msg: RoomMsg) {
-        let Some(track) = self.rooms.get_mut(&room) else {
+    async fn on_room(&mut self, room: &str, msg: RoomMsg) {
+        let Some(track) = self.rooms.get_mut(room) else {
             return; // a room we left
         };
         if let Some(buffer) = &mut track.joining {
@@ -792,7 +798,7 @@ impl Driver {
         }
         match msg {
             RoomMsg::Event(e) => {
-                self.deliver(&room, e).await;
+                self.deliver(room, e).await;
             }
             RoomMsg::Advance(seq) => track.last_seq = track.last_seq.max(seq),
             RoomMsg::Lagged { from, to } => {
@@ -801,8 +807,8 @@ impl Driver {
                     return;
                 }
                 let from = from.max(track.last_seq + 1);
-                let _ = self.events.send(Event::Lagged { room: room.clone(), from, to }).await;
-                self.resume(room).await;
+                let _ = self.events.send(Event::Lagged { room: room.to_string(), from, to }).await;
+                self.resume(room.to_string()).await;
             }
         }
     }

@@ -462,10 +462,14 @@ async fn read_events(
         return r;
     }
     let mut last = r.base;
+    // One waiter on the stop signal for the whole run, not one registered
+    // and dropped per event.
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
     loop {
         let event = tokio::select! {
             e = events.recv() => e,
-            _ = stop.wait_for(|s| *s) => break,
+            _ = &mut stopped => break,
         };
         match event {
             Some(Event::Message(m)) if m.seq > 0 => {
