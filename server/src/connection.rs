@@ -1,5 +1,6 @@
 //! One task per QUIC connection: the hello handshake, the control stream's
-//! requests, heartbeats and presence, and a writer task per joined room.
+//! requests, heartbeat datagrams and presence, all in one loop; and a writer
+//! task per joined room.
 //!
 //! Anything malformed from the network ends this connection only, with the
 //! matching close code; nothing here unwraps what a peer sent.
@@ -8,14 +9,14 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use roomcast_protocol::codec::{FrameDecoder, FrameError, encode_frame};
 use roomcast_protocol::datagram::ClientDatagram;
 use roomcast_protocol::{ErrorCode, PROTOCOL_VERSION, RoomId, unix_ms, v1};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -29,12 +30,8 @@ use crate::room::{RoomCommand, RoomHandle};
 use v1::client_frame::Body as Req;
 use v1::server_frame::Body as Resp;
 
-/// Control frames queued between the stream reader and the session loop.
-/// The reader waits when it is full, which in turn stops reading the stream
-/// and lets QUIC flow control push back on the client.
-const CONTROL_QUEUE: usize = 16;
-
-type ControlRx = mpsc::Receiver<Result<v1::ClientFrame, FrameError>>;
+/// The most control-stream bytes taken from QUIC in one read.
+const CONTROL_CHUNK: usize = 64 * 1024;
 
 /// Requests handed to a room whose answers are still to come. Chats and
 /// recalls are pipelined: the session reads the next request while the room
@@ -89,12 +86,14 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
             }
         };
         let metrics = shared.metrics.clone();
-        let Some((session, control)) = Session::handshake(id, conn, shared).await else {
+        // Boxed: the handshake's state is needed once, not for the life of
+        // the connection's task.
+        let Some(session) = Box::pin(Session::handshake(id, conn, shared)).await else {
             metrics.sessions_refused.inc();
             return;
         };
         metrics.connections.inc();
-        session.run(control).await;
+        session.run().await;
         metrics.connections.dec();
     }
     .instrument(span)
@@ -110,12 +109,16 @@ struct Session {
     id: ConnId,
     conn: quinn::Connection,
     send: quinn::SendStream,
+    /// The control stream's read half, with the bytes read but not yet
+    /// decoded. Read only while fewer than `MAX_IN_FLIGHT` answers are
+    /// pending, so QUIC flow control pushes back on a client that floods it.
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
     identity: Identity,
     shared: Arc<Shared>,
     rooms: HashMap<RoomId, Membership>,
-    /// Milliseconds since `started` of the last heartbeat (or request).
-    last_heartbeat: Arc<AtomicU64>,
-    started: Instant,
+    /// The last heartbeat (or request).
+    last_heartbeat: Instant,
     present: bool,
     /// Answers still to come from rooms, oldest first (at most `MAX_IN_FLIGHT`).
     pending: VecDeque<(u32, Answer)>,
@@ -137,58 +140,6 @@ fn error_frame(request_id: u32, code: ErrorCode, why: &str) -> Bytes {
         request_id,
         body: Some(Resp::Error(v1::Error { code: code.to_proto() as i32, message: why.to_string() })),
     })
-}
-
-/// Reads and decodes the control stream, handing frames to the session.
-async fn read_control(
-    mut recv: quinn::RecvStream,
-    max_frame: u32,
-    tx: mpsc::Sender<Result<v1::ClientFrame, FrameError>>,
-) {
-    let mut decoder = FrameDecoder::new(max_frame);
-    loop {
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => {
-                decoder.extend(&chunk.bytes);
-                loop {
-                    match decoder.next_message::<v1::ClientFrame>() {
-                        Ok(Some(frame)) => {
-                            if tx.send(Ok(frame)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                    }
-                }
-            }
-            Ok(None) => {
-                if let Err(e) = decoder.finish() {
-                    let _ = tx.send(Err(e)).await;
-                }
-                return;
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// Reads heartbeat datagrams. A malformed datagram is a protocol violation.
-async fn read_datagrams(conn: quinn::Connection, last: Arc<AtomicU64>, started: Instant) {
-    while let Ok(data) = conn.read_datagram().await {
-        match ClientDatagram::decode(data) {
-            Ok(ClientDatagram::Heartbeat { .. }) => {
-                last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                close(&conn, None, ErrorCode::ProtocolViolation, &format!("bad datagram: {e}")).await;
-                return;
-            }
-        }
-    }
 }
 
 /// Writes one room's events to its unidirectional stream, and its online
@@ -231,14 +182,10 @@ async fn write_room(mut send: quinn::SendStream, outbox: Arc<Outbox>, conn: quin
 
 impl Session {
     /// Waits for `Hello`, checks version and token, answers `Welcome`.
-    async fn handshake(
-        id: ConnId,
-        conn: quinn::Connection,
-        shared: Arc<Shared>,
-    ) -> Option<(Self, ControlRx)> {
+    async fn handshake(id: ConnId, conn: quinn::Connection, shared: Arc<Shared>) -> Option<Self> {
         let limits = &shared.config.limits;
         let deadline = Instant::now() + std::time::Duration::from_millis(limits.hello_timeout_ms);
-        let (mut send, recv) = match timeout_at(deadline, conn.accept_bi()).await {
+        let (mut send, mut recv) = match timeout_at(deadline, conn.accept_bi()).await {
             Ok(Ok(streams)) => streams,
             Ok(Err(e)) => {
                 debug!(error = %e, "connection ended before the control stream");
@@ -249,14 +196,24 @@ impl Session {
                 return None;
             }
         };
-        let (tx, mut rx) = mpsc::channel(CONTROL_QUEUE);
-        tokio::spawn(read_control(recv, limits.max_frame_bytes, tx).in_current_span());
-        let hello = match timeout_at(deadline, rx.recv()).await {
+        let mut decoder = FrameDecoder::new(limits.max_frame_bytes);
+        let first = timeout_at(deadline, async {
+            loop {
+                if let Some(frame) = decoder.next_message::<v1::ClientFrame>()? {
+                    return Ok::<_, FrameError>(Some(frame));
+                }
+                match recv.read_chunk(CONTROL_CHUNK, true).await {
+                    Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
+                    Ok(None) | Err(_) => return Ok(None),
+                }
+            }
+        });
+        let hello = match first.await {
             Err(_) => Err((ErrorCode::HelloTimeout, "no hello in time".to_string())),
-            Ok(None) => Err((ErrorCode::ProtocolViolation, "control stream ended before hello".into())),
-            Ok(Some(Err(e))) => Err((e.code(), e.to_string())),
-            Ok(Some(Ok(v1::ClientFrame { body: Some(Req::Hello(h)), request_id }))) => Ok((request_id, h)),
-            Ok(Some(Ok(_))) => Err((ErrorCode::ProtocolViolation, "first frame must be hello".into())),
+            Ok(Ok(None)) => Err((ErrorCode::ProtocolViolation, "control stream ended before hello".into())),
+            Ok(Err(e)) => Err((e.code(), e.to_string())),
+            Ok(Ok(Some(v1::ClientFrame { body: Some(Req::Hello(h)), request_id }))) => Ok((request_id, h)),
+            Ok(Ok(Some(_))) => Err((ErrorCode::ProtocolViolation, "first frame must be hello".into())),
         };
         let (request_id, hello) = match hello {
             Ok(h) => h,
@@ -301,30 +258,46 @@ impl Session {
         if send.write_all(&frame).await.is_err() {
             return None;
         }
-        let started = Instant::now();
-        let session = Self {
+        Some(Self {
             id,
             conn,
             send,
+            recv,
+            decoder,
             identity,
             shared,
             rooms: HashMap::new(),
-            last_heartbeat: Arc::new(AtomicU64::new(0)),
-            started,
+            last_heartbeat: Instant::now(),
             present: true,
             pending: VecDeque::new(),
-        };
-        Some((session, rx))
+        })
     }
 
-    async fn run(mut self, mut control: ControlRx) {
-        tokio::spawn(
-            read_datagrams(self.conn.clone(), self.last_heartbeat.clone(), self.started).in_current_span(),
-        );
+    async fn run(mut self) {
         let mut presence_check = tokio::time::interval(self.shared.config.presence.heartbeat_interval());
         presence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let conn = self.conn.clone();
+        let mut control_open = true;
         loop {
+            // Requests already read are handled before more is read, as long
+            // as the pipeline has room.
+            if self.pending.len() < MAX_IN_FLIGHT {
+                match self.decoder.next_message::<v1::ClientFrame>() {
+                    Ok(Some(frame)) => {
+                        if let Err((code, why)) = self.handle(frame).await {
+                            close(&self.conn, Some(&mut self.send), code, &why).await;
+                            break;
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        close(&self.conn, Some(&mut self.send), e.code(), &e.to_string()).await;
+                        break;
+                    }
+                }
+            }
+            let reading = control_open && self.pending.len() < MAX_IN_FLIGHT;
             tokio::select! {
                 answered = oldest(&mut self.pending), if !self.pending.is_empty() => {
                     let Some((rid, _)) = self.pending.pop_front() else { continue };
@@ -333,20 +306,36 @@ impl Session {
                         break;
                     }
                 }
-                frame = control.recv(), if self.pending.len() < MAX_IN_FLIGHT => match frame {
-                    Some(Ok(frame)) => {
-                        if let Err((code, why)) = self.handle(frame).await {
-                            close(&self.conn, Some(&mut self.send), code, &why).await;
+                chunk = self.recv.read_chunk(CONTROL_CHUNK, true), if reading => match chunk {
+                    Ok(Some(chunk)) => self.decoder.extend(&chunk.bytes),
+                    Ok(None) => {
+                        if let Err(e) = self.decoder.finish() {
+                            close(&self.conn, Some(&mut self.send), e.code(), &e.to_string()).await;
+                            break;
+                        }
+                        debug!("control stream ended");
+                        // Answers still pending are written before the
+                        // connection closes.
+                        control_open = false;
+                        if self.pending.is_empty() {
+                            conn.close(0u32.into(), b"bye");
                             break;
                         }
                     }
-                    Some(Err(e)) => {
-                        close(&self.conn, Some(&mut self.send), e.code(), &e.to_string()).await;
+                    Err(e) => {
+                        debug!(error = %e, "control stream failed");
+                        conn.close(0u32.into(), b"bye");
                         break;
                     }
-                    None => {
-                        debug!("control stream ended");
-                        conn.close(0u32.into(), b"bye");
+                },
+                datagram = conn.read_datagram() => match datagram.map(ClientDatagram::decode) {
+                    Ok(Ok(ClientDatagram::Heartbeat { .. })) => self.touch(),
+                    Ok(Err(e)) => {
+                        close(&conn, None, ErrorCode::ProtocolViolation, &format!("bad datagram: {e}")).await;
+                        break;
+                    }
+                    Err(reason) => {
+                        debug!(%reason, "connection closed");
                         break;
                     }
                 },
@@ -355,6 +344,10 @@ impl Session {
                     debug!(%reason, "connection closed");
                     break;
                 }
+            }
+            if !control_open && self.pending.is_empty() {
+                conn.close(0u32.into(), b"bye");
+                break;
             }
         }
         for (_, m) in self.rooms.drain() {
@@ -366,8 +359,7 @@ impl Session {
     /// Leaves presence after the configured number of missed heartbeats,
     /// and returns on the next heartbeat.
     async fn check_presence(&mut self) {
-        let last = std::time::Duration::from_millis(self.last_heartbeat.load(Ordering::Relaxed));
-        let silent = self.started.elapsed().saturating_sub(last);
+        let silent = self.last_heartbeat.elapsed();
         let present = silent < self.shared.config.presence.grace();
         if present != self.present {
             self.present = present;
@@ -378,8 +370,8 @@ impl Session {
         }
     }
 
-    fn touch(&self) {
-        self.last_heartbeat.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    fn touch(&mut self) {
+        self.last_heartbeat = Instant::now();
     }
 
     /// Handles one request. `Err` closes the connection.
