@@ -138,15 +138,16 @@ struct Link {
 /// Connects, says hello and starts the connection's reader and heartbeat tasks.
 async fn connect_once(
     config: &ClientConfig,
+    client_config: &quinn::ClientConfig,
     endpoint: &quinn::Endpoint,
     token: String,
     room_tx: &mpsc::Sender<(String, Vec<RoomMsg>)>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(Link, v1::Welcome), Error> {
-    let client_config = crate::tls::client_config(config)?;
     let handshake = async {
-        let connecting =
-            endpoint.connect_with(client_config, config.server, &config.server_name).map_err(connect_err)?;
+        let connecting = endpoint
+            .connect_with(client_config.clone(), config.server, &config.server_name)
+            .map_err(connect_err)?;
         let conn = connecting.await.map_err(|e| match e {
             quinn::ConnectionError::ApplicationClosed(_) => Error::from_connection(&e),
             other => connect_err(other),
@@ -204,8 +205,12 @@ pub(crate) async fn start(
     };
     let (events_tx, events_rx) = mpsc::channel(config.event_buffer.max(16));
     let (room_tx, room_rx) = mpsc::channel(ROOM_QUEUE);
+    // Built once, so its session cache carries resumption tickets from one
+    // connection to the next: a reconnection resumes TLS instead of a full
+    // handshake.
+    let tls = crate::tls::client_config(&config)?;
     let (link, welcome) =
-        connect_once(&config, &endpoint, config.token.clone(), &room_tx, &events_tx).await?;
+        connect_once(&config, &tls, &endpoint, config.token.clone(), &room_tx, &events_tx).await?;
     let shared = Arc::new(Shared {
         welcome: Mutex::new(Arc::new(welcome)),
         conn: Mutex::new(link.conn.clone()),
@@ -217,6 +222,7 @@ pub(crate) async fn start(
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let driver = Driver {
         config,
+        tls,
         endpoint,
         shared: shared.clone(),
         link,
@@ -450,6 +456,8 @@ struct End {
 
 struct Driver {
     config: ClientConfig,
+    /// QUIC and TLS settings for every connection of this session.
+    tls: quinn::ClientConfig,
     // Keeps the UDP socket alive as long as the session is driven.
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
@@ -596,7 +604,9 @@ impl Driver {
                 }
             }
             let token = self.shared.token();
-            match connect_once(&self.config, &self.endpoint, token, &self.room_tx, &self.events).await {
+            match connect_once(&self.config, &self.tls, &self.endpoint, token, &self.room_tx, &self.events)
+                .await
+            {
                 Ok((link, welcome)) => {
                     debug!(attempt, session = %welcome.session_id, "reconnected");
                     let session_id = welcome.session_id.clone();

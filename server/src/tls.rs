@@ -86,17 +86,35 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 /// unidirectional streams).
 pub fn server_config(config: &Config) -> Result<(quinn::ServerConfig, CertInfo)> {
     let m = load(config)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(m.chain, m.key)
         .context("certificate and key do not match")?;
     tls.alpn_protocols = vec![roomcast_protocol::ALPN.to_vec()];
+    // The node's suite order decides: AES-128-GCM with SHA-256 wherever the
+    // client offers it.
+    tls.ignore_client_order = true;
+    // Stateless resumption tickets, so a reconnecting client (a network
+    // switch, a drained node) skips the certificate signature and its
+    // verification however many clients there are; one ticket per
+    // handshake is enough for the next reconnection.
+    tls.ticketer = rustls::crypto::ring::Ticketer::new().context("resumption ticketer")?;
+    tls.send_tls13_tickets = 1;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport(config)?));
     Ok((server, m.info))
+}
+
+/// ring, with TLS 1.3's AES-128-GCM-SHA256 first. It is the suite QUIC's
+/// Initial packets already use; on every packet its AES is cheaper than
+/// AES-256, and its handshake hashing is SHA-256, which CPUs accelerate, where
+/// AES-256-GCM-SHA384 needs SHA-512 rounds.
+fn provider() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    provider
 }
 
 fn transport(config: &Config) -> Result<quinn::TransportConfig> {
