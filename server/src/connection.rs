@@ -284,7 +284,9 @@ impl Session {
             if self.pending.len() < MAX_IN_FLIGHT {
                 match self.decoder.next_message::<v1::ClientFrame>() {
                     Ok(Some(frame)) => {
-                        if let Err((code, why)) = self.handle(frame).await {
+                        // Boxed: a request's state (a join's, say) lives only
+                        // while it is handled, not in every idle session.
+                        if let Err((code, why)) = Box::pin(self.handle(frame)).await {
                             close(&self.conn, Some(&mut self.send), code, &why).await;
                             break;
                         }
