@@ -266,7 +266,9 @@ pub struct RoomState {
     round: Option<Round>,
     /// When the last round started.
     round_started: Option<Instant>,
-    last_tick: Option<Instant>,
+    /// The last round ended with events still to send: the next one follows
+    /// it on the room's cadence.
+    back_to_back: bool,
     /// The latest online-count datagram and its version; members are given it
     /// as their chunk is served.
     online_frame: Option<Bytes>,
@@ -302,7 +304,7 @@ impl RoomState {
             log_base: 0,
             round: None,
             round_started: None,
-            last_tick: None,
+            back_to_back: false,
             online_frame: None,
             online_version: 0,
             stats: FlushStats::default(),
@@ -633,8 +635,12 @@ impl RoomState {
         if self.log.len() >= MAX_LOG {
             return Some(now);
         }
-        if self.round.is_some() {
-            return Some(self.last_tick.map_or(now, |t| (t + self.limits.batch_window).max(now)));
+        if let Some(round) = self.round {
+            // Tick k of a round is due k base windows after the round
+            // started, however late the previous tick ran: a busy node
+            // catches up instead of stretching every round.
+            let started = self.round_started.unwrap_or(now);
+            return Some((started + self.limits.batch_window * round.ticks).max(now));
         }
         let wait = if self.has_sequenced_pending() { self.batch_window() } else { self.ephemeral_linger() };
         Some(self.round_started.map_or(now, |s| (s + wait).max(now)))
@@ -657,11 +663,10 @@ impl RoomState {
         let n = self.subscribers.len();
         let end = if self.log.len() >= MAX_LOG { n } else { round.next.saturating_add(round.chunk).min(n) };
         self.serve(round.next.min(n)..end);
-        self.last_tick = Some(now);
         if end >= n {
             self.end_round();
         } else {
-            self.round = Some(Round { next: end, ..round });
+            self.round = Some(Round { next: end, ticks: round.ticks + 1, ..round });
         }
     }
 
@@ -674,7 +679,6 @@ impl RoomState {
             self.start_round(now);
         }
         self.serve(0..self.subscribers.len());
-        self.last_tick = Some(now);
         self.end_round();
     }
 
@@ -688,9 +692,18 @@ impl RoomState {
         }
         let base = self.limits.batch_window;
         let ticks = if base.is_zero() { 1 } else { (window.as_nanos() / base.as_nanos()).max(1) as usize };
-        let round = Round { next: 0, chunk: self.subscribers.len().div_ceil(ticks).max(1) };
+        let round = Round { next: 0, chunk: self.subscribers.len().div_ceil(ticks).max(1), ticks: 0 };
+        // A round that follows the last one back to back (events were
+        // waiting when it ended) and starts less than a tick late counts
+        // from when it was due, so a busy room keeps its cadence; a room that
+        // was quiet starts counting now.
+        let wait = if self.has_sequenced_pending() { window } else { self.ephemeral_linger() };
+        let started = match self.round_started.map(|s| s + wait) {
+            Some(due) if self.back_to_back && due <= now && now.duration_since(due) < base => due,
+            _ => now,
+        };
         self.round = Some(round);
-        self.round_started = Some(now);
+        self.round_started = Some(started);
         round
     }
 
@@ -700,6 +713,7 @@ impl RoomState {
         let oldest = self.subscribers.iter().map(|s| s.next).min().unwrap_or_else(|| self.log_end());
         self.log.drain(..(oldest - self.log_base) as usize);
         self.log_base = oldest;
+        self.back_to_back = !self.log.is_empty();
     }
 
     /// Pushes to each member in `range` everything in the log after its
@@ -784,6 +798,8 @@ struct Round {
     next: usize,
     /// Members served per tick.
     chunk: usize,
+    /// Ticks served so far in this round.
+    ticks: u32,
 }
 
 /// The most events the log holds before every member is brought up to date
@@ -1448,6 +1464,27 @@ mod tests {
         for o in &boxes {
             assert_eq!(seqs(o).await, [1, 2]);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_ticks_do_not_stretch_the_round_or_the_next_one() {
+        let t0 = Instant::now();
+        let (mut r, _boxes) = big_room(t0);
+        send(&mut r, 0, "one", t0);
+        r.tick(t0);
+        let late = t0 + Duration::from_millis(35);
+        send(&mut r, 0, "two", late);
+        r.tick(late);
+        assert_eq!(r.flush_due(late), Some(t0 + Duration::from_millis(40)), "the last tick keeps its place");
+        let end = t0 + Duration::from_millis(41);
+        r.tick(end);
+        assert!(r.round.is_none());
+        // The first slice still needs "two": the next round is due one
+        // window after the first began, and counts from then.
+        assert_eq!(r.flush_due(end), Some(t0 + Duration::from_millis(60)));
+        let next = t0 + Duration::from_millis(62);
+        r.tick(next);
+        assert_eq!(r.flush_due(next), Some(t0 + Duration::from_millis(80)));
     }
 
     #[tokio::test(start_paused = true)]

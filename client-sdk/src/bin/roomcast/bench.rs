@@ -656,8 +656,25 @@ async fn finish_sessions(
     out
 }
 
-fn udp_rx_packets(sessions: &[(usize, Session)]) -> u64 {
-    sessions.iter().map(|(_, s)| s.client.connection_stats().udp_rx.datagrams).sum()
+/// What the subscribers' connections received: UDP datagrams, and PING and
+/// STREAM frames (a node's loss probes show up as PINGs and repeated STREAM
+/// frames).
+#[derive(Default, Clone, Copy)]
+struct RxCounts {
+    datagrams: u64,
+    pings: u64,
+    streams: u64,
+}
+
+fn rx_counts(sessions: &[(usize, Session)]) -> RxCounts {
+    sessions.iter().fold(RxCounts::default(), |acc, (_, s)| {
+        let st = s.client.connection_stats();
+        RxCounts {
+            datagrams: acc.datagrams + st.udp_rx.datagrams,
+            pings: acc.pings + st.frame_rx.ping,
+            streams: acc.streams + st.frame_rx.stream,
+        }
+    })
 }
 
 /// What a publisher sent.
@@ -900,14 +917,14 @@ async fn fanout(target: &Arc<Target>, args: &BenchArgs, slow_share: f64, label: 
     publisher.join(&room).await.context("publisher join")?;
     // Let the joins' side effects (entered notices, online counts) settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rx0 = udp_rx_packets(&opened.sessions);
+    let rx0 = rx_counts(&opened.sessions);
     let usage = Usage::start(target);
     let pb = bar((args.rate * args.duration).round() as u64, "publishing");
     let published = publish(&publisher, &room, args.rate, args.size, args.duration, Some(&pb)).await;
     pb.finish_and_clear();
     hold(args.drain, "draining", String::new).await;
     let window = usage.server.map(|s| s.at.elapsed().as_secs_f64()).unwrap_or(args.duration + args.drain);
-    let rx1 = udp_rx_packets(&opened.sessions);
+    let rx1 = rx_counts(&opened.sessions);
     let received = finish_sessions(opened.sessions, &stop_tx).await;
     let deliveries: u64 = received.iter().map(|(_, r)| r.delivered).sum();
     let healthy: Vec<&Received> = received.iter().filter(|(i, _)| !is_slow(*i)).map(|(_, r)| r).collect();
@@ -931,8 +948,11 @@ async fn fanout(target: &Arc<Target>, args: &BenchArgs, slow_share: f64, label: 
     report.add("gaps_reported", healthy.iter().map(|r| r.gaps).sum::<u64>());
     report.add("lagged_healthy", healthy.iter().map(|r| r.lags).sum::<u64>());
     report.add("disconnected", dropped.load(Ordering::Relaxed));
-    report.add("packets_to_subscribers_per_s", round2((rx1 - rx0) as f64 / window));
-    report.add("packets_per_delivery", round2((rx1 - rx0) as f64 / deliveries.max(1) as f64));
+    let packets = rx1.datagrams - rx0.datagrams;
+    report.add("packets_to_subscribers_per_s", round2(packets as f64 / window));
+    report.add("packets_per_delivery", round2(packets as f64 / deliveries.max(1) as f64));
+    report.add("stream_frames_to_subscribers", rx1.streams - rx0.streams);
+    report.add("ping_frames_to_subscribers", rx1.pings - rx0.pings);
     latency_rows(&mut report, "", healthy.iter().flat_map(|r| r.latencies.iter().copied()).collect());
     usage.finish(target, &mut report, Some(deliveries));
     if let (Some(a), Some(b)) = (rss_start, target.sample()) {
