@@ -129,6 +129,11 @@ fn transport(config: &Config) -> Result<quinn::TransportConfig> {
     // so idle connections cost little memory.
     t.stream_receive_window((64u32 * 1024).into());
     t.receive_window((128u32 * 1024).into());
+    // Path MTU discovery probes every new connection with padded packets
+    // (each acknowledged) to find room for bigger packets. roomcast's packets
+    // are a batching window of small messages and fit the 1,200 bytes every
+    // QUIC path carries, so the probes would only cost a join-storm packets.
+    t.mtu_discovery_config(None);
     Ok(t)
 }
 

@@ -338,11 +338,14 @@ impl RoomState {
         (self.limits.batch_window * scale).min(self.limits.max_batch_window.max(self.limits.batch_window))
     }
 
-    /// How long a batch of ephemeral events alone ("user entered", like
-    /// totals) may wait for a sequenced event to travel with: five windows,
-    /// at most a second. Shed-able events do not cost packets of their own.
+    /// How long ephemeral events alone ("user entered", like totals) may
+    /// wait for a sequenced event to travel with: a second (or a window, if
+    /// that is longer). A quiet room's members then get its decorations at
+    /// most once a second, together with the online count, instead of a
+    /// packet per notice: in a join storm those packets would go to every
+    /// member for every newcomer.
     fn ephemeral_linger(&self) -> Duration {
-        (self.batch_window() * 5).min(Duration::from_secs(1))
+        EPHEMERAL_LINGER.max(self.batch_window())
     }
 
     /// Adds (or replaces) a member and answers with the room's snapshot. Its
@@ -642,8 +645,13 @@ impl RoomState {
             let started = self.round_started.unwrap_or(now);
             return Some((started + self.limits.batch_window * round.ticks).max(now));
         }
-        let wait = if self.has_sequenced_pending() { self.batch_window() } else { self.ephemeral_linger() };
-        Some(self.round_started.map_or(now, |s| (s + wait).max(now)))
+        if self.has_sequenced_pending() {
+            return Some(self.round_started.map_or(now, |s| (s + self.batch_window()).max(now)));
+        }
+        // Ephemeral events alone: after the linger, or with the online count
+        // if that is due first.
+        let linger = self.round_started.map_or(now, |s| (s + self.ephemeral_linger()).max(now));
+        Some(self.online_change_due(now).map_or(linger, |at| at.min(linger)))
     }
 
     /// Fan-out counts since the previous call.
@@ -687,7 +695,7 @@ impl RoomState {
         // A changed online count that would be due within this window
         // travels with the round's batches instead of costing packets of its
         // own.
-        if self.online_due(now).is_some_and(|at| at <= now + window) {
+        if self.online_change_due(now).is_some_and(|at| at <= now + window) {
             self.stage_online(now, self.last_now_ms);
         }
         let base = self.limits.batch_window;
@@ -757,7 +765,16 @@ impl RoomState {
     /// When the online count should next be pushed on its own, if it
     /// changed. During a round it waits for the next round to carry it.
     pub fn online_due(&self, now: Instant) -> Option<Instant> {
-        if self.online_sent == Some(self.online_count()) || self.members.is_empty() || self.round.is_some() {
+        // A round in progress or one waiting to start carries it instead.
+        if self.round.is_some() || !self.log.is_empty() {
+            return None;
+        }
+        self.online_change_due(now)
+    }
+
+    /// When a changed online count is next due, by its own pace.
+    fn online_change_due(&self, now: Instant) -> Option<Instant> {
+        if self.online_sent == Some(self.online_count()) || self.members.is_empty() {
             return None;
         }
         Some(match self.online_sent_at {
@@ -805,6 +822,9 @@ struct Round {
 /// The most events the log holds before every member is brought up to date
 /// at once; bounds the log when events come faster than rounds end.
 const MAX_LOG: usize = 256;
+
+/// See `RoomState::ephemeral_linger`.
+const EPHEMERAL_LINGER: Duration = Duration::from_secs(1);
 
 /// What a member at one cursor (with one filter) is sent: built once per
 /// chunk and shared by every member at that cursor.
@@ -1032,10 +1052,12 @@ mod tests {
         r.push_online(t0, 0);
         let mut raw = Vec::new();
         assert!(a.try_drain(&mut raw).is_some_and(|d| d.online.is_some()));
-        // A newcomer's "entered" alone waits five windows for company.
+        // A newcomer's "entered" alone waits for company: a second after the
+        // last round, when the changed online count is due too.
         let t1 = t0 + Duration::from_millis(10);
         join(&mut r, 2, id("b", Role::Viewer), &Outbox::new(100), t1);
-        assert_eq!(r.flush_due(t1), Some(t0 + Duration::from_millis(100)));
+        assert_eq!(r.flush_due(t1), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(r.online_due(t1), None, "it rides with that round");
         // A sequenced event brings the batch back to one window.
         send(&mut r, 1, "hi", t1);
         assert_eq!(r.flush_due(t1), Some(t0 + Duration::from_millis(20)));
@@ -1279,7 +1301,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn online_count_is_pushed_at_most_once_per_interval() {
-        let mut r = room();
+        let mut r = room_with(RoomLimits { entered_per_sec: 0, ..limits() }, 10);
         let now = Instant::now();
         let o = Outbox::new(10);
         join(&mut r, 1, id("a", Role::Viewer), &o, now);
@@ -1464,6 +1486,45 @@ mod tests {
         for o in &boxes {
             assert_eq!(seqs(o).await, [1, 2]);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn newcomers_to_a_quiet_room_cost_each_member_about_one_packet_a_second() {
+        let t0 = Instant::now();
+        let mut r = room_with(RoomLimits { entered_per_sec: 100, ..limits() }, 10);
+        let boxes: Vec<_> = (0..100).map(|_| Outbox::new(1_000)).collect();
+        for (c, o) in boxes.iter().enumerate() {
+            join(&mut r, c as ConnId, id(&format!("u{c}"), Role::Viewer), o, t0);
+        }
+        // What the room task does: due rounds, and online counts on their own.
+        let drive = |r: &mut RoomState, until: Instant| loop {
+            let round = r.flush_due(until).filter(|at| *at <= until);
+            let online = r.online_due(until).filter(|at| *at <= until);
+            match (round, online) {
+                (Some(at), None) => r.tick(at),
+                (Some(at), Some(o)) if at <= o => r.tick(at),
+                (_, Some(at)) => r.push_online(at, 0),
+                (None, None) => break,
+            }
+        };
+        let mut raw = Vec::new();
+        let settled = t0 + Duration::from_secs(3);
+        drive(&mut r, settled);
+        let _ = boxes[0].try_drain(&mut raw);
+        // Fifty newcomers over the next two seconds, one every 40 ms: member
+        // 0's outbox is looked at after each, as its writer would.
+        let mut wakeups = 0;
+        for i in 0..50u64 {
+            let now = settled + Duration::from_millis(40 * i);
+            drive(&mut r, now);
+            join(&mut r, 1_000 + i, id(&format!("n{i}"), Role::Viewer), &Outbox::new(1_000), now);
+            wakeups += usize::from(boxes[0].try_drain(&mut raw).is_some());
+        }
+        drive(&mut r, settled + Duration::from_secs(2));
+        wakeups += usize::from(boxes[0].try_drain(&mut raw).is_some());
+        assert!(wakeups <= 3, "{wakeups} writes in two seconds for 50 entered notices and counts");
+        let entered = raw.len();
+        assert!(entered >= 50, "every newcomer's notice arrived ({entered} frames)");
     }
 
     #[tokio::test(start_paused = true)]
