@@ -98,8 +98,9 @@ pub(crate) fn client_config(options: &crate::ClientConfig) -> Result<quinn::Clie
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.datagram_receive_buffer_size(Some(64 * 1024));
     transport.datagram_send_buffer_size(16 * 1024);
-    // No path MTU probing: roomcast's packets fit QUIC's 1,200-byte minimum,
-    // and the probes cost a phone packets and wake-ups at every connect.
+    // No path MTU probing of its own: what a client sends (requests,
+    // heartbeats) fits QUIC's 1,200-byte minimum, and the probes would cost a
+    // phone packets and wake-ups at every connect. The node probes its side.
     transport.mtu_discovery_config(None);
     let idle =
         quinn::IdleTimeout::try_from(options.idle_timeout).map_err(|e| Error::Config(e.to_string()))?;

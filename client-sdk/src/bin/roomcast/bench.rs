@@ -427,6 +427,9 @@ struct Received {
     seen: Vec<u64>,
     /// Publish-to-receive latencies of stamped messages, µs.
     latencies: Vec<u64>,
+    /// The same messages from the node's sequencing (`server_time_ms`, wall
+    /// clock, so millisecond resolution) to receipt, µs: the fan-out's share.
+    fanout_latencies: Vec<u64>,
     /// Only host messages count (chat-storm watchers).
     host_only_latency: bool,
 }
@@ -487,6 +490,8 @@ async fn read_events(
                     !r.host_only_latency || matches!(m.kind, Some(v1::room_event::Kind::HostMessage(_)));
                 if counts && let Some(sent) = stamp_of(event_text(&m)) {
                     r.latencies.push(now.saturating_sub(sent));
+                    let wall_ms = roomcast_protocol::unix_ms(std::time::SystemTime::now());
+                    r.fanout_latencies.push(wall_ms.saturating_sub(m.server_time_ms) * 1_000);
                 }
             }
             Some(Event::Gap { from, to, .. }) => r.gaps += to - from + 1,
@@ -954,6 +959,11 @@ async fn fanout(target: &Arc<Target>, args: &BenchArgs, slow_share: f64, label: 
     report.add("stream_frames_to_subscribers", rx1.streams - rx0.streams);
     report.add("ping_frames_to_subscribers", rx1.pings - rx0.pings);
     latency_rows(&mut report, "", healthy.iter().flat_map(|r| r.latencies.iter().copied()).collect());
+    latency_rows(
+        &mut report,
+        "sequenced_to_receive_",
+        healthy.iter().flat_map(|r| r.fanout_latencies.iter().copied()).collect(),
+    );
     usage.finish(target, &mut report, Some(deliveries));
     if let (Some(a), Some(b)) = (rss_start, target.sample()) {
         report.add("server_rss_growth_mib", round2((b.rss_kib as f64 - a.rss_kib as f64) / 1024.0));
