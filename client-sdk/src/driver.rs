@@ -527,10 +527,15 @@ impl Driver {
     ) -> End {
         let conn = self.link.conn.clone();
         let shared = self.shared.clone();
+        // Made once, not once per event: each of these registers with shared
+        // state when it is created or dropped.
+        let close = shared.close.notified();
+        let closed = conn.closed();
+        tokio::pin!(close, closed);
         let reason = loop {
             tokio::select! {
                 biased;
-                _ = shared.close.notified() => {
+                _ = &mut close => {
                     conn.close(0u32.into(), b"client closed");
                     return End { code: None, reason: "closed by the client".into(), by_client: true };
                 }
@@ -551,7 +556,7 @@ impl Driver {
                         return End { code: None, reason: "client dropped".into(), by_client: true };
                     }
                 },
-                reason = conn.closed() => break reason,
+                reason = &mut closed => break reason,
             }
         };
         let (code, reason) = match (self.close_error.take(), Error::from_connection(&reason)) {
