@@ -131,8 +131,21 @@ async fn close(conn: &quinn::Connection, send: Option<&mut quinn::SendStream>, c
     if let Some(send) = send {
         let frame = error_frame(0, code, why);
         let _ = send.write_all(&frame).await;
+        deliver(send).await;
     }
     conn.close(code.to_code().into(), why.as_bytes());
+}
+
+/// How long a closing session waits for the client to acknowledge what was
+/// written to it.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Finishes the control stream and waits (at most `CLOSE_LINGER`) until the
+/// client has acknowledged everything on it: closing a QUIC connection
+/// discards whatever the peer has not acknowledged, answers included.
+async fn deliver(send: &mut quinn::SendStream) {
+    let _ = send.finish();
+    let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
 }
 
 fn error_frame(request_id: u32, code: ErrorCode, why: &str) -> Bytes {
@@ -317,12 +330,8 @@ impl Session {
                         }
                         debug!("control stream ended");
                         // Answers still pending are written before the
-                        // connection closes.
+                        // connection closes, below.
                         control_open = false;
-                        if self.pending.is_empty() {
-                            conn.close(0u32.into(), b"bye");
-                            break;
-                        }
                     }
                     Err(e) => {
                         debug!(error = %e, "control stream failed");
@@ -348,6 +357,7 @@ impl Session {
                 }
             }
             if !control_open && self.pending.is_empty() {
+                deliver(&mut self.send).await;
                 conn.close(0u32.into(), b"bye");
                 break;
             }

@@ -116,3 +116,49 @@ async fn garbage_on_one_connection_closes_it_while_the_others_carry_on() {
     assert_eq!(got[1].seq, 2);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_finishes_its_control_stream_still_gets_every_answer() {
+    use roomcast_protocol::codec::FrameDecoder;
+    use v1::client_frame::Body as Req;
+    let server = TestServer::start().await;
+    let conn = server.raw_connection().await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut frames = vec![v1::ClientFrame {
+        request_id: 1,
+        body: Some(Req::Hello(v1::Hello {
+            token: server.token("quitter", Role::Host),
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "raw".into(),
+            client_version: "0".into(),
+        })),
+    }];
+    frames.push(v1::ClientFrame {
+        request_id: 2,
+        body: Some(Req::Join(v1::Join { room: "r".into(), ..v1::Join::default() })),
+    });
+    for id in 3..13 {
+        let chat =
+            v1::SendChat { room: "r".into(), text: format!("last words {id}"), ..v1::SendChat::default() };
+        frames.push(v1::ClientFrame { request_id: id, body: Some(Req::SendChat(chat)) });
+    }
+    // Everything in one write, then the end of the stream: the chats are
+    // still in the room's hands when the session sees the stream end.
+    let bytes: Vec<u8> = frames.iter().flat_map(|f| encode_frame(f).to_vec()).collect();
+    send.write_all(&bytes).await.unwrap();
+    send.finish().unwrap();
+
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut answered = Vec::new();
+    let read = async {
+        while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
+            decoder.extend(&chunk.bytes);
+            while let Some(frame) = decoder.next_message::<v1::ServerFrame>().unwrap() {
+                answered.push(frame.request_id);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(WAIT, read).await;
+    assert_eq!(answered, (1..13).collect::<Vec<u32>>(), "hello, join and every chat answered, in order");
+    server.stop().await;
+}
