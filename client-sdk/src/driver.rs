@@ -61,8 +61,8 @@ impl Shared {
     }
 }
 
-/// Decoded room-stream frames waiting for the driver.
-const ROOM_QUEUE: usize = 256;
+/// The most room-stream bytes the driver takes from QUIC in one read.
+const ROOM_READ: usize = 64 * 1024;
 /// How long a closing session waits for its close to reach the server.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Frames held for a room between its join request and its `Joined`.
@@ -141,7 +141,6 @@ async fn connect_once(
     client_config: &quinn::ClientConfig,
     endpoint: &quinn::Endpoint,
     token: String,
-    room_tx: &mpsc::Sender<(String, Vec<RoomMsg>)>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(Link, v1::Welcome), Error> {
     let handshake = async {
@@ -181,7 +180,6 @@ async fn connect_once(
     let (link, welcome) = tokio::time::timeout(config.connect_timeout, handshake)
         .await
         .map_err(|_| Error::Connect("timed out".into()))??;
-    tokio::spawn(accept_rooms(link.conn.clone(), room_tx.clone()));
     tokio::spawn(read_datagrams(link.conn.clone(), events.clone()));
     if config.heartbeats {
         let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms).max(50));
@@ -204,13 +202,11 @@ pub(crate) async fn start(
         }
     };
     let (events_tx, events_rx) = mpsc::channel(config.event_buffer.max(16));
-    let (room_tx, room_rx) = mpsc::channel(ROOM_QUEUE);
     // Built once, so its session cache carries resumption tickets from one
     // connection to the next: a reconnection resumes TLS instead of a full
     // handshake.
     let tls = crate::tls::client_config(&config)?;
-    let (link, welcome) =
-        connect_once(&config, &tls, &endpoint, config.token.clone(), &room_tx, &events_tx).await?;
+    let (link, welcome) = connect_once(&config, &tls, &endpoint, config.token.clone(), &events_tx).await?;
     let shared = Arc::new(Shared {
         welcome: Mutex::new(Arc::new(welcome)),
         conn: Mutex::new(link.conn.clone()),
@@ -230,11 +226,12 @@ pub(crate) async fn start(
         pending: HashMap::new(),
         rooms: HashMap::new(),
         events: events_tx,
-        room_tx,
+        readers: Vec::new(),
+        scratch: vec![0; ROOM_READ],
         close_error: None,
         ended: None,
     };
-    tokio::spawn(driver.run(commands_rx, room_rx));
+    tokio::spawn(driver.run(commands_rx));
     Ok((shared, commands_tx, events_rx))
 }
 
@@ -273,59 +270,71 @@ async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<v1::S
     }
 }
 
-/// Accepts the server's room streams and reads each in its own task.
-async fn accept_rooms(conn: quinn::Connection, tx: mpsc::Sender<(String, Vec<RoomMsg>)>) {
-    while let Ok(recv) = conn.accept_uni().await {
-        tokio::spawn(read_room(conn.clone(), recv, tx.clone()));
-    }
+/// A room stream the server opened on the current connection. The driver
+/// reads it itself, so a packet of room events costs the app one task wake-up
+/// between QUIC and the app, not one per stream reader and one more for the
+/// driver.
+struct RoomReader {
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    /// Named by the stream's first frame.
+    room: Option<String>,
 }
 
-async fn read_room(
-    conn: quinn::Connection,
-    mut recv: quinn::RecvStream,
-    tx: mpsc::Sender<(String, Vec<RoomMsg>)>,
-) {
+/// What one read of the room streams gave.
+enum RoomRead {
+    /// Reader `i` took in bytes.
+    Data(usize),
+    /// Reader `i`'s stream ended (finished, reset or with the connection).
+    End(usize),
+}
+
+/// Reads whichever room stream has data, starting at `from` so that one busy
+/// stream does not starve the others.
+fn poll_readers(
+    readers: &mut [RoomReader],
+    scratch: &mut [u8],
+    from: usize,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<RoomRead> {
+    use std::task::Poll;
+    let n = readers.len();
+    for k in 0..n {
+        let i = (from + k) % n;
+        let reader = &mut readers[i];
+        match reader.recv.poll_read(cx, scratch) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RoomRead::End(i)),
+            Poll::Ready(Ok(len)) => {
+                reader.decoder.extend(&scratch[..len]);
+                return Poll::Ready(RoomRead::Data(i));
+            }
+            Poll::Pending => {}
+        }
+    }
+    Poll::Pending
+}
+
+/// Decodes what a room stream's reader holds. `Err` is a protocol violation.
+fn decode_room(reader: &mut RoomReader) -> Result<Vec<RoomMsg>, String> {
     use v1::room_frame::Body;
-    let mut decoder = FrameDecoder::new(MAX_SERVER_FRAME_BYTES);
-    let mut room: Option<String> = None;
+    let mut msgs = Vec::new();
     loop {
-        let chunk = match recv.read_chunk(256 * 1024, true).await {
-            Ok(Some(c)) => c,
-            Ok(None) | Err(_) => return,
+        let frame = match reader.decoder.next_message::<v1::RoomFrame>() {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(msgs),
+            Err(e) => return Err(e.to_string()),
         };
-        decoder.extend(&chunk.bytes);
-        // Everything one chunk carried goes to the driver in one message.
-        let mut msgs = Vec::new();
-        loop {
-            let frame = match decoder.next_message::<v1::RoomFrame>() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    conn.close(ErrorCode::ProtocolViolation.to_code().into(), e.to_string().as_bytes());
-                    return;
-                }
-            };
-            let msg = match (frame.body, &room) {
-                (Some(Body::Start(s)), None) => {
-                    room = Some(s.room);
-                    continue;
-                }
-                (Some(Body::Event(e)), Some(_)) => RoomMsg::Event(e),
-                (Some(Body::Advance(a)), Some(_)) => RoomMsg::Advance(a.seq),
-                (Some(Body::Lagged(l)), Some(_)) => RoomMsg::Lagged { from: l.from_seq, to: l.to_seq },
-                _ => {
-                    conn.close(ErrorCode::ProtocolViolation.to_code().into(), b"bad room stream");
-                    return;
-                }
-            };
-            msgs.push(msg);
-        }
-        if let Some(r) = &room
-            && !msgs.is_empty()
-            && tx.send((r.clone(), msgs)).await.is_err()
-        {
-            return;
-        }
+        let msg = match (frame.body, &reader.room) {
+            (Some(Body::Start(s)), None) => {
+                reader.room = Some(s.room);
+                continue;
+            }
+            (Some(Body::Event(e)), Some(_)) => RoomMsg::Event(e),
+            (Some(Body::Advance(a)), Some(_)) => RoomMsg::Advance(a.seq),
+            (Some(Body::Lagged(l)), Some(_)) => RoomMsg::Lagged { from: l.from_seq, to: l.to_seq },
+            _ => return Err("bad room stream".into()),
+        };
+        msgs.push(msg);
     }
 }
 
@@ -466,7 +475,10 @@ struct Driver {
     pending: HashMap<u32, Pending>,
     rooms: HashMap<String, RoomTrack>,
     events: mpsc::Sender<Event>,
-    room_tx: mpsc::Sender<(String, Vec<RoomMsg>)>,
+    /// The current connection's room streams.
+    readers: Vec<RoomReader>,
+    /// Where room-stream reads land before they are decoded.
+    scratch: Vec<u8>,
     /// The reason the server gave in an unsolicited `Error` before closing.
     close_error: Option<(Option<ErrorCode>, String)>,
     /// Why the session ended, for the final `Disconnected` event.
@@ -474,8 +486,8 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, commands: mpsc::Receiver<Command>, rooms: mpsc::Receiver<(String, Vec<RoomMsg>)>) {
-        self.run_session(commands, rooms).await;
+    async fn run(mut self, commands: mpsc::Receiver<Command>) {
+        self.run_session(commands).await;
         // Let the connection close reach the server before the app, told
         // the session ended, possibly exits. A shared endpoint belongs to the
         // app, which waits for it itself.
@@ -488,16 +500,10 @@ impl Driver {
         }
     }
 
-    async fn run_session(
-        &mut self,
-        mut commands: mpsc::Receiver<Command>,
-        mut rooms: mpsc::Receiver<(String, Vec<RoomMsg>)>,
-    ) {
+    async fn run_session(&mut self, mut commands: mpsc::Receiver<Command>) {
         loop {
-            let end = self.drive(&mut commands, &mut rooms).await;
-            while let Ok((room, msgs)) = rooms.try_recv() {
-                self.on_room_msgs(&room, msgs).await;
-            }
+            let end = self.drive(&mut commands).await;
+            self.readers.clear();
             for (_, p) in self.pending.drain() {
                 if let Pending::Join(_, reply) | Pending::Leave(_, reply) | Pending::Other(reply) = p {
                     let _ = reply.send(Err(Error::Closed { code: end.code, reason: end.reason.clone() }));
@@ -512,7 +518,7 @@ impl Driver {
                 self.ended = Some((end.code, end.reason));
                 return;
             };
-            if !self.reconnect(&backoff, end, &mut commands, &mut rooms).await {
+            if !self.reconnect(&backoff, end, &mut commands).await {
                 return;
             }
             self.resume_rooms().await;
@@ -520,18 +526,18 @@ impl Driver {
     }
 
     /// Serves the current connection until it ends.
-    async fn drive(
-        &mut self,
-        commands: &mut mpsc::Receiver<Command>,
-        rooms: &mut mpsc::Receiver<(String, Vec<RoomMsg>)>,
-    ) -> End {
+    async fn drive(&mut self, commands: &mut mpsc::Receiver<Command>) -> End {
         let conn = self.link.conn.clone();
         let shared = self.shared.clone();
         // Made once, not once per event: each of these registers with shared
         // state when it is created or dropped.
         let close = shared.close.notified();
         let closed = conn.closed();
-        tokio::pin!(close, closed);
+        let accept = conn.accept_uni();
+        tokio::pin!(close, closed, accept);
+        let mut next_reader = 0;
+        // Until the connection stops taking streams (it is closing).
+        let mut accepting = true;
         let reason = loop {
             tokio::select! {
                 biased;
@@ -547,7 +553,35 @@ impl Driver {
                     }
                     None => self.link.control_open = false,
                 },
-                Some((room, msgs)) = rooms.recv() => self.on_room_msgs(&room, msgs).await,
+                stream = &mut accept, if accepting => match stream {
+                    Ok(recv) => {
+                        accept.set(conn.accept_uni());
+                        let decoder = FrameDecoder::new(MAX_SERVER_FRAME_BYTES);
+                        self.readers.push(RoomReader { recv, decoder, room: None });
+                    }
+                    Err(_) => accepting = false,
+                },
+                read = std::future::poll_fn(|cx| poll_readers(&mut self.readers, &mut self.scratch, next_reader, cx)),
+                    if !self.readers.is_empty() => match read {
+                    RoomRead::Data(i) => {
+                        next_reader = i + 1;
+                        match decode_room(&mut self.readers[i]) {
+                            Ok(msgs) => {
+                                if let Some(room) = self.readers[i].room.clone()
+                                    && !msgs.is_empty()
+                                {
+                                    self.on_room_msgs(&room, msgs).await;
+                                }
+                            }
+                            Err(why) => {
+                                conn.close(ErrorCode::ProtocolViolation.to_code().into(), why.as_bytes());
+                            }
+                        }
+                    }
+                    RoomRead::End(i) => {
+                        self.readers.swap_remove(i);
+                    }
+                },
                 cmd = commands.recv() => match cmd {
                     Some(Command { body, reply }) => self.on_request(body, reply).await,
                     None => {
@@ -575,7 +609,6 @@ impl Driver {
         backoff: &Backoff,
         end: End,
         commands: &mut mpsc::Receiver<Command>,
-        rooms: &mut mpsc::Receiver<(String, Vec<RoomMsg>)>,
     ) -> bool {
         let (mut code, mut reason) = (end.code, end.reason);
         let shared = self.shared.clone();
@@ -605,13 +638,10 @@ impl Driver {
                         }
                         None => return false,
                     },
-                    Some((room, msgs)) = rooms.recv() => self.on_room_msgs(&room, msgs).await,
                 }
             }
             let token = self.shared.token();
-            match connect_once(&self.config, &self.tls, &self.endpoint, token, &self.room_tx, &self.events)
-                .await
-            {
+            match connect_once(&self.config, &self.tls, &self.endpoint, token, &self.events).await {
                 Ok((link, welcome)) => {
                     debug!(attempt, session = %welcome.session_id, "reconnected");
                     let session_id = welcome.session_id.clone();
