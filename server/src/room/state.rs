@@ -732,6 +732,7 @@ impl RoomState {
         let (log, base, stats) = (&self.log, self.log_base, &mut self.stats);
         let online = self.online_frame.as_ref().map(|f| (self.online_version, f));
         let mut built: Vec<Built> = Vec::new();
+        let mut last = 0;
         for sub in &mut self.subscribers[range] {
             if let Some((version, frame)) = online
                 && sub.online != version
@@ -743,19 +744,31 @@ impl RoomState {
                 continue;
             }
             let key = (sub.next, sub.filter, sub.host_skipped);
-            let b = match built.iter().position(|b| b.key == key) {
-                Some(i) => &built[i],
-                None => {
-                    built.push(Built::new(key, &log[(sub.next - base) as usize..]));
-                    &built[built.len() - 1]
-                }
-            };
+            // Members at one cursor are the rule: the batch built for the
+            // previous member usually fits this one too.
+            if built.get(last).is_none_or(|b| b.key != key) {
+                last = match built.iter().position(|b| b.key == key) {
+                    Some(i) => i,
+                    None => {
+                        built.push(Built::new(key, &log[(sub.next - base) as usize..]));
+                        built.len() - 1
+                    }
+                };
+            }
+            let b = &built[last];
             let conn = Some(sub.conn);
-            let ephemeral = |items: &[(Item, Option<ConnId>)]| -> Vec<Item> {
-                items.iter().filter(|(_, except)| *except != conn).map(|(item, _)| item.clone()).collect()
-            };
-            for item in ephemeral(&b.before).into_iter().chain(b.batch.clone()).chain(ephemeral(&b.after)) {
-                stats.add(sub.outbox.push(item));
+            for (item, except) in &b.before {
+                if *except != conn {
+                    stats.add(sub.outbox.push(item.clone()));
+                }
+            }
+            if let Some(item) = &b.batch {
+                stats.add(sub.outbox.push(item.clone()));
+            }
+            for (item, except) in &b.after {
+                if *except != conn {
+                    stats.add(sub.outbox.push(item.clone()));
+                }
             }
             sub.next = end;
             sub.host_skipped = b.skipped;
