@@ -466,13 +466,16 @@ async fn read_events(
     }
     let mut last = r.base;
     // One waiter on the stop signal for the whole run, not one registered
-    // and dropped per event.
+    // and dropped per event. It is looked at first: the run's end closes the
+    // clients right after signalling stop, and the end of a session the
+    // generator closed itself is not a disconnection.
     let stopped = stop.wait_for(|s| *s);
     tokio::pin!(stopped);
     loop {
         let event = tokio::select! {
-            e = events.recv() => e,
+            biased;
             _ = &mut stopped => break,
+            e = events.recv() => e,
         };
         match event {
             Some(Event::Message(m)) if m.seq > 0 => {
