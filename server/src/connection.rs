@@ -157,7 +157,13 @@ fn error_frame(request_id: u32, code: ErrorCode, why: &str) -> Bytes {
 
 /// Writes one room's events to its unidirectional stream, and its online
 /// count as a datagram. Everything pending is written with one vectored write.
-async fn write_room(mut send: quinn::SendStream, outbox: Arc<Outbox>, conn: quinn::Connection, room: RoomId) {
+async fn write_room(
+    mut send: quinn::SendStream,
+    outbox: Arc<Outbox>,
+    conn: quinn::Connection,
+    room: RoomId,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     let start = encode_frame(&v1::RoomFrame {
         body: Some(v1::room_frame::Body::Start(v1::RoomStreamStart { room: room.to_string() })),
     });
@@ -168,6 +174,9 @@ async fn write_room(mut send: quinn::SendStream, outbox: Arc<Outbox>, conn: quin
     let mut batch = Vec::new();
     loop {
         let drained = outbox.drain(&mut batch).await;
+        if let Some(waited) = drained.waited {
+            metrics.outbox_wait.observe(waited.as_secs_f64());
+        }
         if let Some(datagram) = drained.online
             && let Err(e) = conn.send_datagram(datagram)
         {
@@ -459,7 +468,8 @@ impl Session {
                 return Err((ErrorCode::Internal, format!("cannot open room stream: {e}")));
             }
         };
-        tokio::spawn(write_room(stream, outbox, self.conn.clone(), room.clone()).in_current_span());
+        let metrics = self.shared.metrics.clone();
+        tokio::spawn(write_room(stream, outbox, self.conn.clone(), room.clone(), metrics).in_current_span());
         debug!(room = %room, seq = joined.current_seq, resumed = joined.resumed, "joined");
         self.rooms.insert(room, Membership { handle });
         Ok(joined)

@@ -14,6 +14,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::room::state::FlushStats;
@@ -41,6 +42,9 @@ pub struct Metrics {
     pub chat_sampled: Counter,
     pub chat_rate_limited: Counter,
     pub subscribers_lagged: Counter,
+    /// How long room events wait in a member's outbox for its writer: the
+    /// node's own queueing after fan-out, before QUIC takes the bytes.
+    pub outbox_wait: Histogram,
 }
 
 impl Default for Metrics {
@@ -83,6 +87,15 @@ impl Metrics {
             "Subscriptions that fell behind and were told to resume",
             subscribers_lagged.clone(),
         );
+        // 1 ms to 5 s: a healthy node drains within a scheduler round; seconds
+        // mean writers starved of CPU or a peer's flow control holding them.
+        let outbox_wait =
+            Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]);
+        registry.register(
+            "outbox_wait_seconds",
+            "Time the oldest room event waited in a member's outbox before its writer took it",
+            outbox_wait.clone(),
+        );
         Self {
             registry,
             connections,
@@ -97,6 +110,7 @@ impl Metrics {
             chat_sampled,
             chat_rate_limited,
             subscribers_lagged,
+            outbox_wait,
         }
     }
 

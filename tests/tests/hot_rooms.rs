@@ -474,5 +474,6 @@ async fn the_metrics_endpoint_reports_connections_rooms_and_deliveries() {
     assert_eq!(metric(&text, "roomcast_connections"), Some(2.0), "{text}");
     assert_eq!(metric(&text, "roomcast_rooms"), Some(1.0), "{text}");
     assert!(metric(&text, "roomcast_deliveries_total").unwrap() >= 2.0, "{text}");
+    assert!(metric(&text, "roomcast_outbox_wait_seconds_count").unwrap() >= 1.0, "{text}");
     server.stop().await;
 }

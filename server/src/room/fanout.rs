@@ -8,8 +8,11 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Shedding order for ephemeral events: lower is shed first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -80,12 +83,17 @@ struct State {
     /// Sequenced events lost to overflow: `(from, to)`.
     lagged: Option<(u64, u64)>,
     closed: bool,
+    /// When the oldest queued item was pushed (the outbox went from empty to
+    /// not), for the writer to report how long items wait for it.
+    since: Option<Instant>,
 }
 
 /// What a writer took out of an outbox in one drain.
 #[derive(Debug, Default)]
 pub struct Drained {
     pub online: Option<Bytes>,
+    /// How long the oldest drained item waited in the outbox.
+    pub waited: Option<Duration>,
     /// The subscriber lagged: after the frames, tell it which range was lost
     /// and end the stream.
     pub lagged: Option<(u64, u64)>,
@@ -157,6 +165,9 @@ impl Outbox {
             return out;
         }
         let was_idle = s.items.is_empty() && s.online.is_none();
+        if s.items.is_empty() {
+            s.since = Some(Instant::now());
+        }
         s.items.push_back(item);
         s.queued += weight;
         out.queued = weight;
@@ -214,7 +225,8 @@ impl Outbox {
             Item::Ephemeral { frame, .. } => frame,
         }));
         s.queued = 0;
-        Some(Drained { online: s.online.take(), lagged: s.lagged, closed: s.closed })
+        let waited = s.since.take().map(|t| t.elapsed());
+        Some(Drained { online: s.online.take(), waited, lagged: s.lagged, closed: s.closed })
     }
 
     /// Waits until something is pending, then drains it as [`Self::try_drain`].
@@ -257,6 +269,20 @@ mod tests {
         assert_eq!(frames, ["s1", "e", "s2"].map(|s: &'static str| Bytes::from_static(s.as_bytes())));
         assert!(d.lagged.is_none() && !d.closed);
         assert!(o.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_says_how_long_its_oldest_item_waited() {
+        let o = Outbox::new(10);
+        o.push(seq(1));
+        tokio::time::advance(Duration::from_millis(30)).await;
+        o.push(seq(2));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let (_, d) = drain(&o).await;
+        assert_eq!(d.waited, Some(Duration::from_millis(35)), "from the first push, not the last");
+        o.set_online(Bytes::from_static(b"n"));
+        let (_, d) = drain(&o).await;
+        assert_eq!(d.waited, None, "an online count alone is not a queued event");
     }
 
     #[tokio::test]
