@@ -45,6 +45,9 @@ pub struct Metrics {
     /// How long room events wait in a member's outbox for its writer: the
     /// node's own queueing after fan-out, before QUIC takes the bytes.
     pub outbox_wait: Histogram,
+    /// Handshakes in which a client presented a resumption ticket the node
+    /// could read.
+    pub tls_resumed: Counter,
 }
 
 impl Default for Metrics {
@@ -96,6 +99,12 @@ impl Metrics {
             "Time the oldest room event waited in a member's outbox before its writer took it",
             outbox_wait.clone(),
         );
+        let tls_resumed = Counter::default();
+        registry.register(
+            "tls_resumptions",
+            "Handshakes that presented a resumption ticket this node could read",
+            tls_resumed.clone(),
+        );
         Self {
             registry,
             connections,
@@ -111,6 +120,7 @@ impl Metrics {
             chat_rate_limited,
             subscribers_lagged,
             outbox_wait,
+            tls_resumed,
         }
     }
 

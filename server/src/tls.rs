@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -85,6 +86,13 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 /// roomcast client needs (one bidirectional stream, no client-opened
 /// unidirectional streams).
 pub fn server_config(config: &Config) -> Result<(quinn::ServerConfig, CertInfo)> {
+    server_config_counting(config, Counter::default())
+}
+
+/// [`server_config`], counting in `resumed` the resumption tickets clients
+/// present that the node can read: each is a reconnection that skips the
+/// certificate exchange.
+pub fn server_config_counting(config: &Config, resumed: Counter) -> Result<(quinn::ServerConfig, CertInfo)> {
     let m = load(config)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -99,12 +107,42 @@ pub fn server_config(config: &Config) -> Result<(quinn::ServerConfig, CertInfo)>
     // switch, a drained node) skips the certificate signature and its
     // verification however many clients there are; one ticket per
     // handshake is enough for the next reconnection.
-    tls.ticketer = rustls::crypto::ring::Ticketer::new().context("resumption ticketer")?;
+    let inner = rustls::crypto::ring::Ticketer::new().context("resumption ticketer")?;
+    tls.ticketer = Arc::new(CountingTicketer { inner, resumed });
     tls.send_tls13_tickets = 1;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport(config)?));
     Ok((server, m.info))
+}
+
+/// The node's ticketer, counting the tickets it can decrypt.
+#[derive(Debug)]
+struct CountingTicketer {
+    inner: Arc<dyn rustls::server::ProducesTickets>,
+    resumed: Counter,
+}
+
+impl rustls::server::ProducesTickets for CountingTicketer {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.inner.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.inner.decrypt(cipher);
+        if plain.is_some() {
+            self.resumed.inc();
+        }
+        plain
+    }
 }
 
 /// ring, with TLS 1.3's AES-128-GCM-SHA256 first. It is the suite QUIC's

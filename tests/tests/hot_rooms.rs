@@ -310,6 +310,11 @@ async fn after_the_network_drops_out_the_sdk_reconnects_and_loses_nothing() {
     let after = sequenced(&mut events, 1).await;
     assert_eq!((after[0].seq, text(&after[0])), (16, "after"));
     viewer.send_chat("live", "i am back").await.unwrap();
+    let text = server.scrape().await;
+    assert!(
+        metric(&text, "roomcast_tls_resumptions_total").unwrap() >= 1.0,
+        "the reconnection resumed TLS with the node's ticket: {text}"
+    );
     server.stop().await;
 }
 
