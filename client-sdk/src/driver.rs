@@ -62,7 +62,7 @@ impl Shared {
 }
 
 /// The most room-stream bytes the driver takes from QUIC in one read.
-const ROOM_READ: usize = 64 * 1024;
+const ROOM_READ: usize = 16 * 1024;
 /// How long a closing session waits for its close to reach the server.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Frames held for a room between its join request and its `Joined`.
@@ -277,8 +277,8 @@ async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<v1::S
 struct RoomReader {
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
-    /// Named by the stream's first frame.
-    room: Option<String>,
+    /// Named by the stream's first frame; shared, as every read hands it on.
+    room: Option<Arc<str>>,
 }
 
 /// What one read of the room streams gave.
@@ -326,7 +326,7 @@ fn decode_room(reader: &mut RoomReader) -> Result<Vec<RoomMsg>, String> {
         };
         let msg = match (frame.body, &reader.room) {
             (Some(Body::Start(s)), None) => {
-                reader.room = Some(s.room);
+                reader.room = Some(s.room.into());
                 continue;
             }
             (Some(Body::Event(e)), Some(_)) => RoomMsg::Event(e),

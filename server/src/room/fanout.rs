@@ -114,6 +114,12 @@ impl Outbox {
 
     /// Queues an item, applying the overflow policy.
     pub fn push(&self, item: Item) -> PushOutcome {
+        self.push_at(item, Instant::now())
+    }
+
+    /// [`Self::push`], with the time of the push given: a room pushing to
+    /// thousands of members reads the clock once, not once per member.
+    pub fn push_at(&self, item: Item, now: Instant) -> PushOutcome {
         let mut out = PushOutcome::default();
         let mut s = self.lock();
         if s.closed || s.lagged.is_some() {
@@ -166,7 +172,7 @@ impl Outbox {
         }
         let was_idle = s.items.is_empty() && s.online.is_none();
         if s.items.is_empty() {
-            s.since = Some(Instant::now());
+            s.since = Some(now);
         }
         s.items.push_back(item);
         s.queued += weight;

@@ -626,10 +626,11 @@ impl RoomState {
         self.log.iter().any(|p| p.seq > 0)
     }
 
-    /// When the next tick is due. During a round: one base window after the
-    /// last tick. Otherwise, if the log holds events: now if the room has
-    /// been quiet for a window (a lone message is not held back), else one
-    /// window after the previous round started. A log that reached
+    /// When the next tick is due. During a round: tick k is due k base
+    /// windows after the round started. Otherwise, if the log holds events:
+    /// now if the room has been quiet (a lone message is not held back), else
+    /// `round_wait` after the previous round started, or earlier with a due
+    /// online count when only ephemeral events wait. A log that reached
     /// `MAX_LOG` is due at once.
     pub fn flush_due(&self, now: Instant) -> Option<Instant> {
         if self.log.is_empty() && self.round.is_none() {
@@ -645,13 +646,20 @@ impl RoomState {
             let started = self.round_started.unwrap_or(now);
             return Some((started + self.limits.batch_window * round.ticks).max(now));
         }
+        let due = self.round_started.map_or(now, |s| (s + self.round_wait()).max(now));
         if self.has_sequenced_pending() {
-            return Some(self.round_started.map_or(now, |s| (s + self.batch_window()).max(now)));
+            return Some(due);
         }
-        // Ephemeral events alone: after the linger, or with the online count
-        // if that is due first.
-        let linger = self.round_started.map_or(now, |s| (s + self.ephemeral_linger()).max(now));
-        Some(self.online_change_due(now).map_or(linger, |at| at.min(linger)))
+        // Ephemeral events alone go with the online count if that is due
+        // first.
+        Some(self.online_change_due(now).map_or(due, |at| at.min(due)))
+    }
+
+    /// How long after the previous round the next one starts: a batching
+    /// window when sequenced events wait, the ephemeral linger when only
+    /// ephemeral ones do.
+    fn round_wait(&self) -> Duration {
+        if self.has_sequenced_pending() { self.batch_window() } else { self.ephemeral_linger() }
     }
 
     /// Fan-out counts since the previous call.
@@ -670,7 +678,7 @@ impl RoomState {
         };
         let n = self.subscribers.len();
         let end = if self.log.len() >= MAX_LOG { n } else { round.next.saturating_add(round.chunk).min(n) };
-        self.serve(round.next.min(n)..end);
+        self.serve(round.next.min(n)..end, now);
         if end >= n {
             self.end_round();
         } else {
@@ -686,7 +694,7 @@ impl RoomState {
             }
             self.start_round(now);
         }
-        self.serve(0..self.subscribers.len());
+        self.serve(0..self.subscribers.len(), now);
         self.end_round();
     }
 
@@ -696,7 +704,7 @@ impl RoomState {
         // travels with the round's batches instead of costing packets of its
         // own.
         if self.online_change_due(now).is_some_and(|at| at <= now + window) {
-            self.stage_online(now, self.last_now_ms);
+            let _ = self.stage_online(now, self.last_now_ms);
         }
         let base = self.limits.batch_window;
         let ticks = if base.is_zero() { 1 } else { (window.as_nanos() / base.as_nanos()).max(1) as usize };
@@ -705,8 +713,7 @@ impl RoomState {
         // waiting when it ended) and starts less than a tick late counts
         // from when it was due, so a busy room keeps its cadence; a room that
         // was quiet starts counting now.
-        let wait = if self.has_sequenced_pending() { window } else { self.ephemeral_linger() };
-        let started = match self.round_started.map(|s| s + wait) {
+        let started = match self.round_started.map(|s| s + self.round_wait()) {
             Some(due) if self.back_to_back && due <= now && now.duration_since(due) < base => due,
             _ => now,
         };
@@ -727,7 +734,7 @@ impl RoomState {
     /// Pushes to each member in `range` everything in the log after its
     /// cursor, and the staged online count. Members at the same cursor share
     /// one batch, built once.
-    fn serve(&mut self, range: Range<usize>) {
+    fn serve(&mut self, range: Range<usize>, now: Instant) {
         let end = self.log_end();
         let (log, base, stats) = (&self.log, self.log_base, &mut self.stats);
         let online = self.online_frame.as_ref().map(|f| (self.online_version, f));
@@ -759,15 +766,15 @@ impl RoomState {
             let conn = Some(sub.conn);
             for (item, except) in &b.before {
                 if *except != conn {
-                    stats.add(sub.outbox.push(item.clone()));
+                    stats.add(sub.outbox.push_at(item.clone(), now));
                 }
             }
             if let Some(item) = &b.batch {
-                stats.add(sub.outbox.push(item.clone()));
+                stats.add(sub.outbox.push_at(item.clone(), now));
             }
             for (item, except) in &b.after {
                 if *except != conn {
-                    stats.add(sub.outbox.push(item.clone()));
+                    stats.add(sub.outbox.push_at(item.clone(), now));
                 }
             }
             sub.next = end;
@@ -798,26 +805,24 @@ impl RoomState {
 
     /// Pushes the online count datagram to every member.
     pub fn push_online(&mut self, now: Instant, now_ms: u64) {
-        self.stage_online(now, now_ms);
-        let (version, frame) = (self.online_version, self.online_frame.as_ref());
+        let frame = self.stage_online(now, now_ms);
         for sub in &mut self.subscribers {
-            if let Some(frame) = frame {
-                sub.outbox.set_online(frame.clone());
-                sub.online = version;
-            }
+            sub.outbox.set_online(frame.clone());
+            sub.online = self.online_version;
         }
     }
 
     /// Encodes the current online count as the datagram members are given
-    /// next.
-    fn stage_online(&mut self, now: Instant, now_ms: u64) {
+    /// next, and returns it.
+    fn stage_online(&mut self, now: Instant, now_ms: u64) -> Bytes {
         let count = self.online_count();
         let datagram =
             ServerDatagram::OnlineCount { room: self.id.to_string(), count, server_time_ms: now_ms }.encode();
-        self.online_frame = Some(datagram);
+        self.online_frame = Some(datagram.clone());
         self.online_version += 1;
         self.online_sent = Some(count);
         self.online_sent_at = Some(now);
+        datagram
     }
 }
 
