@@ -367,15 +367,22 @@ fn round2(x: f64) -> f64 {
 struct Report {
     title: String,
     rows: Vec<(String, Value)>,
+    /// Reasons to doubt a figure, printed under the table and carried in
+    /// the JSON line as `warnings`.
+    warnings: Vec<String>,
 }
 
 impl Report {
     fn new(title: &str) -> Self {
-        Self { title: title.into(), rows: Vec::new() }
+        Self { title: title.into(), rows: Vec::new(), warnings: Vec::new() }
     }
 
     fn add(&mut self, key: &str, v: impl Into<Value>) {
         self.rows.push((key.into(), v.into()));
+    }
+
+    fn warn(&mut self, why: String) {
+        self.warnings.push(why);
     }
 
     fn print(&self) {
@@ -388,7 +395,13 @@ impl Report {
             };
             println!("  {k:<width$}  {v}");
         }
-        let map: serde_json::Map<String, Value> = self.rows.iter().cloned().collect();
+        for w in &self.warnings {
+            println!("  warning: {w}");
+        }
+        let mut map: serde_json::Map<String, Value> = self.rows.iter().cloned().collect();
+        if !self.warnings.is_empty() {
+            map.insert("warnings".into(), self.warnings.clone().into());
+        }
         println!("{}", Value::Object(map));
     }
 }
@@ -595,15 +608,143 @@ async fn open_sessions(
     opened
 }
 
-/// CPU and memory of the server (and of this process) over a phase.
+/// The inodes of a process's sockets, from the links in /proc/PID/fd.
+fn socket_inodes(pid: &str) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    dir.filter_map(|e| {
+        let link = std::fs::read_link(e.ok()?.path()).ok()?;
+        link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    })
+    .collect()
+}
+
+/// What the kernel holds for some UDP sockets right now.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct UdpQueues {
+    /// Bytes waiting in their receive queues (as the kernel accounts them).
+    rx_bytes: u64,
+    /// Datagrams dropped on arrival since each socket was opened.
+    drops: u64,
+}
+
+/// The kernel's UDP socket tables for IPv4 and IPv6.
+fn udp_tables() -> Vec<String> {
+    ["/proc/net/udp", "/proc/net/udp6"].iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect()
+}
+
+/// Sums the receive queues and drop counts of the UDP sockets with these
+/// inodes, from /proc/net/udp and /proc/net/udp6 (the process's network
+/// namespace). Columns: `sl local rem st tx_queue:rx_queue tr tm->when
+/// retrnsmt uid timeout inode ref pointer drops`, queues in hex.
+fn udp_queues(tables: &[String], inodes: &[u64]) -> UdpQueues {
+    let mut q = UdpQueues::default();
+    for line in tables.iter().flat_map(|t| t.lines().skip(1)) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(queues), Some(inode), Some(drops)) = (f.get(4), f.get(9), f.get(12)) else { continue };
+        if !inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i)) {
+            continue;
+        }
+        let rx = queues.split_once(':').and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
+        q.rx_bytes += rx.unwrap_or(0);
+        q.drops += drops.parse::<u64>().unwrap_or(0);
+    }
+    q
+}
+
+/// The receive backlog (largest and mean) and the drops of the generator's
+/// sockets and of the server's, sampled every 100 ms over a phase. A burst
+/// of packets queues for a moment; a generator whose queues stay full is
+/// the bottleneck, and the latency it measures is then its own.
+#[derive(Debug, Default, Clone, Copy)]
+struct Backlog {
+    samples: u64,
+    own_sum_rx: u64,
+    own_max_rx: u64,
+    own_drops: (u64, u64),
+    server_max_rx: u64,
+    server_drops: (u64, u64),
+}
+
+struct BacklogWatch {
+    seen: Arc<std::sync::Mutex<Backlog>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BacklogWatch {
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn start(server_pid: Option<String>) -> Self {
+        let seen = Arc::new(std::sync::Mutex::new(Backlog::default()));
+        let shared = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut first = true;
+            let mut tick = tokio::time::interval(Self::EVERY);
+            loop {
+                tick.tick().await;
+                let tables = udp_tables();
+                let own = udp_queues(&tables, &socket_inodes("self"));
+                let server = server_pid.as_deref().map(|p| udp_queues(&tables, &socket_inodes(p)));
+                let Ok(mut b) = shared.lock() else { return };
+                if first {
+                    b.own_drops.0 = own.drops;
+                    b.server_drops.0 = server.map_or(0, |s| s.drops);
+                    first = false;
+                }
+                b.samples += 1;
+                b.own_sum_rx += own.rx_bytes;
+                b.own_max_rx = b.own_max_rx.max(own.rx_bytes);
+                b.own_drops.1 = own.drops;
+                if let Some(s) = server {
+                    b.server_max_rx = b.server_max_rx.max(s.rx_bytes);
+                    b.server_drops.1 = s.drops;
+                }
+            }
+        });
+        Self { seen, task }
+    }
+
+    fn finish(self, report: &mut Report, server: bool) {
+        self.task.abort();
+        let Ok(b) = self.seen.lock().map(|b| *b) else { return };
+        let kib = |bytes: u64| round2(bytes as f64 / 1024.0);
+        let own_mean = b.own_sum_rx / b.samples.max(1);
+        report.add("generator_rx_backlog_mean_kib", kib(own_mean));
+        report.add("generator_rx_backlog_max_kib", kib(b.own_max_rx));
+        report.add("generator_udp_drops", b.own_drops.1.saturating_sub(b.own_drops.0));
+        if server {
+            report.add("server_rx_backlog_max_kib", kib(b.server_max_rx));
+            report.add("server_udp_drops", b.server_drops.1.saturating_sub(b.server_drops.0));
+        }
+        if own_mean >= GENERATOR_BEHIND_BYTES {
+            report.warn(format!(
+                "the generator fell behind: its sockets held {:.1} MiB unread on average (up to {:.1} MiB), so the latency measured here is partly its own",
+                own_mean as f64 / (1 << 20) as f64,
+                b.own_max_rx as f64 / (1 << 20) as f64
+            ));
+        }
+    }
+}
+
+/// A mean receive backlog past which the generator, not the server, sets
+/// the latency: a MiB of queued packets is tens of milliseconds of its work,
+/// all the time.
+const GENERATOR_BEHIND_BYTES: u64 = 1 << 20;
+
+/// CPU and memory of the server (and of this process) over a phase, and the
+/// sockets' backlogs.
 struct Usage {
     server: Option<ProcSample>,
     own: Option<ProcSample>,
+    backlog: BacklogWatch,
 }
 
 impl Usage {
     fn start(target: &Target) -> Self {
-        Self { server: target.sample(), own: proc_sample("self") }
+        Self {
+            server: target.sample(),
+            own: proc_sample("self"),
+            backlog: BacklogWatch::start(target.pid.clone()),
+        }
     }
 
     /// Adds the phase's figures; `deliveries` divides the server's CPU time.
@@ -623,6 +764,7 @@ impl Usage {
             let cpu = b.cpu.saturating_sub(a.cpu);
             report.add("generator_cpu_pct", round2(100.0 * cpu.as_secs_f64() / secs(&a, &b)));
         }
+        self.backlog.finish(report, target.pid.is_some());
     }
 }
 
@@ -1081,4 +1223,41 @@ async fn chat_storm(target: &Arc<Target>, args: &BenchArgs) -> Result<Report> {
     usage.finish(target, &mut report, Some(deliveries));
     host.close();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two sockets of ours and one of another process, in the kernel's
+    /// /proc/net/udp format (`udp4_format_sock`).
+    const UDP: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+ 1042: 0100007F:1151 00000000:0000 07 00000000:00012000 00:00000000 00000000     0        0 5551 2 0000000000000000 3
+ 1043: 00000000:A1B2 00000000:0000 07 00000000:00000800 00:00000000 00000000     0        0 5552 2 0000000000000000 0
+ 1044: 00000000:A1B3 00000000:0000 07 00000000:00fff000 00:00000000 00000000     0        0 9999 2 0000000000000000 7
+";
+
+    #[test]
+    fn udp_queues_sum_the_backlog_and_drops_of_the_given_sockets_only() {
+        let tables = vec![UDP.to_string()];
+        let q = udp_queues(&tables, &[5551, 5552]);
+        assert_eq!(q, UdpQueues { rx_bytes: 0x12000 + 0x800, drops: 3 });
+        assert_eq!(udp_queues(&tables, &[9999]), UdpQueues { rx_bytes: 0xfff000, drops: 7 });
+        assert_eq!(udp_queues(&tables, &[1]), UdpQueues::default());
+    }
+
+    #[test]
+    fn this_process_finds_its_own_udp_socket_and_its_backlog() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let inodes = socket_inodes("self");
+        assert!(inodes.len() >= 2, "two sockets, found inodes {inodes:?}");
+        let empty = udp_queues(&udp_tables(), &inodes).rx_bytes;
+        for _ in 0..10 {
+            sender.send_to(&[7u8; 1000], socket.local_addr().expect("addr")).expect("send");
+        }
+        // Loopback delivers before send_to returns.
+        let full = udp_queues(&udp_tables(), &inodes).rx_bytes;
+        assert!(full >= empty + 10 * 1000, "backlog grew from {empty} to {full}");
+    }
 }
