@@ -73,23 +73,19 @@ fn room_answer<T: Send + 'static>(
 }
 
 /// Serves one incoming connection until it ends.
-pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
+///
+/// The connection's task lives as long as the connection, and its size is
+/// that of its largest state. Accepting (the client's first packets, the
+/// TLS handshake) and saying hello need several kilobytes once, so they run
+/// in a box that is freed when the session starts, and the task keeps only
+/// the session's own state.
+pub(crate) async fn serve(incoming: Box<quinn::Incoming>, shared: Arc<Shared>) {
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let span =
         info_span!("conn", conn = id, user = tracing::field::Empty, remote = %incoming.remote_address());
     async move {
-        let conn = match incoming.await {
-            Ok(c) => c,
-            Err(e) => {
-                debug!(error = %e, "handshake failed");
-                return;
-            }
-        };
         let metrics = shared.metrics.clone();
-        // Boxed: the handshake's state is needed once, not for the life of
-        // the connection's task.
-        let Some(session) = Box::pin(Session::handshake(id, conn, shared)).await else {
-            metrics.sessions_refused.inc();
+        let Some(session) = Box::pin(accept(id, incoming, shared)).await else {
             return;
         };
         metrics.connections.inc();
@@ -98,6 +94,23 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
     .instrument(span)
     .await
+}
+
+/// Completes the QUIC handshake and the session's hello.
+async fn accept(id: ConnId, incoming: Box<quinn::Incoming>, shared: Arc<Shared>) -> Option<Session> {
+    let conn = match (*incoming).await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "handshake failed");
+            return None;
+        }
+    };
+    let metrics = shared.metrics.clone();
+    let session = Session::handshake(id, conn, shared).await;
+    if session.is_none() {
+        metrics.sessions_refused.inc();
+    }
+    session
 }
 
 /// A joined room, from the connection's side.
@@ -126,14 +139,25 @@ struct Session {
 
 /// Closes the connection with `code`, after trying to say why on the control
 /// stream.
-async fn close(conn: &quinn::Connection, send: Option<&mut quinn::SendStream>, code: ErrorCode, why: &str) {
-    info!(code = code.name(), reason = why, "closing connection");
-    if let Some(send) = send {
-        let frame = error_frame(0, code, why);
-        let _ = send.write_all(&frame).await;
-        deliver(send).await;
-    }
-    conn.close(code.to_code().into(), why.as_bytes());
+///
+/// Boxed, like the session's other rare steps (presence checks, answers,
+/// leaving): a session's task is as large as its largest step, for the
+/// whole life of the connection.
+fn close<'a>(
+    conn: &'a quinn::Connection,
+    send: Option<&'a mut quinn::SendStream>,
+    code: ErrorCode,
+    why: &'a str,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        info!(code = code.name(), reason = why, "closing connection");
+        if let Some(send) = send {
+            let frame = error_frame(0, code, why);
+            let _ = send.write_all(&frame).await;
+            deliver(send).await;
+        }
+        conn.close(code.to_code().into(), why.as_bytes());
+    })
 }
 
 /// How long a closing session waits for the client to acknowledge what was
@@ -325,7 +349,7 @@ impl Session {
             tokio::select! {
                 answered = oldest(&mut self.pending), if !self.pending.is_empty() => {
                     let Some((rid, _)) = self.pending.pop_front() else { continue };
-                    if let Err((code, why)) = self.answer(rid, answered).await {
+                    if let Err((code, why)) = Box::pin(self.answer(rid, answered)).await {
                         close(&self.conn, Some(&mut self.send), code, &why).await;
                         break;
                     }
@@ -359,22 +383,26 @@ impl Session {
                         break;
                     }
                 },
-                _ = presence_check.tick() => self.check_presence().await,
+                _ = presence_check.tick() => Box::pin(self.check_presence()).await,
                 reason = conn.closed() => {
                     debug!(%reason, "connection closed");
                     break;
                 }
             }
             if !control_open && self.pending.is_empty() {
-                deliver(&mut self.send).await;
+                Box::pin(deliver(&mut self.send)).await;
                 conn.close(0u32.into(), b"bye");
                 break;
             }
         }
+        Box::pin(self.leave_all()).await;
+        info!("session ended");
+    }
+
+    async fn leave_all(&mut self) {
         for (_, m) in self.rooms.drain() {
             let _ = m.handle.send(RoomCommand::Leave { conn: self.id }).await;
         }
-        info!("session ended");
     }
 
     /// Leaves presence after the configured number of missed heartbeats,

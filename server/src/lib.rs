@@ -138,7 +138,7 @@ pub async fn serve(
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    tokio::spawn(connection::serve(incoming, shared.clone()));
+                    tokio::spawn(connection::serve(Box::new(incoming), shared.clone()));
                 }
                 None => break,
             },
