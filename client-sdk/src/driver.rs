@@ -351,7 +351,9 @@ async fn read_datagrams(conn: quinn::Connection, events: mpsc::Sender<Event>) {
 }
 
 async fn heartbeat(conn: quinn::Connection, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
+    // The first one is due an interval after connecting: the handshake and
+    // the hello were the signs of life until then.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {}

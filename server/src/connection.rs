@@ -179,8 +179,9 @@ fn error_frame(request_id: u32, code: ErrorCode, why: &str) -> Bytes {
     })
 }
 
-/// Writes one room's events to its unidirectional stream, and its online
-/// count as a datagram. Everything pending is written with one vectored write.
+/// Writes one room's events to its unidirectional stream (whose start frame
+/// the session wrote), and its online count as a datagram. Everything
+/// pending is written with one vectored write.
 async fn write_room(
     mut send: quinn::SendStream,
     outbox: Arc<Outbox>,
@@ -188,13 +189,6 @@ async fn write_room(
     room: RoomId,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
-    let start = encode_frame(&v1::RoomFrame {
-        body: Some(v1::room_frame::Body::Start(v1::RoomStreamStart { room: room.to_string() })),
-    });
-    if send.write_all(&start).await.is_err() {
-        outbox.close();
-        return;
-    }
     let mut batch = Vec::new();
     loop {
         let drained = outbox.drain(&mut batch).await;
@@ -489,7 +483,16 @@ impl Session {
             .join(&room, self.id, &self.identity, &outbox, resume, filter)
             .await
             .map_err(|code| (code, "room unavailable".to_string()))?;
+        // The stream's start frame is written here, before the answer, so
+        // that both (and the first events) leave in one packet.
+        let start = encode_frame(&v1::RoomFrame {
+            body: Some(v1::room_frame::Body::Start(v1::RoomStreamStart { room: room.to_string() })),
+        });
         let stream = match self.conn.open_uni().await {
+            Ok(mut s) => s.write_all(&start).await.map(|()| s).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let stream = match stream {
             Ok(s) => s,
             Err(e) => {
                 let _ = handle.send(RoomCommand::Leave { conn: self.id }).await;
