@@ -103,8 +103,8 @@ pub async fn run(
 /// Serves `endpoint`, and `/metrics` on `metrics_listener` if given, until
 /// `shutdown` resolves; then closes every connection with `SERVER_DRAINING`
 /// so clients reconnect elsewhere and resume. It installs the node's QUIC
-/// server configuration on `endpoint` (as [`tls::bind`] builds it, with the
-/// metrics' counter of resumed handshakes).
+/// server configuration ([`tls::server_config`], counting resumed handshakes
+/// in the metrics) on `endpoint`, which starts accepting then.
 pub async fn serve(
     config: Config,
     endpoint: quinn::Endpoint,
@@ -112,7 +112,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
-    let (server_config, _) = tls::server_config_counting(&config, metrics.tls_resumed.clone())?;
+    let (server_config, _) = tls::server_config(&config, metrics.tls_resumed.clone())?;
     endpoint.set_server_config(Some(server_config));
     let shared = Arc::new(Shared {
         verifier: verifier(&config)?,

@@ -84,15 +84,10 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 /// Builds the QUIC server configuration: TLS 1.3 only, ALPN `roomcast/1`,
 /// ring as the crypto provider, datagrams on, and the transport limits a
 /// roomcast client needs (one bidirectional stream, no client-opened
-/// unidirectional streams).
-pub fn server_config(config: &Config) -> Result<(quinn::ServerConfig, CertInfo)> {
-    server_config_counting(config, Counter::default())
-}
-
-/// [`server_config`], counting in `resumed` the resumption tickets clients
-/// present that the node can read: each is a reconnection that skips the
-/// certificate exchange.
-pub fn server_config_counting(config: &Config, resumed: Counter) -> Result<(quinn::ServerConfig, CertInfo)> {
+/// unidirectional streams). It counts in `resumed` the resumption tickets
+/// clients present that the node can read: each is a reconnection that
+/// skips the certificate exchange.
+pub fn server_config(config: &Config, resumed: Counter) -> Result<(quinn::ServerConfig, CertInfo)> {
     let m = load(config)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -178,13 +173,17 @@ fn transport(config: &Config) -> Result<quinn::TransportConfig> {
     Ok(t)
 }
 
-/// Binds the QUIC endpoint described by `config`.
+/// Binds the QUIC endpoint described by `config` and reports the
+/// certificate it will serve (creating the development certificate on first
+/// use). The endpoint accepts connections once [`crate::serve`] has
+/// installed the node's server configuration, whose counters are the
+/// node's metrics.
 pub fn bind(config: &Config) -> Result<(quinn::Endpoint, CertInfo)> {
-    let (server, info) = server_config(config)?;
+    let info = load(config)?.info;
     let socket = udp_socket(config.listen, config.limits.udp_buffer_bytes)
         .with_context(|| format!("binding UDP {}", config.listen))?;
     let runtime = quinn::default_runtime().context("no async runtime")?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
         .with_context(|| format!("serving on UDP {}", config.listen))?;
     Ok((endpoint, info))
 }
@@ -224,8 +223,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("roomcast-tls-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let config = Config { data_dir: dir.clone(), ..Config::default() };
-        let (_, a) = server_config(&config).unwrap();
-        let (_, b) = server_config(&config).unwrap();
+        let (_, a) = server_config(&config, Counter::default()).unwrap();
+        let (_, b) = server_config(&config, Counter::default()).unwrap();
         assert!(a.development);
         assert_eq!(a.fingerprint, b.fingerprint);
         assert_eq!(a.fingerprint.len(), 32 * 3 - 1);

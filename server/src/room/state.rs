@@ -261,6 +261,9 @@ pub struct RoomState {
     /// `log_base`. Trimmed at the end of each round.
     log: Vec<Pending>,
     log_base: u64,
+    /// Where the newest sequenced event went in the log; while it is at or
+    /// after `log_base`, sequenced events wait.
+    last_sequenced: Option<u64>,
     /// The round in progress: the next member to serve and how many a tick
     /// serves.
     round: Option<Round>,
@@ -301,6 +304,7 @@ impl RoomState {
             online_sent_at: None,
             user_rates: HashMap::new(),
             log: Vec::new(),
+            last_sequenced: None,
             log_base: 0,
             round: None,
             round_started: None,
@@ -583,6 +587,7 @@ impl RoomState {
         };
         let frame = encode_frame(&v1::RoomFrame { body: Some(v1::room_frame::Body::Event(event.clone())) });
         if !self.subscribers.is_empty() {
+            self.last_sequenced = Some(self.log_end());
             self.log.push(Pending {
                 frame,
                 seq: self.seq,
@@ -623,7 +628,7 @@ impl RoomState {
 
     /// Whether the log holds sequenced events (not only ephemeral).
     fn has_sequenced_pending(&self) -> bool {
-        self.log.iter().any(|p| p.seq > 0)
+        self.last_sequenced.is_some_and(|at| at >= self.log_base)
     }
 
     /// When the next tick is due. During a round: tick k is due k base
@@ -1543,6 +1548,31 @@ mod tests {
         assert!(wakeups <= 3, "{wakeups} writes in two seconds for 50 entered notices and counts");
         let entered = raw.len();
         assert!(entered >= 50, "every newcomer's notice arrived ({entered} frames)");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_entered_notice_after_a_served_chat_waits_the_linger_and_one_beside_a_chat_the_window() {
+        let t0 = Instant::now();
+        let mut r = room();
+        let boxes: Vec<_> = (0..3).map(|_| Outbox::new(100)).collect();
+        for (c, o) in boxes.iter().enumerate() {
+            join(&mut r, c as ConnId, id(&format!("u{c}"), Role::Viewer), o, t0);
+        }
+        let t1 = t0 + Duration::from_secs(5);
+        run_until(&mut r, t0, t1);
+        send(&mut r, 0, "hello", t1);
+        run_until(&mut r, t1, t1);
+        r.push_online(t1, 0);
+        assert!(r.flush_due(t1).is_none(), "the chat went out at once and the log is empty");
+        // Only an entered notice waits: it may linger a second after the
+        // chat's round, for the online count to travel with.
+        let t2 = t1 + Duration::from_millis(5);
+        join(&mut r, 10, id("late", Role::Viewer), &Outbox::new(100), t2);
+        let linger = r.flush_due(t2).expect("the notice is due");
+        assert!(linger >= t1 + Duration::from_millis(900), "due {:?} after the chat", linger - t1);
+        // A chat beside it: the round follows one window after the last.
+        send(&mut r, 1, "again", t2);
+        assert_eq!(r.flush_due(t2), Some(t1 + r.batch_window()));
     }
 
     #[tokio::test(start_paused = true)]
