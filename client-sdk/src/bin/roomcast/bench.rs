@@ -22,6 +22,18 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+mod nats;
+
+/// Which server a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PeerServer {
+    /// A roomcast node.
+    Roomcast,
+    /// A NATS server (fanout only), for comparison: `--spawn` starts
+    /// `--nats-server` on a free port, or give `--server` and `--server-pid`.
+    Nats,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Scenario {
     /// Hold many joined, heartbeating connections.
@@ -96,6 +108,12 @@ pub(crate) struct BenchArgs {
     /// `--server-arg=--config=bench.toml`.
     #[arg(long = "server-arg", allow_hyphen_values = true, requires = "spawn")]
     server_args: Vec<String>,
+    /// The server to measure: roomcast, or a peer measured the same way.
+    #[arg(long, value_enum, default_value = "roomcast")]
+    peer: PeerServer,
+    /// The nats-server executable `--peer nats --spawn` starts.
+    #[arg(long, default_value = "nats-server")]
+    nats_server: String,
     /// Seconds to wait after the measured phase for messages in flight.
     #[arg(long, default_value_t = 3.0)]
     drain: f64,
@@ -618,41 +636,62 @@ fn socket_inodes(pid: &str) -> Vec<u64> {
     .collect()
 }
 
-/// What the kernel holds for some UDP sockets right now.
+/// What the kernel holds for some sockets right now.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct UdpQueues {
+struct SocketQueues {
     /// Bytes waiting in their receive queues (as the kernel accounts them).
     rx_bytes: u64,
-    /// Datagrams dropped on arrival since each socket was opened.
+    /// Datagrams dropped on arrival since each UDP socket was opened.
     drops: u64,
 }
 
-/// The kernel's UDP socket tables for IPv4 and IPv6.
-fn udp_tables() -> Vec<String> {
-    ["/proc/net/udp", "/proc/net/udp6"].iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect()
+/// One of the kernel's socket tables, e.g. /proc/net/udp.
+struct SocketTable {
+    text: String,
+    /// UDP tables end each line in a drop count; TCP tables do not.
+    udp: bool,
 }
 
-/// Sums the receive queues and drop counts of the UDP sockets with these
-/// inodes, from /proc/net/udp and /proc/net/udp6 (the process's network
-/// namespace). Columns: `sl local rem st tx_queue:rx_queue tr tm->when
-/// retrnsmt uid timeout inode ref pointer drops`, queues in hex.
-fn udp_queues(tables: &[String], inodes: &[u64]) -> UdpQueues {
-    let mut q = UdpQueues::default();
-    for line in tables.iter().flat_map(|t| t.lines().skip(1)) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(queues), Some(inode), Some(drops)) = (f.get(4), f.get(9), f.get(12)) else { continue };
-        if !inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i)) {
-            continue;
+/// The kernel's UDP socket tables for IPv4 and IPv6, and its TCP tables too
+/// if asked (a TCP peer's run: they have a line per connection, so they
+/// cost more to read).
+fn socket_tables(tcp: bool) -> Vec<SocketTable> {
+    let mut paths = vec![("/proc/net/udp", true), ("/proc/net/udp6", true)];
+    if tcp {
+        paths.extend([("/proc/net/tcp", false), ("/proc/net/tcp6", false)]);
+    }
+    paths
+        .into_iter()
+        .filter_map(|(p, udp)| Some(SocketTable { text: std::fs::read_to_string(p).ok()?, udp }))
+        .collect()
+}
+
+/// Sums the receive queues (and, for UDP, drop counts) of the sockets with
+/// these inodes, from the tables of the process's network namespace.
+/// Columns: `sl local rem st tx_queue:rx_queue tr tm->when retrnsmt uid
+/// timeout inode …`, queues in hex; a UDP line ends `ref pointer drops`.
+fn socket_queues(tables: &[SocketTable], inodes: &[u64]) -> SocketQueues {
+    let mut q = SocketQueues::default();
+    for table in tables {
+        for line in table.text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(queues), Some(inode)) = (f.get(4), f.get(9)) else { continue };
+            if !inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i)) {
+                continue;
+            }
+            let rx = queues.split_once(':').and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
+            q.rx_bytes += rx.unwrap_or(0);
+            if table.udp {
+                q.drops += f.get(12).and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+            }
         }
-        let rx = queues.split_once(':').and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
-        q.rx_bytes += rx.unwrap_or(0);
-        q.drops += drops.parse::<u64>().unwrap_or(0);
     }
     q
 }
 
 /// The receive backlog (largest and mean) and the drops of the generator's
-/// sockets and of the server's, sampled every 100 ms over a phase. A burst
+/// sockets and of the server's, sampled every 100 ms over a phase (every
+/// second for a TCP peer). A burst
 /// of packets queues for a moment; a generator whose queues stay full is
 /// the bottleneck, and the latency it measures is then its own.
 #[derive(Debug, Default, Clone, Copy)]
@@ -673,17 +712,19 @@ struct BacklogWatch {
 impl BacklogWatch {
     const EVERY: Duration = Duration::from_millis(100);
 
-    fn start(server_pid: Option<String>) -> Self {
+    fn start(server_pid: Option<String>, tcp: bool) -> Self {
         let seen = Arc::new(std::sync::Mutex::new(Backlog::default()));
         let shared = seen.clone();
         let task = tokio::spawn(async move {
             let mut first = true;
-            let mut tick = tokio::time::interval(Self::EVERY);
+            // A TCP table has a line per connection: read it less often.
+            let every = if tcp { Self::EVERY * 10 } else { Self::EVERY };
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let tables = udp_tables();
-                let own = udp_queues(&tables, &socket_inodes("self"));
-                let server = server_pid.as_deref().map(|p| udp_queues(&tables, &socket_inodes(p)));
+                let tables = socket_tables(tcp);
+                let own = socket_queues(&tables, &socket_inodes("self"));
+                let server = server_pid.as_deref().map(|p| socket_queues(&tables, &socket_inodes(p)));
                 let Ok(mut b) = shared.lock() else { return };
                 if first {
                     b.own_drops.0 = own.drops;
@@ -733,24 +774,29 @@ const GENERATOR_BEHIND_BYTES: u64 = 1 << 20;
 /// CPU and memory of the server (and of this process) over a phase, and the
 /// sockets' backlogs.
 struct Usage {
+    pid: Option<String>,
     server: Option<ProcSample>,
     own: Option<ProcSample>,
     backlog: BacklogWatch,
 }
 
 impl Usage {
-    fn start(target: &Target) -> Self {
+    /// Starts measuring the server `pid` (if known) and this process;
+    /// `tcp` if the server is a TCP peer.
+    fn start(pid: Option<&str>, tcp: bool) -> Self {
+        let pid = pid.map(str::to_string);
         Self {
-            server: target.sample(),
+            server: pid.as_deref().and_then(proc_sample),
             own: proc_sample("self"),
-            backlog: BacklogWatch::start(target.pid.clone()),
+            backlog: BacklogWatch::start(pid.clone(), tcp),
+            pid,
         }
     }
 
     /// Adds the phase's figures; `deliveries` divides the server's CPU time.
-    fn finish(self, target: &Target, report: &mut Report, deliveries: Option<u64>) {
+    fn finish(self, report: &mut Report, deliveries: Option<u64>) {
         let secs = |a: &ProcSample, b: &ProcSample| b.at.duration_since(a.at).as_secs_f64().max(1e-9);
-        if let (Some(a), Some(b)) = (self.server, target.sample()) {
+        if let (Some(a), Some(b)) = (self.server, self.pid.as_deref().and_then(proc_sample)) {
             let cpu = b.cpu.saturating_sub(a.cpu);
             report.add("server_cpu_s", round2(cpu.as_secs_f64()));
             report.add("server_cpu_pct", round2(100.0 * cpu.as_secs_f64() / secs(&a, &b)));
@@ -764,7 +810,7 @@ impl Usage {
             let cpu = b.cpu.saturating_sub(a.cpu);
             report.add("generator_cpu_pct", round2(100.0 * cpu.as_secs_f64() / secs(&a, &b)));
         }
-        self.backlog.finish(report, target.pid.is_some());
+        self.backlog.finish(report, self.pid.is_some());
     }
 }
 
@@ -904,6 +950,17 @@ fn latency_rows(report: &mut Report, prefix: &str, mut lat: Vec<u64>) {
 
 pub(crate) async fn run(ep: Endpoint, args: BenchArgs) -> Result<()> {
     let _ = now_us();
+    if args.peer == PeerServer::Nats {
+        if args.scenario != Scenario::Fanout {
+            bail!("--peer nats runs the fanout scenario only");
+        }
+        let limit = Duration::from_secs_f64(args.timeout);
+        let report = tokio::time::timeout(limit, nats::fanout(&args, ep.server))
+            .await
+            .context("the run took longer than --timeout")??;
+        report.print();
+        return Ok(());
+    }
     let target = Arc::new(Target::new(&ep, &args).await?);
     let limit = Duration::from_secs_f64(args.timeout);
     let run = async {
@@ -970,7 +1027,7 @@ async fn idle(target: &Arc<Target>, args: &BenchArgs) -> Result<Report> {
     }
     let held_at_start = opened.sessions.len();
     let after_ramp = target.sample();
-    let usage = Usage::start(target);
+    let usage = Usage::start(target.pid.as_deref(), false);
     let d = dropped.clone();
     hold(args.duration, "holding", move || format!("{} dropped", d.load(Ordering::Relaxed))).await;
     let held = held_at_start as u64 - dropped.load(Ordering::Relaxed);
@@ -980,7 +1037,7 @@ async fn idle(target: &Arc<Target>, args: &BenchArgs) -> Result<Report> {
         let per = (b.rss_kib.saturating_sub(a.rss_kib)) as f64 / held_at_start.max(1) as f64;
         report.add("server_rss_kib_per_connection", round2(per));
     }
-    usage.finish(target, &mut report, None);
+    usage.finish(&mut report, None);
     finish_sessions(opened.sessions, &stop_tx).await;
     Ok(report)
 }
@@ -995,7 +1052,7 @@ async fn join_storm(target: &Arc<Target>, args: &BenchArgs) -> Result<Report> {
     );
     let (stop_tx, stop) = watch::channel(false);
     let dropped = Arc::new(AtomicU64::new(0));
-    let usage = Usage::start(target);
+    let usage = Usage::start(target.pid.as_deref(), false);
     let started = Instant::now();
     let room = args.room.clone();
     let opened = open_sessions(
@@ -1022,7 +1079,7 @@ async fn join_storm(target: &Arc<Target>, args: &BenchArgs) -> Result<Report> {
     report.add("wall_s", round2(wall));
     report.add("joins_per_s", round2(ok as f64 / wall.max(1e-9)));
     latency_rows(&mut report, "join_", opened.latencies);
-    usage.finish(target, &mut report, None);
+    usage.finish(&mut report, None);
     finish_sessions(opened.sessions, &stop_tx).await;
     Ok(report)
 }
@@ -1068,7 +1125,7 @@ async fn fanout(target: &Arc<Target>, args: &BenchArgs, slow_share: f64, label: 
     // Let the joins' side effects (entered notices, online counts) settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rx0 = rx_counts(&opened.sessions);
-    let usage = Usage::start(target);
+    let usage = Usage::start(target.pid.as_deref(), false);
     let pb = bar((args.rate * args.duration).round() as u64, "publishing");
     let published = publish(&publisher, &room, args.rate, args.size, args.duration, Some(&pb)).await;
     pb.finish_and_clear();
@@ -1109,7 +1166,7 @@ async fn fanout(target: &Arc<Target>, args: &BenchArgs, slow_share: f64, label: 
         "sequenced_to_receive_",
         healthy.iter().flat_map(|r| r.fanout_latencies.iter().copied()).collect(),
     );
-    usage.finish(target, &mut report, Some(deliveries));
+    usage.finish(&mut report, Some(deliveries));
     if let (Some(a), Some(b)) = (rss_start, target.sample()) {
         report.add("server_rss_growth_mib", round2((b.rss_kib as f64 - a.rss_kib as f64) / 1024.0));
     }
@@ -1166,7 +1223,7 @@ async fn chat_storm(target: &Arc<Target>, args: &BenchArgs) -> Result<Report> {
     let host = target.host("storm-host").await?;
     host.join(&room).await.context("host join")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let usage = Usage::start(target);
+    let usage = Usage::start(target.pid.as_deref(), false);
     let mut storm = JoinSet::new();
     for (i, (_, s)) in senders.sessions.iter().enumerate() {
         let (c, room, size, rate, secs) =
@@ -1220,7 +1277,7 @@ async fn chat_storm(target: &Arc<Target>, args: &BenchArgs) -> Result<Report> {
         received.iter().flat_map(|(_, r)| r.latencies.iter().copied()).collect(),
     );
     let deliveries = received.iter().map(|(_, r)| r.delivered).sum::<u64>();
-    usage.finish(target, &mut report, Some(deliveries));
+    usage.finish(&mut report, Some(deliveries));
     host.close();
     Ok(report)
 }
@@ -1238,12 +1295,15 @@ mod tests {
 ";
 
     #[test]
-    fn udp_queues_sum_the_backlog_and_drops_of_the_given_sockets_only() {
-        let tables = vec![UDP.to_string()];
-        let q = udp_queues(&tables, &[5551, 5552]);
-        assert_eq!(q, UdpQueues { rx_bytes: 0x12000 + 0x800, drops: 3 });
-        assert_eq!(udp_queues(&tables, &[9999]), UdpQueues { rx_bytes: 0xfff000, drops: 7 });
-        assert_eq!(udp_queues(&tables, &[1]), UdpQueues::default());
+    fn socket_queues_sum_the_backlog_and_drops_of_the_given_sockets_only() {
+        let tables = vec![SocketTable { text: UDP.to_string(), udp: true }];
+        let q = socket_queues(&tables, &[5551, 5552]);
+        assert_eq!(q, SocketQueues { rx_bytes: 0x12000 + 0x800, drops: 3 });
+        assert_eq!(socket_queues(&tables, &[9999]), SocketQueues { rx_bytes: 0xfff000, drops: 7 });
+        assert_eq!(socket_queues(&tables, &[1]), SocketQueues::default());
+        // The same lines read as a TCP table: the last column is not a drop count.
+        let tcp = vec![SocketTable { text: UDP.to_string(), udp: false }];
+        assert_eq!(socket_queues(&tcp, &[5551]), SocketQueues { rx_bytes: 0x12000, drops: 0 });
     }
 
     #[test]
@@ -1252,12 +1312,12 @@ mod tests {
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let inodes = socket_inodes("self");
         assert!(inodes.len() >= 2, "two sockets, found inodes {inodes:?}");
-        let empty = udp_queues(&udp_tables(), &inodes).rx_bytes;
+        let empty = socket_queues(&socket_tables(false), &inodes).rx_bytes;
         for _ in 0..10 {
             sender.send_to(&[7u8; 1000], socket.local_addr().expect("addr")).expect("send");
         }
         // Loopback delivers before send_to returns.
-        let full = udp_queues(&udp_tables(), &inodes).rx_bytes;
+        let full = socket_queues(&socket_tables(false), &inodes).rx_bytes;
         assert!(full >= empty + 10 * 1000, "backlog grew from {empty} to {full}");
     }
 }
