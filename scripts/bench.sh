@@ -52,6 +52,13 @@ run fanout-100 fanout --subscribers 100 --rate 20 --size 120 --duration 10
 run fanout-1000 fanout --subscribers 1000 --rate 20 --size 120 --duration 10
 run fanout-5000 fanout --subscribers 5000 --rate 20 --size 120 --duration 10
 run fanout-10000 fanout --subscribers 10000 --rate 20 --size 120 --duration 10
+# The same fan-out against NATS, the peer the targets are set against.
+if command -v nats-server >/dev/null; then
+    run fanout-5000-nats fanout --peer nats --subscribers 5000 --rate 20 --size 120 --duration 10
+    run fanout-10000-nats fanout --peer nats --subscribers 10000 --rate 20 --size 120 --duration 10
+else
+    echo "note: nats-server is not installed (apt-get install nats-server): no NATS comparison" >&2
+fi
 run join-storm join-storm --connections 5000
 run chat-storm chat-storm --subscribers 1000 --senders 200 --sender-rate 1 --duration 10
 run slow-consumers slow-consumers --subscribers 1000 --rate 20 --slow-share 0.01 --duration 10
