@@ -62,6 +62,9 @@ fn sha256(der: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Room streams the node may have open to a client at once.
+const MAX_ROOM_STREAMS: u32 = 64;
+
 pub(crate) fn client_config(options: &crate::ClientConfig) -> Result<quinn::ClientConfig, Error> {
     let trust = &options.trust;
     // AES-128-GCM-SHA256 first: cheaper per packet than AES-256, and its
@@ -94,7 +97,11 @@ pub(crate) fn client_config(options: &crate::ClientConfig) -> Result<quinn::Clie
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Error::Config(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_uni_streams(256u32.into());
+    // One stream per joined room (a node allows 16 by default), with room
+    // for rejoins and resumes, whose new streams open while old ones end.
+    // QUIC stacks keep an entry per stream the peer may open, so a phone
+    // should not offer hundreds.
+    transport.max_concurrent_uni_streams(MAX_ROOM_STREAMS.into());
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.datagram_receive_buffer_size(Some(64 * 1024));
     transport.datagram_send_buffer_size(16 * 1024);
