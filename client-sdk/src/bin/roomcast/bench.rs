@@ -29,7 +29,7 @@ mod nats;
 pub(crate) enum PeerServer {
     /// A roomcast node.
     Roomcast,
-    /// A NATS server (fanout only), for comparison: `--spawn` starts
+    /// A NATS server (fanout and idle), for comparison: `--spawn` starts
     /// `--nats-server` on a free port, or give `--server` and `--server-pid`.
     Nats,
 }
@@ -951,13 +951,16 @@ fn latency_rows(report: &mut Report, prefix: &str, mut lat: Vec<u64>) {
 pub(crate) async fn run(ep: Endpoint, args: BenchArgs) -> Result<()> {
     let _ = now_us();
     if args.peer == PeerServer::Nats {
-        if args.scenario != Scenario::Fanout {
-            bail!("--peer nats runs the fanout scenario only");
-        }
         let limit = Duration::from_secs_f64(args.timeout);
-        let report = tokio::time::timeout(limit, nats::fanout(&args, ep.server))
-            .await
-            .context("the run took longer than --timeout")??;
+        let run = async {
+            match args.scenario {
+                Scenario::Fanout => nats::fanout(&args, ep.server).await,
+                Scenario::Idle => nats::idle(&args, ep.server).await,
+                _ => bail!("--peer nats runs the fanout and idle scenarios only"),
+            }
+        };
+        let report =
+            tokio::time::timeout(limit, run).await.context("the run took longer than --timeout")??;
         report.print();
         return Ok(());
     }

@@ -229,9 +229,114 @@ async fn subscribe(
     }
 }
 
+/// This process's limit on open files (the soft limit), from /proc.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Refuses a run that needs more TCP connections than this process may open
+/// files: each is a socket, and a run that hits the limit fails to connect
+/// some and cannot read /proc either.
+fn check_open_files(connections: usize) -> Result<()> {
+    if let Some(limit) = open_files_limit()
+        && connections as u64 + 64 > limit
+    {
+        bail!(
+            "{connections} TCP connections need more open files than this process may have ({limit}); raise `ulimit -n`"
+        );
+    }
+    Ok(())
+}
+
+/// Opens `n` subscribers (`concurrency` at a time), subscriber `i` to
+/// `subject(i)`, each read by its own task until `stop`; and how many could
+/// not connect.
+async fn subscribers(
+    addr: SocketAddr,
+    n: usize,
+    concurrency: usize,
+    subject: impl Fn(usize) -> String,
+    stop: &watch::Receiver<bool>,
+    dropped: &Arc<AtomicU64>,
+) -> (Vec<tokio::task::JoinHandle<Received>>, u64) {
+    let pb = bar(n as u64, "subscribing");
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (gate, sub) = (gate.clone(), format!("SUB {} 1\r\n", subject(i)));
+        opening.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            open(addr, &sub).await
+        });
+    }
+    let mut readers = Vec::with_capacity(n);
+    let mut failures = 0u64;
+    while let Some(opened) = opening.join_next().await {
+        pb.inc(1);
+        match opened {
+            Ok(Ok((s, buf))) => readers.push(tokio::spawn(subscribe(s, buf, stop.clone(), dropped.clone()))),
+            _ => failures += 1,
+        }
+    }
+    pb.finish_and_clear();
+    (readers, failures)
+}
+
+/// `idle` against NATS: `--connections` subscribers spread over `--rooms`
+/// subjects, answering the server's pings (as NATS clients do), held for
+/// `--duration` s.
+pub(super) async fn idle(args: &BenchArgs, server: SocketAddr) -> Result<Report> {
+    check_open_files(args.connections)?;
+    let peer = Peer::new(args, server).await?;
+    let mut report = Report::new("idle (NATS): connections held");
+    report.add("scenario", "idle");
+    report.add("peer", "nats");
+    report.add("server", peer.addr.to_string());
+    report.add("server_pid", peer.pid.clone().map(serde_json::Value::from).unwrap_or_default());
+    report.add("connections", args.connections);
+    report.add("rooms", args.rooms);
+    report.add("hold_s", args.duration);
+    let (stop_tx, stop) = watch::channel(false);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let before = peer.pid.as_deref().and_then(super::proc_sample);
+    let started = Instant::now();
+    let rooms = args.rooms.max(1);
+    let (readers, failures) = subscribers(
+        peer.addr,
+        args.connections,
+        args.concurrency,
+        |i| format!("{}.{}", args.room, i % rooms),
+        &stop,
+        &dropped,
+    )
+    .await;
+    report.add("ramp_s", round2(started.elapsed().as_secs_f64()));
+    report.add("connect_failures", failures);
+    let after_ramp = peer.pid.as_deref().and_then(super::proc_sample);
+    let usage = Usage::start(peer.pid.as_deref(), true);
+    let d = dropped.clone();
+    hold(args.duration, "holding", move || format!("{} dropped", d.load(Ordering::Relaxed))).await;
+    let dropped_now = dropped.load(Ordering::Relaxed);
+    report.add("connections_held", readers.len() as u64 - dropped_now);
+    report.add("connections_dropped", dropped_now);
+    if let (Some(a), Some(b)) = (before, after_ramp) {
+        let per = b.rss_kib.saturating_sub(a.rss_kib) as f64 / readers.len().max(1) as f64;
+        report.add("server_rss_kib_per_connection", round2(per));
+    }
+    usage.finish(&mut report, None);
+    let _ = stop_tx.send(true);
+    for r in readers {
+        let _ = r.await;
+    }
+    Ok(report)
+}
+
 /// `fanout` against NATS: `--subscribers` subscribers of one subject, one
 /// publisher at `--rate` messages/s of `--size` bytes for `--duration` s.
 pub(super) async fn fanout(args: &BenchArgs, server: SocketAddr) -> Result<Report> {
+    check_open_files(args.subscribers)?;
     let peer = Peer::new(args, server).await?;
     let mut report = Report::new(&format!("fanout (NATS): one publisher, {} subscribers", args.subscribers));
     report.add("scenario", "fanout");
@@ -245,26 +350,9 @@ pub(super) async fn fanout(args: &BenchArgs, server: SocketAddr) -> Result<Repor
     let (stop_tx, stop) = watch::channel(false);
     let dropped = Arc::new(AtomicU64::new(0));
     let rss_start = peer.pid.as_deref().and_then(super::proc_sample);
-    let pb = bar(args.subscribers as u64, "subscribing");
-    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let mut opening = tokio::task::JoinSet::new();
-    for _ in 0..args.subscribers {
-        let (gate, addr) = (gate.clone(), peer.addr);
-        opening.spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            open(addr, &format!("SUB {SUBJECT} 1\r\n")).await
-        });
-    }
-    let mut readers = Vec::with_capacity(args.subscribers);
-    let mut failures = 0u64;
-    while let Some(opened) = opening.join_next().await {
-        pb.inc(1);
-        match opened {
-            Ok(Ok((s, buf))) => readers.push(tokio::spawn(subscribe(s, buf, stop.clone(), dropped.clone()))),
-            _ => failures += 1,
-        }
-    }
-    pb.finish_and_clear();
+    let (readers, failures) =
+        subscribers(peer.addr, args.subscribers, args.concurrency, |_| SUBJECT.to_string(), &stop, &dropped)
+            .await;
     report.add("connect_failures", failures);
     let (mut publisher, _) = open(peer.addr, "").await.context("publisher")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -344,6 +432,13 @@ mod tests {
         assert!(next_op(&mut BytesMut::from(&b"MSG s 1 2\r\nabXY"[..])).is_err());
         assert!(next_op(&mut BytesMut::from(&b"HELLO\r\n"[..])).is_err());
         assert!(next_op(&mut BytesMut::from(&b"MSG s 1 99999999\r\n"[..])).is_err());
+    }
+
+    #[test]
+    fn this_process_knows_its_open_files_limit() {
+        assert!(open_files_limit().is_some_and(|n| n > 0));
+        assert!(check_open_files(usize::MAX / 2).is_err());
+        assert!(check_open_files(0).is_ok());
     }
 
     #[test]
