@@ -484,7 +484,7 @@ impl Session {
             .await
             .map_err(|code| (code, "room unavailable".to_string()))?;
         // The stream's start frame is written here, before the answer, so
-        // that both (and the first events) leave in one packet.
+        // that both (and the first events) usually leave in one packet.
         let start = encode_frame(&v1::RoomFrame {
             body: Some(v1::room_frame::Body::Start(v1::RoomStreamStart { room: room.to_string() })),
         });

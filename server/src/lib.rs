@@ -113,7 +113,6 @@ pub async fn serve(
 ) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let (server_config, _) = tls::server_config(&config, metrics.tls_resumed.clone())?;
-    endpoint.set_server_config(Some(server_config));
     let shared = Arc::new(Shared {
         verifier: verifier(&config)?,
         rooms: room::Rooms::new(config.room.clone(), metrics.clone()),
@@ -122,6 +121,9 @@ pub async fn serve(
         node_epoch: roomcast_protocol::unix_ms(SystemTime::now()),
         config,
     });
+    // Accept only once everything a session needs is ready: a bad key fails
+    // before any client is let in.
+    endpoint.set_server_config(Some(server_config));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(());
     if let Some(listener) = metrics_listener {
         let stopped = async move {

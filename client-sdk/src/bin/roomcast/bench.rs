@@ -6,6 +6,7 @@
 //! the server's CPU time and memory from /proc, so every figure comes with
 //! what it cost.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -627,8 +628,8 @@ async fn open_sessions(
 }
 
 /// The inodes of a process's sockets, from the links in /proc/PID/fd.
-fn socket_inodes(pid: &str) -> Vec<u64> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+fn socket_inodes(pid: &str) -> HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return HashSet::new() };
     dir.filter_map(|e| {
         let link = std::fs::read_link(e.ok()?.path()).ok()?;
         link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
@@ -670,19 +671,24 @@ fn socket_tables(tcp: bool) -> Vec<SocketTable> {
 /// these inodes, from the tables of the process's network namespace.
 /// Columns: `sl local rem st tx_queue:rx_queue tr tm->when retrnsmt uid
 /// timeout inode …`, queues in hex; a UDP line ends `ref pointer drops`.
-fn socket_queues(tables: &[SocketTable], inodes: &[u64]) -> SocketQueues {
+/// A listening TCP socket's `rx_queue` is its accept backlog, not bytes, so
+/// those lines are skipped. A TCP peer's tables have a line per connection:
+/// no allocation per line.
+fn socket_queues(tables: &[SocketTable], inodes: &HashSet<u64>) -> SocketQueues {
+    /// TCP_LISTEN in the `st` column.
+    const LISTEN: &str = "0A";
     let mut q = SocketQueues::default();
     for table in tables {
         for line in table.text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(queues), Some(inode)) = (f.get(4), f.get(9)) else { continue };
-            if !inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i)) {
+            let mut f = line.split_ascii_whitespace();
+            let (Some(state), Some(queues), Some(inode)) = (f.nth(3), f.next(), f.nth(4)) else { continue };
+            if !inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i)) || (!table.udp && state == LISTEN) {
                 continue;
             }
             let rx = queues.split_once(':').and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
             q.rx_bytes += rx.unwrap_or(0);
             if table.udp {
-                q.drops += f.get(12).and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+                q.drops += f.nth(2).and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
             }
         }
     }
@@ -707,6 +713,8 @@ struct Backlog {
 struct BacklogWatch {
     seen: Arc<std::sync::Mutex<Backlog>>,
     task: tokio::task::JoinHandle<()>,
+    /// The server is a TCP peer: no UDP drop counts to report.
+    tcp: bool,
 }
 
 impl BacklogWatch {
@@ -720,6 +728,7 @@ impl BacklogWatch {
             // A TCP table has a line per connection: read it less often.
             let every = if tcp { Self::EVERY * 10 } else { Self::EVERY };
             let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tick.tick().await;
                 let tables = socket_tables(tcp);
@@ -741,7 +750,7 @@ impl BacklogWatch {
                 }
             }
         });
-        Self { seen, task }
+        Self { seen, task, tcp }
     }
 
     fn finish(self, report: &mut Report, server: bool) {
@@ -751,10 +760,14 @@ impl BacklogWatch {
         let own_mean = b.own_sum_rx / b.samples.max(1);
         report.add("generator_rx_backlog_mean_kib", kib(own_mean));
         report.add("generator_rx_backlog_max_kib", kib(b.own_max_rx));
-        report.add("generator_udp_drops", b.own_drops.1.saturating_sub(b.own_drops.0));
+        if !self.tcp {
+            report.add("generator_udp_drops", b.own_drops.1.saturating_sub(b.own_drops.0));
+        }
         if server {
             report.add("server_rx_backlog_max_kib", kib(b.server_max_rx));
-            report.add("server_udp_drops", b.server_drops.1.saturating_sub(b.server_drops.0));
+            if !self.tcp {
+                report.add("server_udp_drops", b.server_drops.1.saturating_sub(b.server_drops.0));
+            }
         }
         if own_mean >= GENERATOR_BEHIND_BYTES {
             report.warn(format!(
@@ -1300,13 +1313,17 @@ mod tests {
     #[test]
     fn socket_queues_sum_the_backlog_and_drops_of_the_given_sockets_only() {
         let tables = vec![SocketTable { text: UDP.to_string(), udp: true }];
-        let q = socket_queues(&tables, &[5551, 5552]);
+        let set = |i: &[u64]| i.iter().copied().collect::<HashSet<u64>>();
+        let q = socket_queues(&tables, &set(&[5551, 5552]));
         assert_eq!(q, SocketQueues { rx_bytes: 0x12000 + 0x800, drops: 3 });
-        assert_eq!(socket_queues(&tables, &[9999]), SocketQueues { rx_bytes: 0xfff000, drops: 7 });
-        assert_eq!(socket_queues(&tables, &[1]), SocketQueues::default());
-        // The same lines read as a TCP table: the last column is not a drop count.
+        assert_eq!(socket_queues(&tables, &set(&[9999])), SocketQueues { rx_bytes: 0xfff000, drops: 7 });
+        assert_eq!(socket_queues(&tables, &set(&[1])), SocketQueues::default());
+        // The same lines read as a TCP table: the last column is not a drop
+        // count, and a listening socket (state 0A) has no byte backlog.
         let tcp = vec![SocketTable { text: UDP.to_string(), udp: false }];
-        assert_eq!(socket_queues(&tcp, &[5551]), SocketQueues { rx_bytes: 0x12000, drops: 0 });
+        assert_eq!(socket_queues(&tcp, &set(&[5551])), SocketQueues { rx_bytes: 0x12000, drops: 0 });
+        let listen = vec![SocketTable { text: UDP.replace(" 07 ", " 0A "), udp: false }];
+        assert_eq!(socket_queues(&listen, &set(&[5551])), SocketQueues::default());
     }
 
     #[test]

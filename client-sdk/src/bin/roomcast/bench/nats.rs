@@ -21,9 +21,6 @@ use tokio::sync::{Semaphore, watch};
 
 use super::{BenchArgs, Received, Report, Usage, bar, hold, latency_rows, now_us, round2};
 
-/// The subject every subscriber listens on.
-const SUBJECT: &str = "bench.fanout";
-
 /// The largest `MSG` payload a subscriber accepts (NATS's default maximum).
 const MAX_PAYLOAD: usize = 1 << 20;
 
@@ -57,8 +54,8 @@ pub(super) fn next_op(buf: &mut BytesMut) -> Result<Option<ServerOp>, String> {
         "MSG" => {
             // MSG <subject> <sid> [reply-to] <#bytes>
             let len: usize = line
-                .rsplit(' ')
-                .next()
+                .split_ascii_whitespace()
+                .last()
                 .and_then(|n| n.parse().ok())
                 .ok_or_else(|| format!("bad MSG line: {line}"))?;
             if len > MAX_PAYLOAD {
@@ -80,7 +77,7 @@ pub(super) fn next_op(buf: &mut BytesMut) -> Result<Option<ServerOp>, String> {
         "+OK" => simple(buf, ServerOp::Ok),
         "INFO" => simple(buf, ServerOp::Info),
         "-ERR" => {
-            let why = line[4..].trim().to_string();
+            let why = line.trim_start().get(4..).unwrap_or("").trim().to_string();
             simple(buf, ServerOp::Err(why))
         }
         _ => Err(format!("unknown operation: {line}")),
@@ -98,8 +95,9 @@ fn stamped(seq: u64, size: usize) -> Vec<u8> {
 
 /// The send time and number in a payload made by [`stamped`].
 pub(super) fn stamp_and_seq(payload: &[u8]) -> Option<(u64, u64)> {
-    let text = std::str::from_utf8(payload.get(..26)?).ok()?;
-    Some((text[..15].trim().parse().ok()?, text[16..26].trim().parse().ok()?))
+    let sent = std::str::from_utf8(payload.get(..15)?).ok()?.trim().parse().ok()?;
+    let seq = std::str::from_utf8(payload.get(16..26)?).ok()?.trim().parse().ok()?;
+    Some((sent, seq))
 }
 
 /// A NATS server to measure, and maybe one we started.
@@ -175,10 +173,13 @@ async fn open(addr: SocketAddr, then: &str) -> Result<(TcpStream, BytesMut)> {
     }
 }
 
-/// Reads one subscriber's messages until `stop`.
+/// Reads one subscriber's messages until `stop`. Numbers above `max_seq`
+/// are not this run's (another publisher on the subject) and are ignored,
+/// which also bounds the set of numbers seen.
 async fn subscribe(
     mut s: TcpStream,
     mut buf: BytesMut,
+    max_seq: u64,
     mut stop: watch::Receiver<bool>,
     dropped: Arc<AtomicU64>,
 ) -> Received {
@@ -188,7 +189,9 @@ async fn subscribe(
         loop {
             match next_op(&mut buf) {
                 Ok(Some(ServerOp::Msg(payload))) => {
-                    let Some((sent, seq)) = stamp_and_seq(&payload) else { continue };
+                    let Some((sent, seq)) = stamp_and_seq(&payload).filter(|(_, n)| *n <= max_seq) else {
+                        continue;
+                    };
                     if !r.mark(seq) {
                         r.duplicates += 1;
                         continue;
@@ -251,12 +254,13 @@ fn check_open_files(connections: usize) -> Result<()> {
 }
 
 /// Opens `n` subscribers (`concurrency` at a time), subscriber `i` to
-/// `subject(i)`, each read by its own task until `stop`; and how many could
-/// not connect.
+/// `subject(i)`, each read by its own task until `stop` (counting messages
+/// numbered up to `max_seq`); and how many could not connect.
 async fn subscribers(
     addr: SocketAddr,
     n: usize,
     concurrency: usize,
+    max_seq: u64,
     subject: impl Fn(usize) -> String,
     stop: &watch::Receiver<bool>,
     dropped: &Arc<AtomicU64>,
@@ -276,7 +280,9 @@ async fn subscribers(
     while let Some(opened) = opening.join_next().await {
         pb.inc(1);
         match opened {
-            Ok(Ok((s, buf))) => readers.push(tokio::spawn(subscribe(s, buf, stop.clone(), dropped.clone()))),
+            Ok(Ok((s, buf))) => {
+                readers.push(tokio::spawn(subscribe(s, buf, max_seq, stop.clone(), dropped.clone())))
+            }
             _ => failures += 1,
         }
     }
@@ -307,7 +313,8 @@ pub(super) async fn idle(args: &BenchArgs, server: SocketAddr) -> Result<Report>
         peer.addr,
         args.connections,
         args.concurrency,
-        |i| format!("{}.{}", args.room, i % rooms),
+        0,
+        |i| format!("{}.{}.{}", args.room, std::process::id(), i % rooms),
         &stop,
         &dropped,
     )
@@ -350,9 +357,19 @@ pub(super) async fn fanout(args: &BenchArgs, server: SocketAddr) -> Result<Repor
     let (stop_tx, stop) = watch::channel(false);
     let dropped = Arc::new(AtomicU64::new(0));
     let rss_start = peer.pid.as_deref().and_then(super::proc_sample);
-    let (readers, failures) =
-        subscribers(peer.addr, args.subscribers, args.concurrency, |_| SUBJECT.to_string(), &stop, &dropped)
-            .await;
+    // A subject of this run's own, and the most messages it can publish.
+    let subject = format!("{}.{}.fanout", args.room, std::process::id());
+    let max_seq = (args.rate * args.duration).ceil() as u64 + 1;
+    let (readers, failures) = subscribers(
+        peer.addr,
+        args.subscribers,
+        args.concurrency,
+        max_seq,
+        |_| subject.clone(),
+        &stop,
+        &dropped,
+    )
+    .await;
     report.add("connect_failures", failures);
     let (mut publisher, _) = open(peer.addr, "").await.context("publisher")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -368,7 +385,7 @@ pub(super) async fn fanout(args: &BenchArgs, server: SocketAddr) -> Result<Repor
             break;
         }
         let payload = stamped(sent + 1, args.size);
-        let mut frame = format!("PUB {SUBJECT} {}\r\n", payload.len()).into_bytes();
+        let mut frame = format!("PUB {subject} {}\r\n", payload.len()).into_bytes();
         frame.extend_from_slice(&payload);
         frame.extend_from_slice(b"\r\n");
         match publisher.write_all(&frame).await {
@@ -380,6 +397,9 @@ pub(super) async fn fanout(args: &BenchArgs, server: SocketAddr) -> Result<Repor
     pb.finish_and_clear();
     hold(args.drain, "draining", String::new).await;
     let _ = stop_tx.send(true);
+    // A reader that did not come back (it panicked) still counts: what it
+    // should have received is lost.
+    let subscribed = readers.len() as u64;
     let mut received = Vec::with_capacity(readers.len());
     for r in readers {
         if let Ok(r) = r.await {
@@ -387,7 +407,8 @@ pub(super) async fn fanout(args: &BenchArgs, server: SocketAddr) -> Result<Repor
         }
     }
     let deliveries: u64 = received.iter().map(|r| r.delivered).sum();
-    let expected = sent * received.len() as u64;
+    let expected = sent * subscribed;
+    report.add("readers_failed", subscribed - received.len() as u64);
     report.add("published", sent);
     report.add("publish_errors", errors);
     report.add("expected_deliveries", expected);
@@ -408,6 +429,51 @@ pub(super) async fn fanout(args: &BenchArgs, server: SocketAddr) -> Result<Repor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Takes every operation off `input` fed in pieces cut at `cuts`.
+    fn ops_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<ServerOp>, bool) {
+        let mut buf = BytesMut::new();
+        let mut ops = Vec::new();
+        let mut at = 0;
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        ends.push(input.len());
+        ends.sort_unstable();
+        for end in ends {
+            buf.extend_from_slice(&input[at..end.max(at)]);
+            at = end.max(at);
+            loop {
+                match next_op(&mut buf) {
+                    Ok(Some(op)) => ops.push(op),
+                    Ok(None) => break,
+                    Err(_) => return (ops, true),
+                }
+            }
+        }
+        (ops, false)
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_parser_or_the_stamp_reader(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = ops_in_pieces(&data, &[]);
+            let _ = stamp_and_seq(&data);
+        }
+
+        #[test]
+        fn how_the_bytes_are_cut_does_not_change_the_operations(
+            payloads in proptest::collection::vec("[a-z ]{0,40}", 1..5),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let mut wire = b"INFO {}\r\nPING\r\n".to_vec();
+            for p in &payloads {
+                wire.extend_from_slice(format!("MSG s 1 {}\r\n{p}\r\n", p.len()).as_bytes());
+            }
+            let whole = ops_in_pieces(&wire, &[]);
+            prop_assert_eq!(&whole, &ops_in_pieces(&wire, &cuts));
+            prop_assert_eq!(whole.0.len(), payloads.len() + 2);
+        }
+    }
 
     #[test]
     fn operations_are_taken_whole_and_a_partial_one_waits_for_more() {
@@ -432,6 +498,10 @@ mod tests {
         assert!(next_op(&mut BytesMut::from(&b"MSG s 1 2\r\nabXY"[..])).is_err());
         assert!(next_op(&mut BytesMut::from(&b"HELLO\r\n"[..])).is_err());
         assert!(next_op(&mut BytesMut::from(&b"MSG s 1 99999999\r\n"[..])).is_err());
+        assert_eq!(
+            next_op(&mut BytesMut::from(&b"MSG s\t1  3 \r\nabc\r\n"[..])),
+            Ok(Some(ServerOp::Msg("abc".into())))
+        );
     }
 
     #[test]
@@ -449,5 +519,10 @@ mod tests {
         assert_eq!(seq, 42);
         assert!(sent <= now_us());
         assert_eq!(stamp_and_seq(b"short"), None);
+        // A multi-byte character across a field boundary is not a stamp.
+        let mut odd = "1".repeat(14).into_bytes();
+        odd.extend_from_slice("é|".as_bytes());
+        odd.extend_from_slice(&[b'0'; 20]);
+        assert_eq!(stamp_and_seq(&odd), None);
     }
 }
