@@ -130,10 +130,10 @@ pub(crate) struct Endpoint {
     pub trust: Option<Trust>,
 }
 
-/// Microseconds since the process started: publishers stamp it into the
 /// Receive and send buffer of each of the generator's UDP sockets.
 const SOCKET_BUFFER: usize = 16 << 20;
 
+/// Microseconds since the process started: publishers stamp it into the
 /// payload, receivers in the same process subtract it from their clock.
 fn now_us() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
