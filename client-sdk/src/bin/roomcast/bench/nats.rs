@@ -137,15 +137,28 @@ impl Peer {
             .stderr(Stdio::null());
         let child =
             cmd.spawn().with_context(|| format!("starting {} (is it installed?)", args.nats_server))?;
-        let peer = Self { addr, pid: Some(child.id().to_string()), child: Some(child) };
+        let mut peer = Self { addr, pid: Some(child.id().to_string()), child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(addr).await.is_err() {
+            if let Some(Ok(Some(status))) = peer.child.as_mut().map(Child::try_wait) {
+                bail!("the spawned nats-server exited: {status}");
+            }
             if Instant::now() > deadline {
                 bail!("the spawned nats-server did not start");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(peer)
+    }
+
+    /// A report on this server, headed with the scenario and where it ran.
+    fn report(&self, title: &str, scenario: &str) -> Report {
+        let mut report = Report::new(title);
+        report.add("scenario", scenario);
+        report.add("peer", "nats");
+        report.add("server", self.addr.to_string());
+        report.add("server_pid", self.pid.clone().map(serde_json::Value::from).unwrap_or_default());
+        report
     }
 }
 
@@ -296,11 +309,7 @@ async fn subscribers(
 pub(super) async fn idle(args: &BenchArgs, server: SocketAddr) -> Result<Report> {
     check_open_files(args.connections)?;
     let peer = Peer::new(args, server).await?;
-    let mut report = Report::new("idle (NATS): connections held");
-    report.add("scenario", "idle");
-    report.add("peer", "nats");
-    report.add("server", peer.addr.to_string());
-    report.add("server_pid", peer.pid.clone().map(serde_json::Value::from).unwrap_or_default());
+    let mut report = peer.report("idle (NATS): connections held", "idle");
     report.add("connections", args.connections);
     report.add("rooms", args.rooms);
     report.add("hold_s", args.duration);
@@ -345,11 +354,8 @@ pub(super) async fn idle(args: &BenchArgs, server: SocketAddr) -> Result<Report>
 pub(super) async fn fanout(args: &BenchArgs, server: SocketAddr) -> Result<Report> {
     check_open_files(args.subscribers)?;
     let peer = Peer::new(args, server).await?;
-    let mut report = Report::new(&format!("fanout (NATS): one publisher, {} subscribers", args.subscribers));
-    report.add("scenario", "fanout");
-    report.add("peer", "nats");
-    report.add("server", peer.addr.to_string());
-    report.add("server_pid", peer.pid.clone().map(serde_json::Value::from).unwrap_or_default());
+    let mut report =
+        peer.report(&format!("fanout (NATS): one publisher, {} subscribers", args.subscribers), "fanout");
     report.add("subscribers", args.subscribers);
     report.add("rate_per_s", args.rate);
     report.add("size_bytes", args.size);
