@@ -768,11 +768,19 @@ impl RoomState {
                 };
             }
             let b = &built[last];
-            // Ephemeral events before and after the batch, except the ones
-            // about this member itself.
             let conn = Some(sub.conn);
-            for item in for_member(&b.before, conn).chain(&b.batch).chain(for_member(&b.after, conn)) {
+            for (item, except) in &b.before {
+                if *except != conn {
+                    stats.add(sub.outbox.push_at(item.clone(), now));
+                }
+            }
+            if let Some(item) = &b.batch {
                 stats.add(sub.outbox.push_at(item.clone(), now));
+            }
+            for (item, except) in &b.after {
+                if *except != conn {
+                    stats.add(sub.outbox.push_at(item.clone(), now));
+                }
             }
             sub.next = end;
             sub.host_skipped = b.skipped;
@@ -837,11 +845,6 @@ struct Round {
 /// The most events the log holds before every member is brought up to date
 /// at once; bounds the log when events come faster than rounds end.
 const MAX_LOG: usize = 256;
-
-/// The ephemeral items a member is sent: all but those about itself.
-fn for_member(items: &[(Item, Option<ConnId>)], conn: Option<ConnId>) -> impl Iterator<Item = &Item> {
-    items.iter().filter(move |(_, except)| *except != conn).map(|(item, _)| item)
-}
 
 /// See `RoomState::ephemeral_linger`.
 const EPHEMERAL_LINGER: Duration = Duration::from_secs(1);
