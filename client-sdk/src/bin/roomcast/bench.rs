@@ -404,6 +404,38 @@ impl Report {
         self.warnings.push(why);
     }
 
+    /// What a fan-out delivered: `delivered` messages against `expected`,
+    /// `lost` of them, over `secs`; duplicates and reordering as `seen` by
+    /// the subscribers that count.
+    fn delivery_rows(&mut self, expected: u64, delivered: u64, lost: u64, secs: f64, seen: &[&Received]) {
+        self.add("expected_deliveries", expected);
+        self.add("deliveries", delivered);
+        self.add("deliveries_per_s", round2(delivered as f64 / secs.max(1e-9)));
+        self.add("lost", lost);
+        self.add("duplicates", seen.iter().map(|r| r.duplicates).sum::<u64>());
+        self.add("out_of_order", seen.iter().map(|r| r.out_of_order).sum::<u64>());
+    }
+
+    /// The server's RSS growth between two samples, per connection held.
+    fn rss_per_connection(
+        &mut self,
+        before: Option<ProcSample>,
+        after: Option<ProcSample>,
+        connections: usize,
+    ) {
+        if let (Some(a), Some(b)) = (before, after) {
+            let per = b.rss_kib.saturating_sub(a.rss_kib) as f64 / connections.max(1) as f64;
+            self.add("server_rss_kib_per_connection", round2(per));
+        }
+    }
+
+    /// The server's RSS growth between two samples.
+    fn rss_growth(&mut self, before: Option<ProcSample>, after: Option<ProcSample>) {
+        if let (Some(a), Some(b)) = (before, after) {
+            self.add("server_rss_growth_mib", round2((b.rss_kib as f64 - a.rss_kib as f64) / 1024.0));
+        }
+    }
+
     fn print(&self) {
         println!("\n{}", self.title);
         let width = self.rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -1049,10 +1081,7 @@ async fn idle(target: &Arc<Target>, args: &BenchArgs) -> Result<Report> {
     let held = held_at_start as u64 - dropped.load(Ordering::Relaxed);
     report.add("connections_held", held);
     report.add("connections_dropped", dropped.load(Ordering::Relaxed));
-    if let (Some(a), Some(b)) = (before, after_ramp) {
-        let per = (b.rss_kib.saturating_sub(a.rss_kib)) as f64 / held_at_start.max(1) as f64;
-        report.add("server_rss_kib_per_connection", round2(per));
-    }
+    report.rss_per_connection(before, after_ramp, held_at_start);
     usage.finish(&mut report, None);
     finish_sessions(opened.sessions, &stop_tx).await;
     Ok(report)
@@ -1162,12 +1191,7 @@ async fn fanout(target: &Arc<Target>, args: &BenchArgs, slow_share: f64, label: 
     report.add("publisher_lost_packets", stats.path.lost_packets);
     report.add("healthy_subscribers", healthy.len());
     report.add("slow_subscribers", received.len() - healthy.len());
-    report.add("expected_deliveries", expected);
-    report.add("deliveries", deliveries);
-    report.add("deliveries_per_s", round2(deliveries as f64 / args.duration.max(1e-9)));
-    report.add("lost", expected.saturating_sub(got));
-    report.add("duplicates", healthy.iter().map(|r| r.duplicates).sum::<u64>());
-    report.add("out_of_order", healthy.iter().map(|r| r.out_of_order).sum::<u64>());
+    report.delivery_rows(expected, deliveries, expected.saturating_sub(got), args.duration, &healthy);
     report.add("gaps_reported", healthy.iter().map(|r| r.gaps).sum::<u64>());
     report.add("lagged_healthy", healthy.iter().map(|r| r.lags).sum::<u64>());
     report.add("disconnected", dropped.load(Ordering::Relaxed));
@@ -1183,9 +1207,7 @@ async fn fanout(target: &Arc<Target>, args: &BenchArgs, slow_share: f64, label: 
         healthy.iter().flat_map(|r| r.fanout_latencies.iter().copied()).collect(),
     );
     usage.finish(&mut report, Some(deliveries));
-    if let (Some(a), Some(b)) = (rss_start, target.sample()) {
-        report.add("server_rss_growth_mib", round2((b.rss_kib as f64 - a.rss_kib as f64) / 1024.0));
-    }
+    report.rss_growth(rss_start, target.sample());
     publisher.close();
     Ok(report)
 }

@@ -337,10 +337,7 @@ pub(super) async fn idle(args: &BenchArgs, server: SocketAddr) -> Result<Report>
     let dropped_now = dropped.load(Ordering::Relaxed);
     report.add("connections_held", readers.len() as u64 - dropped_now);
     report.add("connections_dropped", dropped_now);
-    if let (Some(a), Some(b)) = (before, after_ramp) {
-        let per = b.rss_kib.saturating_sub(a.rss_kib) as f64 / readers.len().max(1) as f64;
-        report.add("server_rss_kib_per_connection", round2(per));
-    }
+    report.rss_per_connection(before, after_ramp, readers.len());
     usage.finish(&mut report, None);
     let _ = stop_tx.send(true);
     for r in readers {
@@ -417,18 +414,12 @@ pub(super) async fn fanout(args: &BenchArgs, server: SocketAddr) -> Result<Repor
     report.add("readers_failed", subscribed - received.len() as u64);
     report.add("published", sent);
     report.add("publish_errors", errors);
-    report.add("expected_deliveries", expected);
-    report.add("deliveries", deliveries);
-    report.add("deliveries_per_s", round2(deliveries as f64 / args.duration.max(1e-9)));
-    report.add("lost", expected.saturating_sub(deliveries));
-    report.add("duplicates", received.iter().map(|r| r.duplicates).sum::<u64>());
-    report.add("out_of_order", received.iter().map(|r| r.out_of_order).sum::<u64>());
+    let seen: Vec<&Received> = received.iter().collect();
+    report.delivery_rows(expected, deliveries, expected.saturating_sub(deliveries), args.duration, &seen);
     report.add("disconnected", dropped.load(Ordering::Relaxed));
     latency_rows(&mut report, "", received.iter().flat_map(|r| r.latencies.iter().copied()).collect());
     usage.finish(&mut report, Some(deliveries));
-    if let (Some(a), Some(b)) = (rss_start, peer.pid.as_deref().and_then(super::proc_sample)) {
-        report.add("server_rss_growth_mib", round2((b.rss_kib as f64 - a.rss_kib as f64) / 1024.0));
-    }
+    report.rss_growth(rss_start, peer.pid.as_deref().and_then(super::proc_sample));
     Ok(report)
 }
 
