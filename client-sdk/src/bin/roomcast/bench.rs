@@ -995,8 +995,8 @@ fn latency_rows(report: &mut Report, prefix: &str, mut lat: Vec<u64>) {
 
 pub(crate) async fn run(ep: Endpoint, args: BenchArgs) -> Result<()> {
     let _ = now_us();
+    let limit = Duration::from_secs_f64(args.timeout);
     if args.peer == PeerServer::Nats {
-        let limit = Duration::from_secs_f64(args.timeout);
         let run = async {
             match args.scenario {
                 Scenario::Fanout => nats::fanout(&args, ep.server).await,
@@ -1010,7 +1010,6 @@ pub(crate) async fn run(ep: Endpoint, args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let target = Arc::new(Target::new(&ep, &args).await?);
-    let limit = Duration::from_secs_f64(args.timeout);
     let run = async {
         match args.scenario {
             Scenario::Idle => idle(&target, &args).await.map(|r| vec![r]),
