@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 only="${1:-}"
-cargo build --release --locked -p roomcast-server -p roomcast-client --bins
+cargo build --release --locked -p roomcast-server -p roomcast-cli --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
 
 # Fan-out bursts of acknowledgements overflow the default 208 KiB UDP buffers:

@@ -1,0 +1,112 @@
+//! The `roomcast bench` command line: which scenario, against which server,
+//! and its knobs.
+
+use std::net::SocketAddr;
+
+use clap::{Args, ValueEnum};
+use roomcast_client::Trust;
+
+/// Which server a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PeerServer {
+    /// A roomcast node.
+    Roomcast,
+    /// A NATS server (fanout and idle), for comparison: `--spawn` starts
+    /// `--nats-server` on a free port, or give `--server` and `--server-pid`.
+    Nats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Scenario {
+    /// Hold many joined, heartbeating connections.
+    Idle,
+    /// Connect, authenticate and join one room as fast as possible.
+    JoinStorm,
+    /// One publisher into a room of N subscribers.
+    Fanout,
+    /// Many viewers exceed the room's chat budget at once.
+    ChatStorm,
+    /// `fanout` with and without a share of subscribers that stop reading.
+    SlowConsumers,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct BenchArgs {
+    /// What to run.
+    #[arg(value_enum)]
+    pub(crate) scenario: Scenario,
+    /// Connections (idle, join-storm).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) connections: usize,
+    /// Subscribers in the room (fanout, slow-consumers) or watchers (chat-storm).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) subscribers: usize,
+    /// Publisher messages per second (fanout, slow-consumers).
+    #[arg(long, default_value_t = 20.0)]
+    pub(crate) rate: f64,
+    /// Message size in bytes (the text of each chat).
+    #[arg(long, default_value_t = 120)]
+    pub(crate) size: usize,
+    /// Seconds the measured phase lasts (publishing, holding, storming).
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) duration: f64,
+    /// Rooms the idle connections spread over.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) rooms: usize,
+    /// Chat senders (chat-storm).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) senders: usize,
+    /// Messages per second per sender (chat-storm).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) sender_rate: f64,
+    /// Share of subscribers that stop reading (slow-consumers).
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) slow_share: f64,
+    /// Connection attempts in flight at once while ramping up.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) concurrency: usize,
+    /// UDP sockets the connections are spread over.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) sockets: usize,
+    /// Room name (prefix for idle rooms).
+    #[arg(long, default_value = "bench")]
+    pub(crate) room: String,
+    /// HS256 secret the server verifies tokens with. Default: the
+    /// development secret in the local data directory, or the spawned
+    /// server's.
+    #[arg(long, env = "ROOMCAST_TOKEN_SECRET", hide_env_values = true)]
+    pub(crate) secret: Option<String>,
+    /// PID of the server, to read its CPU time and memory from /proc.
+    #[arg(long, conflicts_with = "spawn")]
+    pub(crate) server_pid: Option<u32>,
+    /// Start a `roomcast-server` (from next to this binary) on a free
+    /// loopback port for the run, and stop it after.
+    #[arg(long)]
+    pub(crate) spawn: bool,
+    /// CPUs to pin the spawned server to (`taskset -c` list, e.g. `0`).
+    #[arg(long, requires = "spawn")]
+    pub(crate) server_cpus: Option<String>,
+    /// Extra argument for the spawned server (repeatable), e.g.
+    /// `--server-arg=--config=bench.toml`.
+    #[arg(long = "server-arg", allow_hyphen_values = true, requires = "spawn")]
+    pub(crate) server_args: Vec<String>,
+    /// The server to measure: roomcast, or a peer measured the same way.
+    #[arg(long, value_enum, default_value = "roomcast")]
+    pub(crate) peer: PeerServer,
+    /// The nats-server executable `--peer nats --spawn` starts.
+    #[arg(long, default_value = "nats-server")]
+    pub(crate) nats_server: String,
+    /// Seconds to wait after the measured phase for messages in flight.
+    #[arg(long, default_value_t = 3.0)]
+    pub(crate) drain: f64,
+    /// Give up on the run after this many seconds in all.
+    #[arg(long, default_value_t = 600.0)]
+    pub(crate) timeout: f64,
+}
+
+/// Where the global client options point.
+pub(crate) struct Endpoint {
+    pub(crate) server: SocketAddr,
+    pub(crate) server_name: String,
+    pub(crate) trust: Option<Trust>,
+}

@@ -1,0 +1,112 @@
+//! What subscribers receive, whichever server they read from: send times
+//! stamped into payloads, each subscriber's count of what it saw, and the
+//! signal that ends a run's readers.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+/// Microseconds since the process started: publishers stamp it into the
+/// payload, receivers in the same process subtract it from their clock.
+pub(crate) fn now_us() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// A payload of `size` bytes that starts with the send time.
+pub(crate) fn stamped(size: usize) -> String {
+    let mut s = format!("{:>15}|", now_us());
+    while s.len() < size {
+        s.push('x');
+    }
+    s
+}
+
+/// The send time a payload made by [`stamped`] starts with.
+pub(crate) fn stamp_of(text: &str) -> Option<u64> {
+    text.get(..15)?.trim().parse().ok()
+}
+
+/// What one subscriber saw.
+#[derive(Debug, Default)]
+pub(crate) struct Received {
+    pub(crate) delivered: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) gaps: u64,
+    pub(crate) lags: u64,
+    pub(crate) disconnected: bool,
+    /// Sequence numbers seen, as a bit set from `base`.
+    pub(crate) base: u64,
+    seen: Vec<u64>,
+    /// Publish-to-receive latencies of stamped messages, µs.
+    pub(crate) latencies: Vec<u64>,
+    /// The same messages from the node's sequencing (`server_time_ms`, wall
+    /// clock, so millisecond resolution) to receipt, µs: the fan-out's share.
+    pub(crate) fanout_latencies: Vec<u64>,
+    /// Only host messages count (chat-storm watchers).
+    pub(crate) host_only_latency: bool,
+}
+
+impl Received {
+    /// A subscriber that joined after sequence number `base`.
+    pub(crate) fn after(base: u64, host_only_latency: bool) -> Self {
+        Self { base, host_only_latency, ..Self::default() }
+    }
+
+    /// Records `seq` as seen; false if it was seen before (or is not after `base`).
+    pub(crate) fn mark(&mut self, seq: u64) -> bool {
+        let Some(i) = seq.checked_sub(self.base + 1) else { return false };
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if self.seen.len() <= w {
+            self.seen.resize(w + 1, 0);
+        }
+        let fresh = self.seen[w] & (1 << b) == 0;
+        self.seen[w] |= 1 << b;
+        fresh
+    }
+
+    pub(crate) fn has(&self, seq: u64) -> bool {
+        let Some(i) = seq.checked_sub(self.base + 1) else { return false };
+        self.seen.get((i / 64) as usize).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+}
+
+/// What the readers of a run share: the signal that ends the run, and the
+/// count of readers whose connection dropped before it.
+pub(crate) struct Readers {
+    stop: watch::Sender<bool>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// One reader's end of [`Readers`].
+pub(crate) struct ReaderEnd {
+    /// Turns true when the run is over.
+    pub(crate) stop: watch::Receiver<bool>,
+    /// Add one when this reader's connection drops before the stop.
+    pub(crate) dropped: Arc<AtomicU64>,
+}
+
+impl Readers {
+    pub(crate) fn new() -> Self {
+        Self { stop: watch::Sender::new(false), dropped: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// The ends one more reader holds.
+    pub(crate) fn end(&self) -> ReaderEnd {
+        ReaderEnd { stop: self.stop.subscribe(), dropped: self.dropped.clone() }
+    }
+
+    /// Readers whose connection dropped so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Tells every reader the run is over.
+    pub(crate) fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+}

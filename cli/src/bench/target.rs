@@ -1,0 +1,145 @@
+//! The roomcast node a run measures: where it is, how to trust it and mint
+//! its tokens, the UDP sockets the generator's sessions share, and the node
+//! itself if the run started it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use roomcast_client::{Client, ClientConfig, Trust};
+use serde_json::{Value, json};
+
+use super::args::{BenchArgs, Endpoint};
+use super::proc::{ProcSample, proc_sample};
+use super::report::Report;
+use super::spawn::{self, Spawned};
+
+/// Receive and send buffer of each of the generator's UDP sockets.
+const SOCKET_BUFFER: usize = 16 << 20;
+
+/// A node to measure, and maybe one we started.
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    server_name: String,
+    trust: Trust,
+    secret: Vec<u8>,
+    pub(crate) pid: Option<String>,
+    /// Stopped when the target is dropped.
+    _spawned: Option<Spawned>,
+    /// The sockets sessions are spread over, in turn.
+    pub(crate) endpoints: Vec<quinn::Endpoint>,
+    next: AtomicUsize,
+}
+
+/// The unspecified address of `server`'s family, port 0: where a client socket binds.
+fn any_addr(server: &SocketAddr) -> SocketAddr {
+    let ip: std::net::IpAddr = if server.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    SocketAddr::new(ip, 0)
+}
+
+impl Target {
+    /// The node the options point at, or (with `--spawn`) one started for the run.
+    pub(crate) async fn new(ep: &Endpoint, args: &BenchArgs) -> Result<Self> {
+        let (addr, trust, secret, pid, spawned) = if args.spawn {
+            let node = spawn::node(args).await?;
+            let pid = Some(node.process.pid());
+            (node.addr, Some(node.trust), Some(node.secret), pid, Some(node.process))
+        } else {
+            (ep.server, ep.trust.clone(), args.secret.clone(), args.server_pid.map(|p| p.to_string()), None)
+        };
+        let trust = match trust {
+            Some(t) => t,
+            None => {
+                let path = roomcast_protocol::dev::default_data_dir().join(roomcast_protocol::dev::CERT_FILE);
+                Trust::pinned_cert_file(&path)
+                    .context("pass --cert, --fingerprint or --ca to trust the server")?
+            }
+        };
+        let secret = match secret {
+            Some(s) => s.into_bytes(),
+            None => {
+                let path =
+                    roomcast_protocol::dev::default_data_dir().join(roomcast_protocol::dev::SECRET_FILE);
+                let s = std::fs::read_to_string(&path).with_context(|| {
+                    format!("no --secret and no development secret at {}", path.display())
+                })?;
+                s.trim().as_bytes().to_vec()
+            }
+        };
+        let mut endpoints = Vec::new();
+        for _ in 0..args.sockets.max(1) {
+            endpoints.push(roomcast_client::bind_endpoint(any_addr(&addr), SOCKET_BUFFER)?);
+        }
+        Ok(Self {
+            addr,
+            server_name: ep.server_name.clone(),
+            trust,
+            secret,
+            pid,
+            _spawned: spawned,
+            endpoints,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn token(&self, user: &str, role: &str) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() + 24 * 3600)
+            .unwrap_or(u64::MAX);
+        let claims = json!({ "sub": user, "name": user, "role": role, "exp": exp });
+        let key = jsonwebtoken::EncodingKey::from_secret(&self.secret);
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap_or_default()
+    }
+
+    /// A session's configuration for `user` as `role`, on the next of the
+    /// shared sockets.
+    pub(crate) fn config(&self, user: &str, role: &str) -> ClientConfig {
+        let mut c = ClientConfig::new(self.addr, self.token(user, role), self.trust.clone());
+        c.server_name = self.server_name.clone();
+        c.client_name = "roomcast-bench".into();
+        c.event_buffer = 256;
+        c.reconnect = None;
+        c.connect_timeout = Duration::from_secs(20);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        c.endpoint = Some(self.endpoints[i].clone());
+        c
+    }
+
+    /// A host client on a socket of its own, its events read and dropped, as
+    /// a host's app would: its packets do not queue behind a thousand
+    /// viewers' in a shared socket, and its event buffer never fills up and
+    /// stops it reading its acks.
+    pub(crate) async fn host(&self, user: &str) -> Result<Client> {
+        let mut config = self.config(user, "host");
+        config.endpoint = Some(roomcast_client::bind_endpoint(any_addr(&self.addr), SOCKET_BUFFER)?);
+        let (client, mut events) =
+            Client::connect(config).await.with_context(|| format!("{user} connect"))?;
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        Ok(client)
+    }
+
+    /// The node's CPU time and memory now, if its PID is known.
+    pub(crate) fn sample(&self) -> Option<ProcSample> {
+        self.pid.as_deref().and_then(proc_sample)
+    }
+
+    /// A report on this node, headed with the scenario, where it ran, and
+    /// the run's parameters `keys`.
+    pub(crate) fn report(&self, title: &str, args: &BenchArgs, keys: &[(&str, Value)]) -> Report {
+        let mut report = Report::new(title);
+        report.add("scenario", format!("{:?}", args.scenario).to_lowercase());
+        report.add("server", self.addr.to_string());
+        report.add("server_pid", self.pid.clone().map(Value::from).unwrap_or(Value::Null));
+        report.add("sockets", self.endpoints.len());
+        for (k, v) in keys {
+            report.add(k, v.clone());
+        }
+        report
+    }
+}
