@@ -35,9 +35,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Default largest frame a peer may send on the control stream (payload bytes).
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 * 1024;
 
-/// Largest frame a client accepts from the server on any stream. Joined
-/// answers carry history, so this is larger than the control limit.
-pub const MAX_SERVER_FRAME_BYTES: u32 = 4 * 1024 * 1024;
+/// Largest frame the server sends on any stream (payload bytes). Answers
+/// that carry history (`Joined`, `History`) are cut to fit, and say where the
+/// rest is; a client refuses anything larger.
+pub const MAX_SERVER_FRAME_BYTES: u32 = 64 * 1024;
 
 /// Largest datagram either side sends. QUIC over a 1,280-byte path leaves about
 /// 1,160 bytes for a datagram; staying under this keeps datagrams unfragmented
@@ -46,6 +47,11 @@ pub const MAX_DATAGRAM_BYTES: usize = 1100;
 
 /// Longest room id, in bytes.
 pub const MAX_ROOM_ID_BYTES: usize = 128;
+
+/// Longest message id a client may send, in bytes: `SendChat.client_msg_id`
+/// and `Recall.message_id`. Server-assigned ids (`RoomEvent.message_id`) stay
+/// within it too.
+pub const MAX_MESSAGE_ID_BYTES: usize = 64;
 
 /// Milliseconds since the Unix epoch for a [`std::time::SystemTime`].
 pub fn unix_ms(t: std::time::SystemTime) -> u64 {

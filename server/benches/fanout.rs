@@ -19,9 +19,9 @@ use divan::Bencher;
 use divan::counter::ItemsCount;
 use roomcast_protocol::RoomId;
 use roomcast_server::auth::{Identity, Role};
-use roomcast_server::room::fanout::{Item, Outbox, Shed};
-use roomcast_server::room::history::HistoryLog;
-use roomcast_server::room::state::{ChatRequest, Filter, RoomLimits, RoomState};
+use roomcast_server::room::internals::{
+    ChatRequest, Filter, HistoryLog, Item, Outbox, RoomLimits, RoomState, Shed,
+};
 use tokio::time::Instant;
 
 fn main() {

@@ -15,17 +15,15 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use roomcast_protocol::codec::{FrameDecoder, FrameError, encode_frame};
 use roomcast_protocol::datagram::ClientDatagram;
-use roomcast_protocol::{ErrorCode, PROTOCOL_VERSION, RoomId, unix_ms, v1};
-use tokio::sync::oneshot;
+use roomcast_protocol::{ErrorCode, MAX_MESSAGE_ID_BYTES, PROTOCOL_VERSION, RoomId, unix_ms, v1};
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Shared;
 use crate::auth::Identity;
-use crate::room::fanout::Outbox;
-use crate::room::history::MAX_FETCH;
-use crate::room::state::{ChatRequest, ConnId, Filter, Resume};
-use crate::room::{RoomCommand, RoomHandle};
+use crate::room::{
+    ChatRequest, ConnId, Feed, Filter, HistoryRange, JoinRequest, Joined, Reply, Resume, RoomHandle,
+};
 
 use v1::client_frame::Body as Req;
 use v1::server_frame::Body as Resp;
@@ -58,18 +56,9 @@ async fn oldest(pending: &mut VecDeque<(u32, Answer)>) -> Answered {
     }
 }
 
-/// The room's reply to a command, as an answer to the client.
-fn room_answer<T: Send + 'static>(
-    rx: oneshot::Receiver<Result<T, ErrorCode>>,
-    refused: &'static str,
-    wrap: fn(T) -> Resp,
-) -> Answer {
-    Box::pin(async move {
-        match rx.await {
-            Ok(r) => r.map(wrap).map_err(|code| (code, refused.to_string())),
-            Err(_) => Err((ErrorCode::Internal, "room unavailable".into())),
-        }
-    })
+/// The room's reply to a request, as an answer to the client.
+fn room_answer<T: Send + 'static>(reply: Reply<T>, refused: &'static str, wrap: fn(T) -> Resp) -> Answer {
+    Box::pin(async move { reply.await.map(wrap).map_err(|code| (code, refused.to_string())) })
 }
 
 /// Serves one incoming connection until it ends.
@@ -113,11 +102,6 @@ async fn accept(id: ConnId, incoming: Box<quinn::Incoming>, shared: Arc<Shared>)
     session
 }
 
-/// A joined room, from the connection's side.
-struct Membership {
-    handle: RoomHandle,
-}
-
 struct Session {
     id: ConnId,
     conn: quinn::Connection,
@@ -129,7 +113,7 @@ struct Session {
     decoder: FrameDecoder,
     identity: Identity,
     shared: Arc<Shared>,
-    rooms: HashMap<RoomId, Membership>,
+    rooms: HashMap<RoomId, RoomHandle>,
     /// The last heartbeat (or request).
     last_heartbeat: Instant,
     present: bool,
@@ -184,14 +168,14 @@ fn error_frame(request_id: u32, code: ErrorCode, why: &str) -> Bytes {
 /// pending is written with one vectored write.
 async fn write_room(
     mut send: quinn::SendStream,
-    outbox: Arc<Outbox>,
+    mut feed: Feed,
     conn: quinn::Connection,
     room: RoomId,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut batch = Vec::new();
     loop {
-        let drained = outbox.drain(&mut batch).await;
+        let drained = feed.next(&mut batch).await;
         if let Some(waited) = drained.waited {
             metrics.outbox_wait.observe(waited.as_secs_f64());
         }
@@ -208,7 +192,7 @@ async fn write_room(
         }
         if !batch.is_empty() {
             if send.write_all_chunks(&mut batch).await.is_err() {
-                outbox.close();
+                feed.close();
                 return;
             }
             batch.clear();
@@ -394,8 +378,8 @@ impl Session {
     }
 
     async fn leave_all(&mut self) {
-        for (_, m) in self.rooms.drain() {
-            let _ = m.handle.send(RoomCommand::Leave { conn: self.id }).await;
+        for (_, room) in self.rooms.drain() {
+            room.leave(self.id).await;
         }
     }
 
@@ -407,8 +391,8 @@ impl Session {
         if present != self.present {
             self.present = present;
             debug!(present, "presence changed");
-            for m in self.rooms.values() {
-                let _ = m.handle.send(RoomCommand::Presence { conn: self.id, present }).await;
+            for room in self.rooms.values() {
+                room.set_present(self.id, present).await;
             }
         }
     }
@@ -468,7 +452,6 @@ impl Session {
         if self.rooms.len() >= max {
             return Err((ErrorCode::TooManyRooms, format!("at most {max} rooms per connection")));
         }
-        let outbox = Outbox::new(self.shared.config.room.outbox_capacity);
         let filter = match v1::JoinFilter::try_from(j.filter) {
             Ok(v1::JoinFilter::All) => Filter::All,
             Ok(v1::JoinFilter::HostOnly) => Filter::HostOnly,
@@ -477,10 +460,11 @@ impl Session {
             }
         };
         let resume = j.last_seq.map(|last_seq| Resume { last_seq, epoch: j.epoch });
-        let (handle, joined) = self
+        let request = JoinRequest { conn: self.id, identity: self.identity.clone(), resume, filter };
+        let Joined { answer, handle, feed } = self
             .shared
             .rooms
-            .join(&room, self.id, &self.identity, &outbox, resume, filter)
+            .join(&room, request)
             .await
             .map_err(|code| (code, "room unavailable".to_string()))?;
         // The stream's start frame is written here, before the answer, so
@@ -495,21 +479,21 @@ impl Session {
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                let _ = handle.send(RoomCommand::Leave { conn: self.id }).await;
+                handle.leave(self.id).await;
                 return Err((ErrorCode::Internal, format!("cannot open room stream: {e}")));
             }
         };
         let metrics = self.shared.metrics.clone();
-        tokio::spawn(write_room(stream, outbox, self.conn.clone(), room.clone(), metrics).in_current_span());
-        debug!(room = %room, seq = joined.current_seq, resumed = joined.resumed, "joined");
-        self.rooms.insert(room, Membership { handle });
-        Ok(joined)
+        tokio::spawn(write_room(stream, feed, self.conn.clone(), room.clone(), metrics).in_current_span());
+        debug!(room = %room, seq = answer.current_seq, resumed = answer.resumed, "joined");
+        self.rooms.insert(room, handle);
+        Ok(answer)
     }
 
     async fn leave_room(&mut self, room: &RoomId) -> bool {
         match self.rooms.remove(room) {
-            Some(m) => {
-                let _ = m.handle.send(RoomCommand::Leave { conn: self.id }).await;
+            Some(handle) => {
+                handle.leave(self.id).await;
                 true
             }
             None => false,
@@ -528,53 +512,38 @@ impl Session {
     fn joined_room(&self, room: &str) -> Result<(RoomId, RoomHandle), (ErrorCode, String)> {
         let room = RoomId::new(room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
         match self.rooms.get(&room) {
-            Some(m) => {
-                let handle = m.handle.clone();
-                Ok((room, handle))
-            }
+            Some(handle) => Ok((room, handle.clone())),
             None => Err((ErrorCode::NotJoined, format!("not in room {room}"))),
         }
     }
 
     async fn recall(&mut self, r: v1::Recall) -> Result<Answer, (ErrorCode, String)> {
         let (room, handle) = self.joined_room(&r.room)?;
-        if r.message_id.is_empty() || r.message_id.len() > 64 {
+        if r.message_id.is_empty() || r.message_id.len() > MAX_MESSAGE_ID_BYTES {
             return Err((ErrorCode::NotFound, "no such message".into()));
         }
-        let (reply, rx) = oneshot::channel();
-        let cmd = RoomCommand::Recall { conn: self.id, message_id: r.message_id, reply };
-        if handle.send(cmd).await.is_err() {
+        let Ok(reply) = handle.recall(self.id, r.message_id).await else {
             warn!(room = %room, "room task gone while joined");
             return Err((ErrorCode::Internal, "room unavailable".into()));
-        }
-        Ok(room_answer(rx, "recall refused", Resp::Recalled))
+        };
+        Ok(room_answer(reply, "recall refused", Resp::Recalled))
     }
 
     /// Reads history straight from the room's log, without joining and
     /// without queueing behind the room's live traffic.
     fn fetch_history(&mut self, f: v1::FetchHistory) -> Result<v1::History, (ErrorCode, String)> {
         let room = RoomId::new(&f.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
-        let limit = if f.limit == 0 { MAX_FETCH } else { f.limit as usize };
-        let Some(log) = self.shared.rooms.history(&room) else {
-            return Ok(v1::History {
-                room: room.to_string(),
-                events: vec![],
-                oldest_seq: 0,
-                truncated: false,
-            });
+        let range = match f.range {
+            Some(v1::fetch_history::Range::Seq(r)) => HistoryRange::Seq { from: r.from, to: r.to },
+            Some(v1::fetch_history::Range::Media(m)) => {
+                HistoryRange::Media { from_ms: m.from_ms, to_ms: m.to_ms }
+            }
+            None => HistoryRange::Latest,
         };
-        let now = Instant::now();
-        let page = match f.range {
-            Some(v1::fetch_history::Range::Seq(r)) => log.by_seq(now, r.from, r.to, limit),
-            Some(v1::fetch_history::Range::Media(m)) => log.by_media_time(now, m.from_ms, m.to_ms, limit),
-            None => return Err((ErrorCode::ProtocolViolation, "fetch_history needs a range".into())),
-        };
-        Ok(v1::History {
-            room: room.to_string(),
-            events: page.events,
-            oldest_seq: page.oldest_seq,
-            truncated: page.truncated,
-        })
+        self.shared
+            .rooms
+            .history(&room, range, f.limit)
+            .map_err(|code| (code, format!("room {room} is not live here")))
     }
 
     async fn chat(&mut self, c: v1::SendChat) -> Result<Answer, (ErrorCode, String)> {
@@ -583,16 +552,16 @@ impl Session {
         if c.text.is_empty() || c.text.len() > max {
             return Err((ErrorCode::MessageTooLong, format!("text must be 1..={max} bytes")));
         }
-        if c.client_msg_id.len() > 64 {
-            return Err((ErrorCode::ProtocolViolation, "client_msg_id longer than 64 bytes".into()));
+        if c.client_msg_id.len() > MAX_MESSAGE_ID_BYTES {
+            let why = format!("client_msg_id longer than {MAX_MESSAGE_ID_BYTES} bytes");
+            return Err((ErrorCode::ProtocolViolation, why));
         }
         self.touch();
-        let (reply, rx) = oneshot::channel();
         let chat = ChatRequest { text: c.text, client_msg_id: c.client_msg_id, media_ts_ms: c.media_ts_ms };
-        if handle.send(RoomCommand::Publish { conn: self.id, chat, reply }).await.is_err() {
+        let Ok(reply) = handle.publish(self.id, chat).await else {
             warn!(room = %room, "room task gone while joined");
             return Err((ErrorCode::Internal, "room unavailable".into()));
-        }
-        Ok(room_answer(rx, "chat refused", Resp::ChatAck))
+        };
+        Ok(room_answer(reply, "chat refused", Resp::ChatAck))
     }
 }

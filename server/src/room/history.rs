@@ -7,11 +7,53 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use prost::Message;
 use roomcast_protocol::v1;
 use tokio::time::Instant;
 
 /// Most events one `FetchHistory` answer carries.
-pub const MAX_FETCH: usize = 500;
+pub(super) const MAX_FETCH: usize = 500;
+
+/// Most bytes of events one answer (`Joined` or `History`) carries, so that
+/// with its other fields it stays within `MAX_SERVER_FRAME_BYTES`.
+pub(super) const ANSWER_BYTES: usize = roomcast_protocol::MAX_SERVER_FRAME_BYTES as usize - 16 * 1024;
+
+/// What an event adds to an answer's encoded size (the repeated field's tag
+/// and length prefix included).
+fn answer_len(e: &v1::RoomEvent) -> usize {
+    let len = e.encoded_len();
+    len + prost::length_delimiter_len(len) + 1
+}
+
+/// Keeps the oldest events that fit in `budget` bytes. Returns the sequence
+/// number of the first event left out, if any was.
+pub(super) fn fit_oldest(events: &mut Vec<v1::RoomEvent>, budget: usize) -> Option<u64> {
+    let mut used = 0;
+    let keep = events
+        .iter()
+        .position(|e| {
+            used += answer_len(e);
+            used > budget
+        })
+        .unwrap_or(events.len());
+    let cut = events.get(keep).map(|e| e.seq);
+    events.truncate(keep);
+    cut
+}
+
+/// Keeps the newest events that fit in `budget` bytes.
+pub(super) fn fit_newest(events: &mut Vec<v1::RoomEvent>, budget: usize) {
+    let mut used = 0;
+    let keep = events
+        .iter()
+        .rev()
+        .position(|e| {
+            used += answer_len(e);
+            used > budget
+        })
+        .unwrap_or(events.len());
+    events.drain(..events.len() - keep);
+}
 
 #[derive(Debug)]
 pub struct HistoryLog {
@@ -98,6 +140,21 @@ impl HistoryLog {
         self.select(now, limit, |e| e.seq >= from && e.seq <= to)
     }
 
+    /// The newest `limit` events (at most `MAX_FETCH`, and what fits in an
+    /// answer), oldest first.
+    pub fn latest(&self, now: Instant, limit: usize) -> Page {
+        let limit = limit.clamp(1, MAX_FETCH);
+        let mut inner = self.lock();
+        self.trim(&mut inner, now);
+        let oldest_seq = inner.events.front().map_or(0, |(_, e)| e.seq);
+        let skip = inner.events.len().saturating_sub(limit);
+        let mut events: Vec<_> = inner.events.iter().skip(skip).map(|(_, e)| e.clone()).collect();
+        drop(inner);
+        let before = events.len();
+        fit_newest(&mut events, ANSWER_BYTES);
+        Page { truncated: skip > 0 || events.len() < before, events, oldest_seq }
+    }
+
     /// Events whose media timestamp is in `from_ms..=to_ms`, oldest first.
     pub fn by_media_time(&self, now: Instant, from_ms: u64, to_ms: u64, limit: usize) -> Page {
         self.select(now, limit, |e| e.media_ts_ms.is_some_and(|t| t >= from_ms && t <= to_ms))
@@ -110,8 +167,10 @@ impl HistoryLog {
         let oldest_seq = inner.events.front().map_or(0, |(_, e)| e.seq);
         let mut events = Vec::new();
         let mut truncated = false;
+        let mut bytes = 0;
         for (_, e) in inner.events.iter().filter(|(_, e)| keep(e)) {
-            if events.len() == limit {
+            bytes += answer_len(e);
+            if events.len() == limit || bytes > ANSWER_BYTES {
                 truncated = true;
                 break;
             }
@@ -192,5 +251,47 @@ mod tests {
         assert_eq!(p.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 6, 8]);
         assert_eq!(h.find("m7").map(|e| e.seq), Some(7));
         assert!(!h.remove("nope"));
+        let p = h.latest(t, 3);
+        assert_eq!(p.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [8, 9, 10]);
+        assert!(p.truncated, "older events are left");
+        assert!(!h.latest(t, 100).truncated);
+    }
+
+    fn big(seq: u64) -> v1::RoomEvent {
+        let text = "x".repeat(1000);
+        v1::RoomEvent {
+            seq,
+            kind: Some(v1::room_event::Kind::Chat(v1::Chat { text, client_msg_id: String::new() })),
+            ..ev(seq, None)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_are_bounded_by_bytes_and_fit_keeps_the_right_end() {
+        let h = HistoryLog::new(1000, Duration::from_secs(60));
+        let t = Instant::now();
+        for s in 1..=300 {
+            h.push(t, big(s));
+        }
+        let bytes = |events: &[v1::RoomEvent]| events.iter().map(answer_len).sum::<usize>();
+        let p = h.by_seq(t, 1, 300, 500);
+        assert!(p.truncated && bytes(&p.events) <= ANSWER_BYTES, "{} events", p.events.len());
+        assert_eq!(p.events.first().map(|e| e.seq), Some(1));
+        let p = h.latest(t, 500);
+        assert!(p.truncated && bytes(&p.events) <= ANSWER_BYTES);
+        assert_eq!(p.events.last().map(|e| e.seq), Some(300), "the newest page ends at the newest event");
+
+        let mut all: Vec<_> = (1..=300).map(big).collect();
+        let cut = fit_oldest(&mut all, ANSWER_BYTES);
+        let kept = all.len() as u64;
+        assert!(kept < 300 && bytes(&all) <= ANSWER_BYTES);
+        assert_eq!(cut, Some(kept + 1), "the first event left out follows the last kept");
+        let mut few: Vec<_> = (1..=3).map(big).collect();
+        assert_eq!(fit_oldest(&mut few, ANSWER_BYTES), None);
+        assert_eq!(few.len(), 3);
+        let mut all: Vec<_> = (1..=300).map(big).collect();
+        fit_newest(&mut all, ANSWER_BYTES);
+        assert_eq!(all.last().map(|e| e.seq), Some(300));
+        assert!(bytes(&all) <= ANSWER_BYTES);
     }
 }

@@ -1,0 +1,95 @@
+//! A connection's typed way into a room. The commands, their reply channels
+//! and the room's queue stay private to this module and the room task.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use roomcast_protocol::{ErrorCode, v1};
+use tokio::sync::{mpsc, oneshot};
+
+use super::feed::Feed;
+use super::state::{ChatRequest, ConnId, Filter, Resume};
+use crate::auth::Identity;
+
+/// Everything that can change a room. The room task handles them in arrival
+/// order, one at a time.
+#[derive(Debug)]
+pub(super) enum Command {
+    Join { request: JoinRequest, outbox: Arc<super::fanout::Outbox>, reply: oneshot::Sender<v1::Joined> },
+    Leave { conn: ConnId },
+    Presence { conn: ConnId, present: bool },
+    Publish { conn: ConnId, chat: ChatRequest, reply: oneshot::Sender<Result<v1::ChatAck, ErrorCode>> },
+    Recall { conn: ConnId, message_id: String, reply: oneshot::Sender<Result<v1::Recalled, ErrorCode>> },
+}
+
+/// Who joins, from where, and what they want to see.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub conn: ConnId,
+    pub identity: Identity,
+    /// Where a rejoining client left off; `None` for a fresh join.
+    pub resume: Option<Resume>,
+    pub filter: Filter,
+}
+
+/// A join's result: the room's answer for the client, the handle for later
+/// requests, and the member's feed for its room stream.
+#[derive(Debug)]
+pub struct Joined {
+    pub answer: v1::Joined,
+    pub handle: RoomHandle,
+    pub feed: Feed,
+}
+
+/// A live room, from a member connection's side. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RoomHandle {
+    pub(super) tx: mpsc::Sender<Command>,
+}
+
+/// The room's answer to a request, still to come. A room that went away
+/// before answering answers `INTERNAL`.
+#[derive(Debug)]
+pub struct Reply<T>(oneshot::Receiver<Result<T, ErrorCode>>);
+
+impl<T> Future for Reply<T> {
+    type Output = Result<T, ErrorCode>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(ErrorCode::Internal)))
+    }
+}
+
+impl RoomHandle {
+    /// Leaves the room; the member's feed ends after what was queued.
+    pub async fn leave(&self, conn: ConnId) {
+        // A room that is gone has no member to remove.
+        let _ = self.tx.send(Command::Leave { conn }).await;
+    }
+
+    /// Marks the member present or absent (missed heartbeats).
+    pub async fn set_present(&self, conn: ConnId, present: bool) {
+        let _ = self.tx.send(Command::Presence { conn, present }).await;
+    }
+
+    /// Hands a chat message to the room, and returns its answer to come.
+    pub async fn publish(&self, conn: ConnId, chat: ChatRequest) -> Result<Reply<v1::ChatAck>, ErrorCode> {
+        self.ask(|reply| Command::Publish { conn, chat, reply }).await
+    }
+
+    /// Asks the room to recall a message, and returns its answer to come.
+    pub async fn recall(&self, conn: ConnId, message_id: String) -> Result<Reply<v1::Recalled>, ErrorCode> {
+        self.ask(|reply| Command::Recall { conn, message_id, reply }).await
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, ErrorCode>>) -> Command,
+    ) -> Result<Reply<T>, ErrorCode> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(command(reply)).await.map_err(|_| ErrorCode::Internal)?;
+        Ok(Reply(rx))
+    }
+}

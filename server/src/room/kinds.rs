@@ -1,0 +1,33 @@
+//! What each kind of room event is: its priority, who sees it, and how it
+//! is shed. A new kind (a gift, a like total, a quiz question) is added to
+//! the proto's `RoomEvent.kind`, answered for here, and created by the
+//! command that makes it (`RoomState::sequence` for the sequenced class,
+//! `RoomState::ephemeral` for the ephemeral one). Rounds, outboxes and
+//! history take everything else from these answers.
+
+use roomcast_protocol::v1;
+use v1::room_event::Kind;
+
+use super::fanout::Shed;
+
+/// The priority the server gives each kind of event.
+pub(crate) fn priority(kind: &Kind) -> v1::Priority {
+    match kind {
+        Kind::Chat(_) | Kind::HostMessage(_) | Kind::Recall(_) => v1::Priority::High,
+        Kind::SystemNotice(_) => v1::Priority::Normal,
+        Kind::UserEntered(_) => v1::Priority::Low,
+    }
+}
+
+/// Whether a host-only member receives this kind.
+pub(crate) fn host_visible(kind: &Kind) -> bool {
+    match kind {
+        Kind::HostMessage(_) | Kind::SystemNotice(_) | Kind::Recall(_) => true,
+        Kind::Chat(_) | Kind::UserEntered(_) => false,
+    }
+}
+
+/// Which ephemeral events an overflowing outbox sheds first.
+pub(crate) fn shed(priority: v1::Priority) -> Shed {
+    if priority == v1::Priority::Low { Shed::Low } else { Shed::Normal }
+}

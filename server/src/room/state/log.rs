@@ -1,0 +1,174 @@
+//! Sequencing and the room's log.
+//!
+//! **Invariant:** `EventLog::sequence` is the only place a sequence number
+//! is assigned. It appends the event to history and to the log in the same
+//! step, so history and fan-out agree on every number. The log holds the
+//! encoded events not yet pushed to every member; rounds read it through
+//! each member's cursor and trim it once everyone has been served.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use roomcast_protocol::codec::encode_frame;
+use roomcast_protocol::{RoomId, v1};
+use tokio::time::Instant;
+use v1::room_event::Kind;
+
+use super::super::fanout::Shed;
+use super::super::history::HistoryLog;
+use super::super::kinds;
+use super::ConnId;
+
+/// An event in the room's log, waiting to be pushed to members.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) frame: Bytes,
+    /// 0 for ephemeral events.
+    pub(super) seq: u64,
+    pub(super) host_visible: bool,
+    pub(super) shed: Shed,
+    /// A member that must not receive it (the subject of "user entered").
+    pub(super) except: Option<ConnId>,
+}
+
+#[derive(Debug)]
+pub(super) struct EventLog {
+    room: RoomId,
+    /// Distinguishes message ids of this incarnation of the room from those
+    /// of an earlier one with the same id.
+    pub(super) epoch: u64,
+    /// The last sequence number assigned.
+    pub(super) seq: u64,
+    pub(super) history: Arc<HistoryLog>,
+    /// Events not yet pushed to every member; `events[0]` is at position
+    /// `base`.
+    pub(super) events: Vec<Pending>,
+    pub(super) base: u64,
+    /// Where the newest sequenced event went in the log; while it is at or
+    /// after `base`, sequenced events wait.
+    last_sequenced: Option<u64>,
+    ephemeral_counter: u64,
+    /// Wall-clock time of the latest event, for an online count that goes
+    /// out with a round.
+    pub(super) last_now_ms: u64,
+}
+
+impl EventLog {
+    pub(super) fn new(room: RoomId, epoch: u64, history: Arc<HistoryLog>) -> Self {
+        Self {
+            room,
+            epoch,
+            seq: 0,
+            history,
+            events: Vec::new(),
+            base: 0,
+            last_sequenced: None,
+            ephemeral_counter: 0,
+            last_now_ms: 0,
+        }
+    }
+
+    /// Assigns the next sequence number, keeps the event in history and,
+    /// when anyone is subscribed, queues its encoded frame for the next
+    /// round.
+    pub(super) fn sequence(
+        &mut self,
+        kind: Kind,
+        sender: Option<v1::User>,
+        media_ts_ms: Option<u64>,
+        subscribed: bool,
+        now: Instant,
+        now_ms: u64,
+    ) -> v1::RoomEvent {
+        self.seq += 1;
+        let host_visible = kinds::host_visible(&kind);
+        let event = v1::RoomEvent {
+            room: self.room.to_string(),
+            seq: self.seq,
+            message_id: format!("{:x}-{}", self.epoch, self.seq),
+            server_time_ms: now_ms,
+            media_ts_ms,
+            priority: kinds::priority(&kind) as i32,
+            sender,
+            kind: Some(kind),
+        };
+        let frame = encode_frame(&v1::RoomFrame { body: Some(v1::room_frame::Body::Event(event.clone())) });
+        if subscribed {
+            self.last_sequenced = Some(self.end());
+            self.events.push(Pending {
+                frame,
+                seq: self.seq,
+                host_visible,
+                shed: Shed::Normal,
+                except: None,
+            });
+        }
+        self.history.push(now, event.clone());
+        self.last_now_ms = now_ms;
+        event
+    }
+
+    /// Queues an ephemeral event (no sequence number, never kept) for the
+    /// next round, for every member but `except`.
+    pub(super) fn ephemeral(
+        &mut self,
+        kind: Kind,
+        sender: Option<v1::User>,
+        subscribed: bool,
+        now_ms: u64,
+        except: Option<ConnId>,
+    ) {
+        self.ephemeral_counter += 1;
+        self.last_now_ms = now_ms;
+        let priority = kinds::priority(&kind);
+        let event = v1::RoomEvent {
+            room: self.room.to_string(),
+            seq: 0,
+            message_id: format!("{:x}-e{}", self.epoch, self.ephemeral_counter),
+            server_time_ms: now_ms,
+            media_ts_ms: None,
+            priority: priority as i32,
+            sender,
+            kind: Some(kind),
+        };
+        let frame = encode_frame(&v1::RoomFrame { body: Some(v1::room_frame::Body::Event(event)) });
+        if subscribed {
+            self.events.push(Pending {
+                frame,
+                seq: 0,
+                host_visible: false,
+                shed: kinds::shed(priority),
+                except,
+            });
+        }
+    }
+
+    /// Log position after the newest event.
+    pub(super) fn end(&self) -> u64 {
+        self.base + self.events.len() as u64
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Whether the log holds sequenced events (not only ephemeral).
+    pub(super) fn has_sequenced(&self) -> bool {
+        self.last_sequenced.is_some_and(|at| at >= self.base)
+    }
+
+    /// The events from log position `at` on.
+    pub(super) fn since(&self, at: u64) -> &[Pending] {
+        &self.events[(at - self.base) as usize..]
+    }
+
+    /// Forgets the events before position `oldest`.
+    pub(super) fn trim_before(&mut self, oldest: u64) {
+        self.events.drain(..(oldest - self.base) as usize);
+        self.base = oldest;
+    }
+}

@@ -1,0 +1,328 @@
+//! One room as a plain state machine: it never awaits and never touches a
+//! socket. The room task feeds it commands and the time; it answers and
+//! pushes encoded frames into members' outboxes.
+//!
+//! By concern:
+//! * `roster`: members, their fan-out slots, presence and the viewer page;
+//! * `admission`: what becomes of chat before it is sequenced (retries,
+//!   per-user rate, the room's visible-chat budget);
+//! * `log`: sequencing (the one place a sequence number is assigned) and the
+//!   log of encoded events waiting for members;
+//! * `rounds`: how the log reaches members, paced over the batching window;
+//! * `online`: online-count pacing.
+//!
+//! This file holds the commands, each of which uses the parts above. A new
+//! kind of event gets its class and priority in `super::kinds` and a command
+//! here that sequences it (`EventLog::sequence`) or sends it as ephemeral
+//! (`EventLog::ephemeral`); rounds, outboxes and history need no change.
+//!
+//! **Invariant:** each member has a cursor into the log and is sent
+//! everything after it, in order, so a member sees sequence numbers in order
+//! and without holes. If its outbox overflows, it is told so explicitly.
+
+mod admission;
+mod log;
+mod online;
+mod roster;
+mod rounds;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use roomcast_protocol::{ErrorCode, RoomId, v1};
+use tokio::time::Instant;
+use v1::room_event::Kind;
+
+use super::fanout::Outbox;
+use super::history::{self, HistoryLog};
+use super::kinds;
+use crate::auth::{Identity, Role};
+use admission::{Admission, Admit};
+use log::EventLog;
+use online::OnlinePacer;
+use roster::{Roster, Subscriber};
+use rounds::Rounds;
+
+pub use rounds::FlushStats;
+
+/// Identifies a connection on this node.
+pub type ConnId = u64;
+
+/// Room tunables, taken from the node configuration.
+#[derive(Debug, Clone)]
+pub struct RoomLimits {
+    pub join_history: usize,
+    pub viewer_page: usize,
+    pub online_push_interval: Duration,
+    /// Batching window of a room of up to 999 members; zero sends at once.
+    pub batch_window: Duration,
+    /// The window grows with room size up to this.
+    pub max_batch_window: Duration,
+    /// Viewer chat messages per second the room sequences; the rest are
+    /// sampled out. 0: no budget.
+    pub chat_budget_per_sec: u32,
+    /// Chat messages per second one viewer may send. 0: no limit.
+    pub user_chat_per_sec: f64,
+    /// "User entered" events per second the room broadcasts. 0: none.
+    pub entered_per_sec: u32,
+}
+
+/// Which events a member receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    All,
+    /// Host messages, system notices, quiz traffic and recalls only.
+    HostOnly,
+}
+
+impl Filter {
+    /// Whether a member with this filter is shown `event`.
+    pub fn shows(self, event: &v1::RoomEvent) -> bool {
+        match self {
+            Self::All => true,
+            Self::HostOnly => event.kind.as_ref().is_some_and(kinds::host_visible),
+        }
+    }
+}
+
+/// Where a rejoining client left off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub last_seq: u64,
+    /// The room incarnation `last_seq` belongs to, when the client knows it.
+    pub epoch: Option<u64>,
+}
+
+impl Resume {
+    pub fn at(last_seq: u64) -> Self {
+        Self { last_seq, epoch: None }
+    }
+}
+
+/// A chat message as the connection validated it.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub text: String,
+    pub client_msg_id: String,
+    pub media_ts_ms: Option<u64>,
+}
+
+/// What the chat path decided, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatOutcome {
+    Broadcast,
+    Sampled,
+}
+
+#[derive(Debug)]
+pub struct RoomState {
+    id: RoomId,
+    limits: RoomLimits,
+    log: EventLog,
+    roster: Roster,
+    admission: Admission,
+    online: OnlinePacer,
+    rounds: Rounds,
+    /// Fan-out counts since the last `take_stats`.
+    stats: FlushStats,
+}
+
+impl RoomState {
+    pub fn new(id: RoomId, epoch: u64, limits: RoomLimits, history: Arc<HistoryLog>) -> Self {
+        Self {
+            log: EventLog::new(id.clone(), epoch, history),
+            roster: Roster::new(limits.viewer_page),
+            admission: Admission::new(&limits),
+            id,
+            limits,
+            online: OnlinePacer::default(),
+            rounds: Rounds::default(),
+            stats: FlushStats::default(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.roster.is_empty()
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.roster.len()
+    }
+
+    pub fn online_count(&self) -> u64 {
+        self.roster.online_count()
+    }
+
+    pub fn current_seq(&self) -> u64 {
+        self.log.seq
+    }
+
+    /// Adds (or replaces) a member and answers with the room's snapshot. Its
+    /// outbox receives every event sequenced after `Joined.current_seq`;
+    /// when a resume's missed events do not all fit in the answer,
+    /// `Joined.next_seq` says where the part the member still has to be sent
+    /// from history starts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join(
+        &mut self,
+        conn: ConnId,
+        identity: Identity,
+        outbox: Arc<Outbox>,
+        resume: Option<Resume>,
+        filter: Filter,
+        now: Instant,
+        now_ms: u64,
+    ) -> v1::Joined {
+        // The newcomer's cursor starts at the end of the log: events already
+        // sequenced but not yet pushed reach it through `history`, which holds
+        // everything up to `current_seq`. Nobody else's batch is cut short.
+        self.leave(conn);
+        let first_of_user = !self.roster.is_present(&identity.user_id);
+        let entered = identity.to_proto();
+        let sub = Subscriber {
+            conn,
+            filter,
+            outbox: outbox.clone(),
+            next: self.log.end(),
+            online: self.online.version,
+        };
+        self.roster.insert(conn, identity, outbox, sub);
+
+        let current_seq = self.log.seq;
+        let epoch = self.log.epoch;
+        let last_seq = resume.filter(|r| r.epoch.is_none_or(|e| e == epoch)).map(|r| r.last_seq);
+        let mut next_seq = current_seq + 1;
+        let (history, resumed) = match last_seq.and_then(|l| self.log.history.after(now, l, current_seq)) {
+            Some(mut missed) => {
+                missed.retain(|e| filter.shows(e));
+                let cut = history::fit_oldest(&mut missed, history::ANSWER_BYTES);
+                if let Some(first_left) = cut {
+                    next_seq = first_left;
+                }
+                (missed, true)
+            }
+            None => {
+                let mut recent = self.log.history.recent(now, self.limits.join_history);
+                recent.retain(|e| filter.shows(e));
+                history::fit_newest(&mut recent, history::ANSWER_BYTES);
+                (recent, false)
+            }
+        };
+        let joined = v1::Joined {
+            room: self.id.to_string(),
+            current_seq,
+            online_count: self.online_count(),
+            viewers: self.roster.viewer_page(),
+            history,
+            resumed,
+            epoch,
+            next_seq,
+        };
+        if first_of_user && self.admission.entered(now) {
+            let kind = Kind::UserEntered(v1::UserEntered { user: Some(entered.clone()) });
+            self.log.ephemeral(kind, Some(entered), true, now_ms, Some(conn));
+        }
+        joined
+    }
+
+    /// Removes a member; its outbox is closed so its room stream finishes.
+    pub fn leave(&mut self, conn: ConnId) -> bool {
+        let Some(m) = self.roster.remove(conn) else {
+            return false;
+        };
+        m.outbox.close();
+        let roster = &self.roster;
+        self.admission.forget_rates(roster.len(), || roster.users());
+        true
+    }
+
+    /// Marks a member present or absent (missed heartbeats).
+    pub fn set_present(&mut self, conn: ConnId, present: bool) {
+        self.roster.set_present(conn, present);
+    }
+
+    /// Checks, sequences (or samples out) a chat message from a member.
+    pub fn publish(
+        &mut self,
+        conn: ConnId,
+        chat: ChatRequest,
+        now: Instant,
+        now_ms: u64,
+    ) -> Result<(v1::ChatAck, ChatOutcome), ErrorCode> {
+        let identity = self.roster.get(conn).ok_or(ErrorCode::NotJoined)?.identity.clone();
+        let mut ack = v1::ChatAck {
+            room: self.id.to_string(),
+            seq: 0,
+            message_id: String::new(),
+            server_time_ms: now_ms,
+            broadcast: false,
+        };
+        match self.admission.chat(&identity, &chat.client_msg_id, now) {
+            Admit::Repeat(ack) => {
+                let outcome = if ack.broadcast { ChatOutcome::Broadcast } else { ChatOutcome::Sampled };
+                return Ok((ack, outcome));
+            }
+            Admit::RateLimited => return Err(ErrorCode::RateLimited),
+            Admit::Sampled => {
+                self.admission.answered(identity.user_id, chat.client_msg_id, ack.clone());
+                return Ok((ack, ChatOutcome::Sampled));
+            }
+            Admit::Sequence => {}
+        }
+        let kind = match identity.role {
+            Role::Viewer => {
+                Kind::Chat(v1::Chat { text: chat.text, client_msg_id: chat.client_msg_id.clone() })
+            }
+            Role::Host => Kind::HostMessage(v1::HostMessage {
+                text: chat.text,
+                client_msg_id: chat.client_msg_id.clone(),
+            }),
+            Role::Admin => Kind::SystemNotice(v1::SystemNotice { text: chat.text }),
+        };
+        let event = self.sequence(kind, Some(identity.to_proto()), chat.media_ts_ms, now, now_ms);
+        ack.seq = event.seq;
+        ack.message_id = event.message_id;
+        ack.broadcast = true;
+        self.admission.answered(identity.user_id, chat.client_msg_id, ack.clone());
+        Ok((ack, ChatOutcome::Broadcast))
+    }
+
+    /// Recalls a kept message: its sender, the room's hosts and admins may.
+    pub fn recall(
+        &mut self,
+        conn: ConnId,
+        message_id: &str,
+        now: Instant,
+        now_ms: u64,
+    ) -> Result<v1::Recalled, ErrorCode> {
+        let identity = self.roster.get(conn).ok_or(ErrorCode::NotJoined)?.identity.clone();
+        let target = self.log.history.find(message_id).ok_or(ErrorCode::NotFound)?;
+        if matches!(target.kind, Some(Kind::Recall(_))) {
+            return Err(ErrorCode::NotFound);
+        }
+        let own = target.sender.as_ref().is_some_and(|s| *s.user_id == *identity.user_id);
+        if !own && identity.role == Role::Viewer {
+            return Err(ErrorCode::Forbidden);
+        }
+        self.log.history.remove(message_id);
+        let kind = Kind::Recall(v1::RecallNotice { message_id: message_id.to_string() });
+        let event = self.sequence(kind, Some(identity.to_proto()), None, now, now_ms);
+        Ok(v1::Recalled { room: self.id.to_string(), message_id: message_id.to_string(), seq: event.seq })
+    }
+
+    /// Sequences an event for every member (see `EventLog::sequence`).
+    fn sequence(
+        &mut self,
+        kind: Kind,
+        sender: Option<v1::User>,
+        media_ts_ms: Option<u64>,
+        now: Instant,
+        now_ms: u64,
+    ) -> v1::RoomEvent {
+        let subscribed = !self.roster.subscribers.is_empty();
+        self.log.sequence(kind, sender, media_ts_ms, subscribed, now, now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests;

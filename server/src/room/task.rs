@@ -1,0 +1,135 @@
+//! The room task: the only place a room's state meets channels and timers.
+//! It handles commands in arrival order, runs rounds on the tick timer,
+//! paces the online count and removes the room once it has stayed empty.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use roomcast_protocol::{ErrorCode, RoomId, unix_ms};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tracing::debug;
+
+use super::handle::Command;
+use super::history::HistoryLog;
+use super::registry::Rooms;
+use super::state::{ChatOutcome, RoomLimits, RoomState};
+use crate::config::RoomConfig;
+use crate::metrics::Metrics;
+
+fn limits(c: &RoomConfig) -> RoomLimits {
+    RoomLimits {
+        join_history: c.join_history,
+        viewer_page: c.viewer_page,
+        online_push_interval: Duration::from_millis(c.online_push_interval_ms),
+        batch_window: Duration::from_millis(c.batch_window_ms),
+        max_batch_window: Duration::from_millis(c.max_batch_window_ms),
+        chat_budget_per_sec: c.chat_budget_per_sec,
+        user_chat_per_sec: c.user_chat_per_sec,
+        entered_per_sec: c.entered_per_sec,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+pub(super) async fn run_room(
+    rooms: Arc<Rooms>,
+    id: RoomId,
+    mut rx: mpsc::Receiver<Command>,
+    history: Arc<HistoryLog>,
+) {
+    let empty_ttl = Duration::from_secs(rooms.config.empty_room_ttl_secs);
+    let epoch = unix_ms(SystemTime::now());
+    let metrics = rooms.metrics.clone();
+    let mut state = RoomState::new(id.clone(), epoch, limits(&rooms.config), history);
+    let mut empty_since = Some(Instant::now());
+    debug!("room opened");
+    loop {
+        let now = Instant::now();
+        let flush_at = state.flush_due(now);
+        let online_at = state.online_due(now);
+        let expiry = empty_since.map(|t| t + empty_ttl);
+        tokio::select! {
+            biased;
+            () = sleep_until(flush_at.unwrap_or_else(far_future)), if flush_at.is_some() => {
+                state.tick(Instant::now());
+            }
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                handle(&mut state, cmd, &metrics);
+                empty_since = match (state.is_empty(), empty_since) {
+                    (true, None) => Some(Instant::now()),
+                    (true, since) => since,
+                    (false, _) => None,
+                };
+            }
+            () = sleep_until(online_at.unwrap_or_else(far_future)), if online_at.is_some() => {
+                state.push_online(Instant::now(), unix_ms(SystemTime::now()));
+            }
+            () = sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
+                if rooms.remove_if_idle(&id, &rx) {
+                    break;
+                }
+            }
+        }
+        // A tick that is due now (a quiet room's lone message) goes out
+        // before the next command is read.
+        let now = Instant::now();
+        if state.flush_due(now).is_some_and(|t| t <= now) {
+            state.tick(now);
+        }
+        metrics.record_flush(state.take_stats());
+    }
+    debug!(seq = state.current_seq(), "room closed");
+}
+
+fn handle(state: &mut RoomState, cmd: Command, metrics: &Metrics) {
+    let now = Instant::now();
+    let now_ms = unix_ms(SystemTime::now());
+    match cmd {
+        Command::Join { request, outbox, reply } => {
+            let joined = state.join(
+                request.conn,
+                request.identity,
+                outbox,
+                request.resume,
+                request.filter,
+                now,
+                now_ms,
+            );
+            // The joiner may have gone already; its leave follows.
+            let _ = reply.send(joined);
+        }
+        Command::Leave { conn } => {
+            state.leave(conn);
+        }
+        Command::Presence { conn, present } => state.set_present(conn, present),
+        Command::Publish { conn, chat, reply } => {
+            let result = match state.publish(conn, chat, now, now_ms) {
+                Ok((ack, ChatOutcome::Broadcast)) => {
+                    metrics.events_sequenced.inc();
+                    Ok(ack)
+                }
+                Ok((ack, ChatOutcome::Sampled)) => {
+                    metrics.chat_sampled.inc();
+                    Ok(ack)
+                }
+                Err(ErrorCode::RateLimited) => {
+                    metrics.chat_rate_limited.inc();
+                    Err(ErrorCode::RateLimited)
+                }
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
+        }
+        Command::Recall { conn, message_id, reply } => {
+            let result = state.recall(conn, &message_id, now, now_ms);
+            if result.is_ok() {
+                metrics.events_sequenced.inc();
+            }
+            let _ = reply.send(result);
+        }
+    }
+}
