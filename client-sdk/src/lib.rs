@@ -36,7 +36,13 @@
 //! ```
 
 mod driver;
+mod reconnect;
+mod requests;
+mod room_stream;
+mod room_track;
+mod seq;
 mod tls;
+mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -164,8 +170,10 @@ pub enum Event {
     /// [`Event::Resumed`] follows.
     Lagged { room: String, from: u64, to: u64 },
     /// A room was rejoined after a lag or a reconnection. The `replayed`
-    /// missed events were delivered just before this. `complete` is false
-    /// when some were older than the room's history window: an
+    /// missed events were delivered just before this; when the server sent
+    /// only the oldest of them in its answer (`Joined.next_seq`), the rest
+    /// follow right after, in order, ahead of live events. `complete` is
+    /// false when some were older than the room's history window: an
     /// [`Event::Gap`] named them, and recent history was replayed instead.
     Resumed { room: String, complete: bool, replayed: usize },
     /// A room could not be rejoined after a reconnection; it is no longer
@@ -275,7 +283,7 @@ impl Events {
 /// it drops. Cheap to clone; every clone drives the same session.
 #[derive(Debug, Clone)]
 pub struct Client {
-    commands: mpsc::Sender<driver::Command>,
+    commands: mpsc::Sender<requests::Command>,
     shared: Arc<driver::Shared>,
     request_timeout: Duration,
 }
@@ -310,7 +318,7 @@ impl Client {
         let (reply, rx) = oneshot::channel();
         let closed = || Error::Closed { code: None, reason: "client stopped".into() };
         let answer = async {
-            self.commands.send(driver::Command { body, reply }).await.map_err(|_| closed())?;
+            self.commands.send(requests::Command { body, reply }).await.map_err(|_| closed())?;
             rx.await.map_err(|_| closed())?
         };
         tokio::time::timeout(self.request_timeout, answer)
@@ -318,8 +326,8 @@ impl Client {
             .unwrap_or(Err(Error::Timeout(self.request_timeout)))
     }
 
-    /// Joins a room. Its events follow on [`Events`], right after
-    /// `Joined.current_seq`.
+    /// Joins a room. Its events follow on [`Events`], from `Joined.next_seq`
+    /// (right after `Joined.current_seq` when the server leaves it 0).
     pub async fn join(&self, room: &str) -> Result<v1::Joined, Error> {
         self.join_with(room, JoinOptions::default()).await
     }
@@ -371,7 +379,7 @@ impl Client {
     /// Sends a chat message with options.
     pub async fn send(&self, mut msg: ChatMessage) -> Result<v1::ChatAck, Error> {
         if msg.client_msg_id.is_empty() {
-            msg.client_msg_id = driver::fresh_id();
+            msg.client_msg_id = requests::fresh_id();
         }
         let body = v1::client_frame::Body::SendChat(v1::SendChat {
             room: msg.room,
