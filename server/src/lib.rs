@@ -1,7 +1,7 @@
 //! roomcast-server: a node that carries live rooms over QUIC.
 //!
 //! * [`run`] serves an already bound [`quinn::Endpoint`] until a shutdown
-//!   future resolves; [`tls::bind`] binds one from a [`Config`].
+//!   future resolves; [`endpoint::bind`] binds one from a [`Config`].
 //! * `room` holds the room state machine, the room task and the per-member
 //!   outboxes; `connection` one task per QUIC connection.
 //! * [`auth`] verifies connection tokens (JWT, HS256 or ES256) locally.
@@ -9,7 +9,7 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let config = roomcast_server::Config::default();
-//! let (endpoint, cert) = roomcast_server::tls::bind(&config)?;
+//! let (endpoint, cert) = roomcast_server::endpoint::bind(&config)?;
 //! println!("pin {}", cert.fingerprint);
 //! roomcast_server::run(config, endpoint, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 mod connection;
+pub mod endpoint;
 pub mod metrics;
 pub mod room;
 pub mod tls;
@@ -103,7 +104,7 @@ pub async fn run(
 /// Serves `endpoint`, and `/metrics` on `metrics_listener` if given, until
 /// `shutdown` resolves; then closes every connection with `SERVER_DRAINING`
 /// so clients reconnect elsewhere and resume. It installs the node's QUIC
-/// server configuration ([`tls::server_config`], counting resumed handshakes
+/// server configuration ([`endpoint::server_config`], counting resumed handshakes
 /// in the metrics) on `endpoint`, which starts accepting then.
 pub async fn serve(
     config: Config,
@@ -112,7 +113,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
-    let (server_config, _) = tls::server_config(&config, metrics.tls_resumed.clone())?;
+    let (server_config, _) = endpoint::server_config(&config, metrics.tls_resumed.clone())?;
     let shared = Arc::new(Shared {
         verifier: verifier(&config)?,
         rooms: room::Rooms::new(config.room.clone(), metrics.clone()),

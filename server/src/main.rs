@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use roomcast_server::Config;
 use roomcast_server::auth::Role;
 use roomcast_server::config::parse_duration;
-use roomcast_server::{Config, tls};
 
 /// roomcast: the interaction server for live-streaming rooms.
 #[derive(Parser, Debug)]
@@ -130,7 +130,7 @@ async fn serve(config: Config) -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,quinn_proto=warn")),
         )
         .init();
-    let (endpoint, cert) = tls::bind(&config)?;
+    let (endpoint, cert) = roomcast_server::endpoint::bind(&config)?;
     let addr = endpoint.local_addr()?;
     println!("roomcast listening on {addr} (QUIC, ALPN roomcast/1)");
     let kind = if cert.development { "development certificate" } else { "certificate" };

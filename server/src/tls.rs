@@ -1,4 +1,4 @@
-//! TLS material and the QUIC endpoint.
+//! TLS: the node's certificate and its rustls configuration.
 //!
 //! Production passes a certificate chain and key in PEM files. The embedded
 //! default creates a self-signed development certificate for `localhost`,
@@ -81,13 +81,20 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     f.write_all(data).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Builds the QUIC server configuration: TLS 1.3 only, ALPN `roomcast/1`,
-/// ring as the crypto provider, datagrams on, and the transport limits a
-/// roomcast client needs (one bidirectional stream, no client-opened
-/// unidirectional streams). It counts in `resumed` the resumption tickets
+/// The certificate `config` asks for (creating the development certificate
+/// on first use).
+pub fn cert_info(config: &Config) -> Result<CertInfo> {
+    Ok(load(config)?.info)
+}
+
+/// Builds the QUIC crypto configuration: TLS 1.3 only, ALPN `roomcast/1`,
+/// ring as the crypto provider. It counts in `resumed` the resumption tickets
 /// clients present that the node can read: each is a reconnection that
 /// skips the certificate exchange.
-pub fn server_config(config: &Config, resumed: Counter) -> Result<(quinn::ServerConfig, CertInfo)> {
+pub fn crypto(
+    config: &Config,
+    resumed: Counter,
+) -> Result<(quinn::crypto::rustls::QuicServerConfig, CertInfo)> {
     let m = load(config)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -105,10 +112,7 @@ pub fn server_config(config: &Config, resumed: Counter) -> Result<(quinn::Server
     let inner = rustls::crypto::ring::Ticketer::new().context("resumption ticketer")?;
     tls.ticketer = Arc::new(CountingTicketer { inner, resumed });
     tls.send_tls13_tickets = 1;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport(config)?));
-    Ok((server, m.info))
+    Ok((quinn::crypto::rustls::QuicServerConfig::try_from(tls)?, m.info))
 }
 
 /// The node's ticketer, counting the tickets it can decrypt.
@@ -150,70 +154,6 @@ fn provider() -> rustls::crypto::CryptoProvider {
     provider
 }
 
-fn transport(config: &Config) -> Result<quinn::TransportConfig> {
-    let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(config.presence.idle_timeout().try_into().context("idle timeout too large")?));
-    t.max_concurrent_bidi_streams(1u32.into());
-    t.max_concurrent_uni_streams(0u32.into());
-    // Heartbeats are tiny and a client sends a handful per minute.
-    t.datagram_receive_buffer_size(Some(16 * 1024));
-    t.datagram_send_buffer_size(64 * 1024);
-    // The control stream carries small requests; keep the receive windows small
-    // so idle connections cost little memory.
-    t.stream_receive_window((64u32 * 1024).into());
-    t.receive_window((128u32 * 1024).into());
-    // Path MTU discovery with a single probe per connection, straight to
-    // 1,452 bytes (Ethernet's MTU less IPv6 and UDP headers): a big room's
-    // batching window of messages then fits one packet where 1,200 bytes
-    // would need two, while a join storm pays one probe per newcomer rather
-    // than a binary search's four or five.
-    let mut mtud = quinn::MtuDiscoveryConfig::default();
-    mtud.upper_bound(1452).minimum_change(200);
-    t.mtu_discovery_config(Some(mtud));
-    Ok(t)
-}
-
-/// Binds the QUIC endpoint described by `config` and reports the
-/// certificate it will serve (creating the development certificate on first
-/// use). The endpoint accepts connections once [`crate::serve`] has
-/// installed the node's server configuration, whose counters are the
-/// node's metrics.
-pub fn bind(config: &Config) -> Result<(quinn::Endpoint, CertInfo)> {
-    let info = load(config)?.info;
-    let socket = udp_socket(config.listen, config.limits.udp_buffer_bytes)
-        .with_context(|| format!("binding UDP {}", config.listen))?;
-    let runtime = quinn::default_runtime().context("no async runtime")?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-        .with_context(|| format!("serving on UDP {}", config.listen))?;
-    Ok((endpoint, info))
-}
-
-/// Binds a UDP socket with the given receive and send buffer sizes (as far as
-/// the kernel allows: it logs what it got when that is less).
-fn udp_socket(addr: std::net::SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    if buffer > 0 {
-        socket.set_recv_buffer_size(buffer)?;
-        socket.set_send_buffer_size(buffer)?;
-        // Linux reports twice what it grants (the doubling covers overhead).
-        let (recv, send) = (socket.recv_buffer_size()? / 2, socket.send_buffer_size()? / 2);
-        if recv < buffer || send < buffer {
-            tracing::warn!(
-                requested = buffer,
-                recv,
-                send,
-                "UDP socket buffers capped by the kernel; raise net.core.rmem_max and net.core.wmem_max"
-            );
-        }
-    }
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,8 +163,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("roomcast-tls-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let config = Config { data_dir: dir.clone(), ..Config::default() };
-        let (_, a) = server_config(&config, Counter::default()).unwrap();
-        let (_, b) = server_config(&config, Counter::default()).unwrap();
+        let (_, a) = crypto(&config, Counter::default()).unwrap();
+        let (_, b) = crypto(&config, Counter::default()).unwrap();
         assert!(a.development);
         assert_eq!(a.fingerprint, b.fingerprint);
         assert_eq!(a.fingerprint.len(), 32 * 3 - 1);

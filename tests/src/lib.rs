@@ -1,5 +1,7 @@
 //! Harness for roomcast's end-to-end tests: a real node on a loopback UDP
-//! port, real TLS, and clients built on the real SDK.
+//! port, real TLS, clients built on the real SDK, and raw sessions
+//! ([`RawSession`]) that speak the wire contract frame by frame, the way a
+//! client on another QUIC stack would.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,6 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use roomcast_client::{Client, ClientConfig, Event, Events, Trust};
+use roomcast_protocol::codec::{FrameDecoder, FrameError, encode_frame};
+use roomcast_protocol::{MAX_SERVER_FRAME_BYTES, PROTOCOL_VERSION, v1};
 use roomcast_server::Config;
 use roomcast_server::auth::Role;
 use tokio::sync::oneshot;
@@ -47,7 +51,8 @@ fn init() {
 impl TestServer {
     /// A node with test-friendly timings (200 ms heartbeats, 100 ms between
     /// online-count pushes) and no chat budget or per-user chat rate, so that
-    /// tests can send quickly; tests of those limits set them.
+    /// tests can send quickly; tests of those limits set them. Token checks
+    /// keep their defaults (the leeway on `exp` included).
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
@@ -63,13 +68,12 @@ impl TestServer {
         let mut config =
             Config { listen: "127.0.0.1:0".parse().unwrap(), data_dir: dir.clone(), ..Config::default() };
         config.auth.hs256_secret = Some(secret.clone());
-        config.auth.leeway_secs = 0;
         config.presence.heartbeat_interval_ms = 200;
         config.room.online_push_interval_ms = 100;
         config.room.chat_budget_per_sec = 0;
         config.room.user_chat_per_sec = 0.0;
         tweak(&mut config);
-        let (endpoint, cert) = roomcast_server::tls::bind(&config).unwrap();
+        let (endpoint, cert) = roomcast_server::endpoint::bind(&config).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let metrics = roomcast_server::metrics::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
@@ -149,6 +153,24 @@ impl TestServer {
         endpoint.connect(self.addr, "localhost").unwrap().await.unwrap()
     }
 
+    /// A raw connection whose control stream is open and carries a `Hello`
+    /// (request id 1) with `token` and `protocol_version`. The answer is left
+    /// unread: see [`RawSession::welcome`].
+    pub async fn raw_hello(&self, token: String, protocol_version: u32) -> RawSession {
+        let conn = self.raw_connection().await;
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&encode_frame(&hello(token, protocol_version))).await.unwrap();
+        RawSession { conn, send, control: FrameReader::new(recv) }
+    }
+
+    /// A raw session for `user`, its `Welcome` read and checked.
+    pub async fn raw_session(&self, user: &str, role: Role) -> RawSession {
+        let mut session = self.raw_hello(self.token(user, role), PROTOCOL_VERSION).await;
+        let welcome = session.welcome().await;
+        assert_eq!(welcome.user.as_ref().map(|u| u.user_id.as_str()), Some(user));
+        session
+    }
+
     /// Stops the node and waits for it to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -166,6 +188,132 @@ impl Drop for TestServer {
             task.abort();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `Hello` frame (request id 1), as a client of `protocol_version` sends it.
+pub fn hello(token: String, protocol_version: u32) -> v1::ClientFrame {
+    v1::ClientFrame {
+        request_id: 1,
+        body: Some(v1::client_frame::Body::Hello(v1::Hello {
+            token,
+            protocol_version,
+            client_name: "raw".into(),
+            client_version: "0".into(),
+        })),
+    }
+}
+
+/// The frames of one QUIC stream from the server, read with the protocol's
+/// own decoder and the contract's bound on server frames.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    pub fn new(recv: quinn::RecvStream) -> Self {
+        Self { recv, decoder: FrameDecoder::new(MAX_SERVER_FRAME_BYTES) }
+    }
+
+    /// The next control-stream frame; `None` once the stream has ended.
+    pub async fn server_frame(&mut self) -> Option<v1::ServerFrame> {
+        self.next(FrameDecoder::next_message::<v1::ServerFrame>).await
+    }
+
+    /// The next room-stream frame; `None` once the stream has ended.
+    pub async fn room_frame(&mut self) -> Option<v1::RoomFrame> {
+        self.next(FrameDecoder::next_message::<v1::RoomFrame>).await
+    }
+
+    /// Every control-stream frame until the stream ends.
+    pub async fn server_frames_to_end(&mut self) -> Vec<v1::ServerFrame> {
+        let mut frames = Vec::new();
+        while let Some(f) = self.server_frame().await {
+            frames.push(f);
+        }
+        frames
+    }
+
+    /// Panics on a malformed frame, a stream that ends inside a frame or is
+    /// reset, and after [`WAIT`].
+    async fn next<M>(&mut self, decode: fn(&mut FrameDecoder) -> Result<Option<M>, FrameError>) -> Option<M> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(m) = decode(&mut self.decoder).expect("malformed frame from the server") {
+                return Some(m);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.recv.read_chunk(64 * 1024, true))
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("stream failed");
+            match chunk {
+                Some(chunk) => self.decoder.extend(&chunk.bytes),
+                None => {
+                    self.decoder.finish().expect("stream ended inside a frame");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// A roomcast session on a bare QUIC connection: what a client written from
+/// the wire contract alone sees, frame by frame.
+pub struct RawSession {
+    pub conn: quinn::Connection,
+    /// The control stream, client to server.
+    pub send: quinn::SendStream,
+    /// The control stream, server to client.
+    pub control: FrameReader,
+}
+
+impl RawSession {
+    /// Reads the answer to the `Hello`: a `Welcome` echoing its request id 1.
+    /// Panics on anything else.
+    pub async fn welcome(&mut self) -> v1::Welcome {
+        match self.control.server_frame().await {
+            Some(v1::ServerFrame { request_id: 1, body: Some(v1::server_frame::Body::Welcome(w)) }) => w,
+            other => panic!("expected a Welcome answering request 1, got {other:?}"),
+        }
+    }
+
+    /// Writes a request.
+    pub async fn send(&mut self, request_id: u32, body: v1::client_frame::Body) {
+        let frame = encode_frame(&v1::ClientFrame { request_id, body: Some(body) });
+        self.send.write_all(&frame).await.unwrap();
+    }
+
+    /// Writes a request and reads the next control frame, which must answer
+    /// it; returns the answer's body.
+    pub async fn request(&mut self, request_id: u32, body: v1::client_frame::Body) -> v1::server_frame::Body {
+        self.send(request_id, body).await;
+        let answer = self.control.server_frame().await.expect("control stream ended");
+        assert_eq!(answer.request_id, request_id, "answer to the request just sent: {answer:?}");
+        answer.body.expect("answer without a body")
+    }
+
+    /// Sends `join` and returns the answer, which must be `Joined`.
+    pub async fn join(&mut self, request_id: u32, join: v1::Join) -> v1::Joined {
+        match self.request(request_id, v1::client_frame::Body::Join(join)).await {
+            v1::server_frame::Body::Joined(j) => j,
+            other => panic!("join answered with {other:?}"),
+        }
+    }
+
+    /// Accepts the next unidirectional stream the server opens and reads its
+    /// first frame, which must be a `RoomStreamStart`; returns the room it
+    /// names and the stream.
+    pub async fn accept_room_stream(&self) -> (String, FrameReader) {
+        let recv = tokio::time::timeout(WAIT, self.conn.accept_uni())
+            .await
+            .expect("timed out waiting for a room stream")
+            .expect("connection ended");
+        let mut reader = FrameReader::new(recv);
+        match reader.room_frame().await {
+            Some(v1::RoomFrame { body: Some(v1::room_frame::Body::Start(s)) }) => (s.room, reader),
+            other => panic!("a room stream starts with RoomStreamStart, got {other:?}"),
+        }
     }
 }
 

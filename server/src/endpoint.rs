@@ -1,0 +1,86 @@
+//! The node's QUIC endpoint: its UDP socket, the transport limits a
+//! roomcast client gets, and the server configuration that puts them
+//! together with TLS.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::config::Config;
+use crate::tls::{self, CertInfo};
+
+/// Builds the QUIC server configuration: the TLS of [`tls::crypto`] (whose
+/// resumed handshakes are counted in `resumed`), datagrams on, and the
+/// transport limits a roomcast client needs (one bidirectional stream, no
+/// client-opened unidirectional streams).
+pub fn server_config(config: &Config, resumed: Counter) -> Result<(quinn::ServerConfig, CertInfo)> {
+    let (crypto, info) = tls::crypto(config, resumed)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport(config)?));
+    Ok((server, info))
+}
+
+fn transport(config: &Config) -> Result<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(config.presence.idle_timeout().try_into().context("idle timeout too large")?));
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    // Heartbeats are tiny and a client sends a handful per minute.
+    t.datagram_receive_buffer_size(Some(16 * 1024));
+    t.datagram_send_buffer_size(64 * 1024);
+    // The control stream carries small requests; keep the receive windows small
+    // so idle connections cost little memory.
+    t.stream_receive_window((64u32 * 1024).into());
+    t.receive_window((128u32 * 1024).into());
+    // Path MTU discovery with a single probe per connection, straight to
+    // 1,452 bytes (Ethernet's MTU less IPv6 and UDP headers): a big room's
+    // batching window of messages then fits one packet where 1,200 bytes
+    // would need two, while a join storm pays one probe per newcomer rather
+    // than a binary search's four or five.
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(1452).minimum_change(200);
+    t.mtu_discovery_config(Some(mtud));
+    Ok(t)
+}
+
+/// Binds the QUIC endpoint described by `config` and reports the
+/// certificate it will serve (creating the development certificate on first
+/// use). The endpoint accepts connections once [`crate::serve`] has
+/// installed the node's server configuration, whose counters are the
+/// node's metrics.
+pub fn bind(config: &Config) -> Result<(quinn::Endpoint, CertInfo)> {
+    let info = tls::cert_info(config)?;
+    let socket = udp_socket(config.listen, config.limits.udp_buffer_bytes)
+        .with_context(|| format!("binding UDP {}", config.listen))?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .with_context(|| format!("serving on UDP {}", config.listen))?;
+    Ok((endpoint, info))
+}
+
+/// Binds a UDP socket with the given receive and send buffer sizes (as far as
+/// the kernel allows: it logs what it got when that is less).
+pub fn udp_socket(addr: std::net::SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    if buffer > 0 {
+        socket.set_recv_buffer_size(buffer)?;
+        socket.set_send_buffer_size(buffer)?;
+        // Linux reports twice what it grants (the doubling covers overhead).
+        let (recv, send) = (socket.recv_buffer_size()? / 2, socket.send_buffer_size()? / 2);
+        if recv < buffer || send < buffer {
+            tracing::warn!(
+                requested = buffer,
+                recv,
+                send,
+                "UDP socket buffers capped by the kernel; raise net.core.rmem_max and net.core.wmem_max"
+            );
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
