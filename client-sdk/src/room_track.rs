@@ -129,6 +129,12 @@ impl RoomTracker {
         }
         let mut replayed = 0;
         for e in joined.history {
+            // History skips only recalled events and those the filter leaves
+            // out: a hole in it is not loss (what was lost before it is
+            // reported above).
+            if e.seq > 0 {
+                track.last_seq = track.last_seq.max(e.seq - 1);
+            }
             if track.deliver(room, e, &mut self.out) {
                 replayed += 1;
             }
@@ -446,6 +452,19 @@ mod tests {
         t.resumed(ROOM, j);
         assert_eq!(drain(&mut t), [msg(5), msg(6), resumed(true, 2)]);
         assert_eq!(feed(&mut t, &[7, 8, 9, 10]), [msg(7), msg(8), msg(9), msg(10)]);
+    }
+
+    #[test]
+    fn holes_in_a_resumes_history_are_recalled_or_filtered_events_not_loss() {
+        let mut t = joined_at(4);
+        t.disconnected();
+        t.reconnected();
+        drain(&mut t);
+        // 6 was recalled; 8 is a chat a host-only member does not see.
+        t.resumed(ROOM, v1::Joined { resumed: true, ..joined(9, &[5, 7, 9]) });
+        assert_eq!(drain(&mut t), [msg(5), msg(7), msg(9), resumed(true, 3)]);
+        t.resumed(ROOM, v1::Joined { resumed: false, ..joined(20, &[15, 17]) });
+        assert_eq!(drain(&mut t), [gap(10, 14), msg(15), msg(17), resumed(false, 2)], "only the lost part");
     }
 
     #[test]
