@@ -319,6 +319,40 @@ async fn after_the_network_drops_out_the_sdk_reconnects_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_too_big_for_one_answer_continues_on_the_room_stream_without_loss() {
+    let server = TestServer::start().await;
+    let relay = Relay::start(server.addr).await;
+    let (host, _h) = server.connect("host", Role::Host).await;
+    host.join("live").await.unwrap();
+    let (viewer, mut events) = viewer_behind(&server, &relay).await;
+    viewer.join("live").await.unwrap();
+    host.send_chat("live", "first").await.unwrap();
+    sequenced(&mut events, 1).await;
+    relay.block(true);
+    // About 400 KB of missed chat: far more than one 64 KiB answer.
+    let long = "x".repeat(400);
+    for i in 2..=900 {
+        host.send_chat("live", &format!("{i} {long}")).await.unwrap();
+    }
+    wait_for(&mut events, |e| matches!(e, Event::Reconnecting { .. }).then_some(())).await;
+    relay.block(false);
+    let got = collect_until(&mut events, |ev| has_all(ev, 900)).await;
+    assert!(
+        !got.iter().any(|e| matches!(e, Event::Gap { .. } | Event::Lagged { .. })),
+        "{:?}",
+        summary(&got)
+    );
+    assert_eq!(seqs(&got), (2..=900).collect::<Vec<_>>(), "every missed message, once, in order");
+    let resumed = got.iter().find_map(|e| match e {
+        Event::Resumed { complete, replayed, .. } => Some((*complete, *replayed)),
+        _ => None,
+    });
+    let (complete, replayed) = resumed.expect("a Resumed event");
+    assert!(complete && replayed < 899, "the answer carried part ({replayed}), the stream the rest");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_older_than_the_history_window_says_what_was_lost() {
     let server = TestServer::start_with(|c| c.room.history_len = 4).await;
     let relay = Relay::start(server.addr).await;
