@@ -55,28 +55,6 @@ use tokio::sync::{mpsc, oneshot};
 pub use roomcast_protocol::v1;
 pub use tls::Trust;
 
-/// Binds a client endpoint (one UDP socket) to share between connections
-/// through [`ClientConfig::endpoint`], with receive and send buffers of
-/// `buffer_bytes` (0 keeps the system's default; the kernel caps it at
-/// `net.core.rmem_max` / `wmem_max`). Many connections over one socket
-/// receive in bursts, which a small buffer drops.
-///
-/// ```no_run
-/// let endpoint = roomcast_client::bind_endpoint("0.0.0.0:0".parse().unwrap(), 8 << 20).unwrap();
-/// ```
-pub fn bind_endpoint(addr: std::net::SocketAddr, buffer_bytes: usize) -> std::io::Result<quinn::Endpoint> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if buffer_bytes > 0 {
-        socket.set_recv_buffer_size(buffer_bytes)?;
-        socket.set_send_buffer_size(buffer_bytes)?;
-    }
-    socket.bind(&addr.into())?;
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| std::io::Error::other("bind_endpoint needs a Tokio runtime"))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.into(), runtime)
-}
-
 /// What to connect to and how.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

@@ -73,7 +73,7 @@ impl Target {
         };
         let mut endpoints = Vec::new();
         for _ in 0..args.sockets.max(1) {
-            endpoints.push(roomcast_client::bind_endpoint(any_addr(&addr), SOCKET_BUFFER)?);
+            endpoints.push(bind_endpoint(any_addr(&addr))?);
         }
         Ok(Self {
             addr,
@@ -117,7 +117,7 @@ impl Target {
     /// stops it reading its acks.
     pub(crate) async fn host(&self, user: &str) -> Result<Client> {
         let mut config = self.config(user, "host");
-        config.endpoint = Some(roomcast_client::bind_endpoint(any_addr(&self.addr), SOCKET_BUFFER)?);
+        config.endpoint = Some(bind_endpoint(any_addr(&self.addr))?);
         let (client, mut events) =
             Client::connect(config).await.with_context(|| format!("{user} connect"))?;
         tokio::spawn(async move { while events.recv().await.is_some() {} });
@@ -142,4 +142,14 @@ impl Target {
         }
         report
     }
+}
+
+/// A client endpoint (one UDP socket) shared by many sessions, with large
+/// buffers: many connections over one socket receive in bursts, which a
+/// small buffer drops.
+fn bind_endpoint(addr: SocketAddr) -> Result<quinn::Endpoint> {
+    let socket = roomcast_server::endpoint::udp_socket(addr, SOCKET_BUFFER)
+        .with_context(|| format!("binding UDP {addr}"))?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?)
 }
