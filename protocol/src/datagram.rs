@@ -1,8 +1,10 @@
 //! QUIC datagrams: client heartbeats and server online counts.
 //!
-//! A datagram is one encoded `ClientDatagram` or `ServerDatagram` with no
-//! prefix; QUIC already delimits it. Both sides refuse datagrams longer than
-//! [`MAX_DATAGRAM_BYTES`] before decoding them.
+//! A datagram is one encoded `ClientDatagram` or `ServerDatagram` per QUIC
+//! DATAGRAM frame, with no prefix; QUIC already delimits it. Both sides refuse
+//! datagrams longer than [`MAX_DATAGRAM_BYTES`] before decoding them: a
+//! padded but otherwise valid heartbeat would decode, so the length is the
+//! only thing that keeps a peer within the limit.
 
 use bytes::Bytes;
 use prost::Message;
@@ -12,12 +14,25 @@ use crate::{MAX_DATAGRAM_BYTES, v1};
 /// Why a datagram was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DatagramError {
+    /// Longer than [`MAX_DATAGRAM_BYTES`]; refused before decoding.
     #[error("datagram of {0} bytes exceeds {MAX_DATAGRAM_BYTES}")]
     TooLarge(usize),
+    /// Not a valid protobuf message of the expected type.
     #[error("undecodable datagram: {0}")]
     Decode(String),
+    /// A valid message with no body this version knows.
     #[error("datagram has no body")]
     Empty,
+}
+
+impl DatagramError {
+    /// The close code this error maps to, when the peer is closed for it.
+    pub fn code(&self) -> crate::ErrorCode {
+        match self {
+            Self::TooLarge(_) => crate::ErrorCode::FrameTooLarge,
+            Self::Decode(_) | Self::Empty => crate::ErrorCode::ProtocolViolation,
+        }
+    }
 }
 
 /// What a client may send as a datagram.
@@ -110,11 +125,64 @@ mod tests {
         assert_eq!(ClientDatagram::decode(Bytes::new()), Err(DatagramError::Empty));
     }
 
+    #[test]
+    fn each_refusal_has_its_close_code() {
+        use crate::ErrorCode;
+        assert_eq!(DatagramError::TooLarge(1207).code(), ErrorCode::FrameTooLarge);
+        assert_eq!(DatagramError::Decode(String::new()).code(), ErrorCode::ProtocolViolation);
+        assert_eq!(DatagramError::Empty.code(), ErrorCode::ProtocolViolation);
+        let garbage = ClientDatagram::decode(Bytes::from_static(&[0xff; 40])).unwrap_err();
+        assert_eq!(garbage.code(), ErrorCode::ProtocolViolation);
+    }
+
+    /// `message` followed by an unknown length-delimited field of `pad` bytes,
+    /// which a protobuf decoder skips: still a valid datagram, only longer.
+    fn padded(message: Bytes, pad: usize) -> Bytes {
+        let mut wire = message.to_vec();
+        prost::encoding::encode_key(15, prost::encoding::WireType::LengthDelimited, &mut wire);
+        prost::encoding::encode_varint(pad as u64, &mut wire);
+        wire.resize(wire.len() + pad, b'x');
+        wire.into()
+    }
+
     proptest! {
         #[test]
-        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1500)) {
-            let _ = ClientDatagram::decode(Bytes::from(data.clone()));
-            let _ = ServerDatagram::decode(Bytes::from(data));
+        fn arbitrary_bytes_never_panic_and_oversize_is_refused(
+            data in proptest::collection::vec(any::<u8>(), 0..3000)
+        ) {
+            let len = data.len();
+            let client = ClientDatagram::decode(Bytes::from(data.clone()));
+            let server = ServerDatagram::decode(Bytes::from(data));
+            if len > MAX_DATAGRAM_BYTES {
+                prop_assert_eq!(client, Err(DatagramError::TooLarge(len)));
+                prop_assert_eq!(server, Err(DatagramError::TooLarge(len)));
+            }
+        }
+
+        #[test]
+        fn a_valid_datagram_is_accepted_up_to_the_limit_and_refused_beyond(
+            client_time_ms in any::<u64>(),
+            pad in 0usize..2000,
+        ) {
+            let h = ClientDatagram::Heartbeat { client_time_ms };
+            let wire = padded(h.encode(), pad);
+            let len = wire.len();
+            let got = ClientDatagram::decode(wire);
+            if len <= MAX_DATAGRAM_BYTES {
+                prop_assert_eq!(got, Ok(h));
+            } else {
+                prop_assert_eq!(got.clone(), Err(DatagramError::TooLarge(len)));
+                prop_assert_eq!(got.unwrap_err().code(), crate::ErrorCode::FrameTooLarge);
+            }
+            let o = ServerDatagram::OnlineCount { room: "r".into(), count: 7, server_time_ms: client_time_ms };
+            let wire = padded(o.encode(), pad);
+            let len = wire.len();
+            let got = ServerDatagram::decode(wire);
+            if len <= MAX_DATAGRAM_BYTES {
+                prop_assert_eq!(got, Ok(o));
+            } else {
+                prop_assert_eq!(got, Err(DatagramError::TooLarge(len)));
+            }
         }
     }
 }

@@ -67,15 +67,16 @@ impl Identity {
 /// The JWT claims roomcast reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
-    /// User id.
+    /// User id: required, 1 to 128 bytes.
     pub sub: String,
-    /// Display name.
+    /// Display name, at most 128 bytes.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
-    /// `viewer`, `host` or `admin`; `viewer` when absent.
+    /// `viewer`, `host` or `admin`; `viewer` when absent. Anything else is a
+    /// bad token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
-    /// Expiry, Unix seconds.
+    /// Expiry, Unix seconds: required, checked with the verifier's leeway.
     pub exp: u64,
 }
 
@@ -176,6 +177,34 @@ mod tests {
         assert_eq!(v.verify(&expired), Err(ErrorCode::TokenExpired));
         assert_eq!(v.verify("not.a.jwt"), Err(ErrorCode::BadToken));
         assert_eq!(v.verify(""), Err(ErrorCode::BadToken));
+    }
+
+    #[test]
+    fn default_leeway_tolerates_a_phone_clock_a_minute_off() {
+        let leeway = crate::config::AuthConfig::default().leeway_secs;
+        let v = TokenVerifier::hs256(b"k", leeway);
+        let token = |exp| mint_hs256_with_exp(b"k", "pat", "", Role::Viewer, exp);
+        assert_eq!(&*v.verify(&token(now() - 30)).unwrap().user_id, "pat", "expired 30 s ago: accepted");
+        assert_eq!(v.verify(&token(now() - 120)), Err(ErrorCode::TokenExpired), "expired 2 min ago");
+    }
+
+    #[test]
+    fn claims_without_sub_or_exp_are_bad_tokens() {
+        #[derive(Serialize)]
+        struct Partial {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            sub: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            exp: Option<u64>,
+        }
+        let v = TokenVerifier::hs256(b"k", 60);
+        let sign = |claims: &Partial| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(b"k"))
+                .unwrap()
+        };
+        assert!(v.verify(&sign(&Partial { sub: Some("sam"), exp: Some(now() + 60) })).is_ok());
+        assert_eq!(v.verify(&sign(&Partial { sub: None, exp: Some(now() + 60) })), Err(ErrorCode::BadToken));
+        assert_eq!(v.verify(&sign(&Partial { sub: Some("sam"), exp: None })), Err(ErrorCode::BadToken));
     }
 
     #[test]

@@ -44,7 +44,10 @@ pub struct AuthConfig {
     pub hs256_secret: Option<String>,
     /// ES256 public key (PEM, SPKI). When set, tokens must be ES256.
     pub es256_public_key: Option<PathBuf>,
-    /// Clock skew tolerated on `exp`, in seconds.
+    /// Clock skew tolerated on `exp`, in seconds: a token is refused as
+    /// expired only once `exp` is further in the past than this. 60 s by
+    /// default, because phones' clocks drift and a token minted by the
+    /// backend is checked against the node's clock.
     pub leeway_secs: u64,
 }
 
@@ -74,7 +77,9 @@ pub struct PresenceConfig {
     /// Heartbeats a client may miss before it leaves every room's presence.
     pub missed_heartbeats: u32,
     /// QUIC idle timeout; closes connections that have gone silent. Defaults
-    /// to one interval more than the heartbeat grace.
+    /// to one interval more than the heartbeat grace: interval × (missed
+    /// heartbeats + 1), 80 s with the defaults. The wire contract documents
+    /// that figure.
     pub idle_timeout_ms: Option<u64>,
 }
 
@@ -132,7 +137,7 @@ impl Default for Config {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { hs256_secret: None, es256_public_key: None, leeway_secs: 5 }
+        Self { hs256_secret: None, es256_public_key: None, leeway_secs: 60 }
     }
 }
 
@@ -235,6 +240,24 @@ mod tests {
         assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_figures_the_wire_contract_states() {
+        // proto/roomcast/v1/roomcast.proto quotes these to SDK authors.
+        let c = Config::default();
+        assert_eq!(c.auth.leeway_secs, 60);
+        assert_eq!(c.presence.heartbeat_interval(), Duration::from_secs(20));
+        assert_eq!(c.presence.missed_heartbeats, 3);
+        assert_eq!(c.presence.idle_timeout(), Duration::from_secs(80));
+        assert_eq!(c.limits.max_rooms_per_conn, 16);
+        assert_eq!(c.limits.max_frame_bytes, 16 * 1024);
+        assert_eq!(c.limits.max_message_bytes, 512);
+        assert_eq!(c.limits.hello_timeout_ms, 10_000);
+        assert_eq!(c.room.join_history, 20);
+        assert_eq!(c.room.viewer_page, 20);
+        assert_eq!((c.room.history_len, c.room.history_max_age_secs), (1000, 300));
+        assert_eq!((c.room.batch_window_ms, c.room.max_batch_window_ms), (20, 250));
     }
 
     #[test]

@@ -94,22 +94,20 @@ async fn online_count_follows_joins_leaves_and_heartbeat_loss() {
     // a hears both that b entered (an ephemeral event on the room stream)
     // and the new count (a datagram), in whichever order they arrive.
     let (mut entered, mut counted) = (false, false);
-    while !(entered && counted) {
-        wait_for(&mut a_events, |e| {
-            match e {
-                Event::OnlineCount { room, count: 2 } if room == "hall" => counted = true,
-                Event::Message(m) => {
-                    if let Some(v1::room_event::Kind::UserEntered(u)) = &m.kind {
-                        assert_eq!(m.seq, 0, "user entered is ephemeral");
-                        entered |= u.user.as_ref().is_some_and(|u| u.user_id == "b");
-                    }
+    wait_for(&mut a_events, |e| {
+        match e {
+            Event::OnlineCount { room, count: 2 } if room == "hall" => counted = true,
+            Event::Message(m) => {
+                if let Some(v1::room_event::Kind::UserEntered(u)) = &m.kind {
+                    assert_eq!(m.seq, 0, "user entered is ephemeral");
+                    entered |= u.user.as_ref().is_some_and(|u| u.user_id == "b");
                 }
-                _ => {}
             }
-            Some(())
-        })
-        .await;
-    }
+            _ => {}
+        }
+        (entered && counted).then_some(())
+    })
+    .await;
 
     b.leave("hall").await.unwrap();
     wait_online(&mut a_events, "hall", 1).await;
