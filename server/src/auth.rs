@@ -4,12 +4,18 @@
 //! option for backends that keep the signing key to themselves. Verification
 //! never calls anything over the network.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use roomcast_protocol::{ErrorCode, v1};
 use serde::{Deserialize, Serialize};
+
+use anyhow::Context;
+
+use crate::Config;
+use roomcast_protocol::dev::SECRET_FILE as DEV_SECRET_FILE;
 
 /// A user's role in every room it joins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,6 +153,44 @@ pub fn mint_hs256_with_exp(secret: &[u8], user: &str, name: &str, role: Role, ex
     match jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)) {
         Ok(t) => t,
         Err(e) => unreachable!("HS256 signing of plain claims cannot fail: {e}"),
+    }
+}
+
+/// The HS256 secret: the configured one, or the development secret in the
+/// data directory (created on first use).
+pub fn hs256_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(s) = &config.auth.hs256_secret {
+        return Ok(s.as_bytes().to_vec());
+    }
+    dev_secret(&config.data_dir)
+}
+
+fn dev_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(DEV_SECRET_FILE);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if !s.is_empty() {
+            return Ok(s.as_bytes().to_vec());
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut raw = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    crate::tls::write_private(&path, hex.as_bytes())?;
+    Ok(hex.into_bytes())
+}
+
+/// The token verifier the configuration asks for.
+pub fn verifier(config: &Config) -> anyhow::Result<TokenVerifier> {
+    let leeway = config.auth.leeway_secs;
+    match &config.auth.es256_public_key {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            TokenVerifier::es256(&pem, leeway).context("ES256 public key")
+        }
+        None => Ok(TokenVerifier::hs256(&hs256_secret(config)?, leeway)),
     }
 }
 

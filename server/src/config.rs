@@ -103,7 +103,7 @@ pub struct RoomConfig {
     pub empty_room_ttl_secs: u64,
     /// Commands queued per room before senders wait.
     pub command_queue: usize,
-    /// Batching window of rooms of up to 500 members, in ms: events that
+    /// Batching window of rooms of up to 999 members, in ms: events that
     /// arrive within it of the previous batch go out together. 0 sends every
     /// event at once.
     pub batch_window_ms: u64,

@@ -353,7 +353,7 @@ impl Session {
                 datagram = conn.read_datagram() => match datagram.map(ClientDatagram::decode) {
                     Ok(Ok(ClientDatagram::Heartbeat { .. })) => self.touch(),
                     Ok(Err(e)) => {
-                        close(&conn, None, ErrorCode::ProtocolViolation, &format!("bad datagram: {e}")).await;
+                        close(&conn, None, e.code(), &format!("bad datagram: {e}")).await;
                         break;
                     }
                     Err(reason) => {
@@ -445,13 +445,8 @@ impl Session {
     async fn join(&mut self, j: v1::Join) -> Result<v1::Joined, (ErrorCode, String)> {
         let room = RoomId::new(&j.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
         self.touch();
-        if self.rooms.contains_key(&room) {
-            self.leave_room(&room).await;
-        }
-        let max = self.shared.config.limits.max_rooms_per_conn as usize;
-        if self.rooms.len() >= max {
-            return Err((ErrorCode::TooManyRooms, format!("at most {max} rooms per connection")));
-        }
+        // A refused join changes nothing: a rejoin leaves the room only once
+        // the request is known to be good.
         let filter = match v1::JoinFilter::try_from(j.filter) {
             Ok(v1::JoinFilter::All) => Filter::All,
             Ok(v1::JoinFilter::HostOnly) => Filter::HostOnly,
@@ -459,6 +454,13 @@ impl Session {
                 return Err((ErrorCode::ProtocolViolation, format!("unknown join filter {}", j.filter)));
             }
         };
+        if self.rooms.contains_key(&room) {
+            self.leave_room(&room).await;
+        }
+        let max = self.shared.config.limits.max_rooms_per_conn as usize;
+        if self.rooms.len() >= max {
+            return Err((ErrorCode::TooManyRooms, format!("at most {max} rooms per connection")));
+        }
         let resume = j.last_seq.map(|last_seq| Resume { last_seq, epoch: j.epoch });
         let request = JoinRequest { conn: self.id, identity: self.identity.clone(), resume, filter };
         let Joined { answer, handle, feed } = self

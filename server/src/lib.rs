@@ -24,7 +24,6 @@ pub mod room;
 pub mod tls;
 
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
@@ -34,8 +33,6 @@ use roomcast_protocol::ErrorCode;
 use tracing::info;
 
 pub use config::Config;
-
-use roomcast_protocol::dev::SECRET_FILE as DEV_SECRET_FILE;
 
 /// State shared by every connection of the node.
 #[derive(Debug)]
@@ -47,44 +44,6 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     /// Start time of this node, to make session ids unique across restarts.
     pub(crate) node_epoch: u64,
-}
-
-/// The HS256 secret: the configured one, or the development secret in the
-/// data directory (created on first use).
-pub fn hs256_secret(config: &Config) -> Result<Vec<u8>> {
-    if let Some(s) = &config.auth.hs256_secret {
-        return Ok(s.as_bytes().to_vec());
-    }
-    dev_secret(&config.data_dir)
-}
-
-fn dev_secret(dir: &Path) -> Result<Vec<u8>> {
-    let path = dir.join(DEV_SECRET_FILE);
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        let s = s.trim();
-        if !s.is_empty() {
-            return Ok(s.as_bytes().to_vec());
-        }
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut raw = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    tls::write_private(&path, hex.as_bytes())?;
-    Ok(hex.into_bytes())
-}
-
-/// The token verifier the configuration asks for.
-pub fn verifier(config: &Config) -> Result<auth::TokenVerifier> {
-    let leeway = config.auth.leeway_secs;
-    match &config.auth.es256_public_key {
-        Some(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            auth::TokenVerifier::es256(&pem, leeway).context("ES256 public key")
-        }
-        None => Ok(auth::TokenVerifier::hs256(&hs256_secret(config)?, leeway)),
-    }
 }
 
 /// Serves `endpoint` until `shutdown` resolves, with metrics on
@@ -115,7 +74,7 @@ pub async fn serve(
     let metrics = Arc::new(metrics::Metrics::new());
     let (server_config, _) = endpoint::server_config(&config, metrics.tls_resumed.clone())?;
     let shared = Arc::new(Shared {
-        verifier: verifier(&config)?,
+        verifier: auth::verifier(&config)?,
         rooms: room::Rooms::new(config.room.clone(), metrics.clone()),
         metrics: metrics.clone(),
         next_conn: AtomicU64::new(1),

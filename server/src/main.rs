@@ -113,7 +113,7 @@ async fn main() -> Result<()> {
     let config = cli.config()?;
     match cli.command {
         Some(Command::Token { user, role, name, ttl }) => {
-            let secret = roomcast_server::hs256_secret(&config)?;
+            let secret = roomcast_server::auth::hs256_secret(&config)?;
             println!("{}", roomcast_server::auth::mint_hs256(&secret, &user, &name, role, ttl));
             Ok(())
         }

@@ -509,7 +509,16 @@ async fn the_metrics_endpoint_reports_connections_rooms_and_deliveries() {
     b.join("m").await.unwrap();
     b.send_chat("m", "hello").await.unwrap();
     sequenced(&mut events, 1).await;
-    let text = server.scrape().await;
+    // The room records a round's counts right after its pushes, which may
+    // be a moment after the first member has read them.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut text = server.scrape().await;
+    while metric(&text, "roomcast_deliveries_total").unwrap_or(0.0) < 2.0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = server.scrape().await;
+    }
     assert_eq!(metric(&text, "roomcast_connections"), Some(2.0), "{text}");
     assert_eq!(metric(&text, "roomcast_rooms"), Some(1.0), "{text}");
     assert!(metric(&text, "roomcast_deliveries_total").unwrap() >= 2.0, "{text}");

@@ -124,6 +124,16 @@ async fn joining_a_joined_room_again_finishes_its_stream_and_opens_a_new_one() {
     assert_eq!(room, "stage");
     assert_eq!(send_chat(&mut s, 5, "stage", "two").await, 2);
     assert_eq!(next_sequenced(&mut new).await.map(|e| e.seq), Some(2));
+
+    // A rejoin refused for what it asks changes nothing: still joined, and
+    // the stream carries on.
+    let bad = Req::Join(v1::Join { filter: 99, ..join("stage") });
+    match s.request(6, bad).await {
+        Resp::Error(e) => assert_eq!(e.code, ErrorCode::ProtocolViolation.to_proto() as i32),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(send_chat(&mut s, 7, "stage", "three").await, 3);
+    assert_eq!(next_sequenced(&mut new).await.map(|e| e.seq), Some(3));
     server.stop().await;
 }
 
@@ -174,8 +184,6 @@ async fn a_datagram_of_the_maximum_size_is_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the node closes for any bad datagram with PROTOCOL_VIOLATION; the contract says FRAME_TOO_LARGE \
-            (DatagramError::code) for an oversize one"]
 async fn a_datagram_over_the_maximum_size_closes_the_connection_with_frame_too_large() {
     let server = node().await;
     let s = server.raw_session("dee", Role::Viewer).await;
