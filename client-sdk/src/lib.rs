@@ -238,6 +238,8 @@ pub struct JoinOptions {
 /// Which part of a room's history to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryRange {
+    /// The newest page.
+    Latest,
     /// Sequence numbers `from..=to`.
     Seq { from: u64, to: u64 },
     /// Events whose media timestamp is in `from_ms..=to_ms` (danmaku replay).
@@ -383,7 +385,9 @@ impl Client {
     }
 
     /// Fetches part of a room's history (no need to be joined), oldest first,
-    /// at most `limit` events (0: the server's maximum).
+    /// at most `limit` events (0: the server's maximum, 500) and what fits in
+    /// one answer: `truncated` says to ask again from the last seq + 1. A room
+    /// not live on the node is [`ErrorCode::NotFound`].
     pub async fn fetch_history(
         &self,
         room: &str,
@@ -392,14 +396,11 @@ impl Client {
     ) -> Result<v1::History, Error> {
         use v1::fetch_history::Range;
         let range = match range {
-            HistoryRange::Seq { from, to } => Range::Seq(v1::SeqRange { from, to }),
-            HistoryRange::Media { from_ms, to_ms } => Range::Media(v1::MediaRange { from_ms, to_ms }),
+            HistoryRange::Latest => None,
+            HistoryRange::Seq { from, to } => Some(Range::Seq(v1::SeqRange { from, to })),
+            HistoryRange::Media { from_ms, to_ms } => Some(Range::Media(v1::MediaRange { from_ms, to_ms })),
         };
-        let body = v1::client_frame::Body::FetchHistory(v1::FetchHistory {
-            room: room.into(),
-            range: Some(range),
-            limit,
-        });
+        let body = v1::client_frame::Body::FetchHistory(v1::FetchHistory { room: room.into(), range, limit });
         match self.request(body).await? {
             v1::server_frame::Body::History(h) => Ok(h),
             other => Err(unexpected(other)),

@@ -495,6 +495,9 @@ async fn history_is_fetched_by_sequence_range_and_by_media_time() {
     assert_eq!((h.events.len(), h.truncated), (4, true));
     let h = replay.fetch_history("vod", HistoryRange::Seq { from: 5, to: u64::MAX }, 0).await.unwrap();
     assert_eq!(h.events.last().map(text), Some("no timestamp"));
+    let h = replay.fetch_history("vod", HistoryRange::Latest, 2).await.unwrap();
+    assert_eq!(h.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [10, 11], "the newest page");
+    assert!(h.truncated, "older events are left");
     let err = replay.fetch_history("never-used", HistoryRange::Seq { from: 1, to: 9 }, 0).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotFound), "a room not live here: {err}");
     server.stop().await;
