@@ -172,6 +172,10 @@ async fn main() -> Result<()> {
                         if complete { "" } else { ", some too old to recover" }
                     ),
                     Event::ResumeFailed { room, error } => println!("!! [{room}] could not rejoin: {error}"),
+                    Event::Removed { room, code, reason } => {
+                        let code = code.map_or("unknown", |c| c.name());
+                        println!("!! [{room}] removed by the server ({code}): {reason}");
+                    }
                     Event::Reconnecting { attempt, delay, reason, .. } => {
                         println!("-- connection lost ({reason}); attempt {attempt} in {delay:.1?}")
                     }
@@ -257,6 +261,10 @@ fn format_event(e: &v1::RoomEvent) -> String {
             format!("{seq} [entered] {}", u.user.as_ref().map(|u| u.user_id.as_str()).unwrap_or("?"))
         }
         Some(Kind::Recall(r)) => format!("{seq} [recalled] {}", r.message_id),
+        Some(Kind::RoomStatus(s)) => {
+            let state = v1::RoomState::try_from(s.state).map_or("unknown", |s| s.as_str_name());
+            format!("{seq} [room {state}] {}", s.reason)
+        }
         None => format!("{seq} [unknown event]"),
     }
 }

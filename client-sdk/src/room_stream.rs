@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use roomcast_protocol::codec::FrameDecoder;
-use roomcast_protocol::{MAX_SERVER_FRAME_BYTES, v1};
+use roomcast_protocol::{ErrorCode, MAX_SERVER_FRAME_BYTES, v1};
 
 use crate::room_track::RoomMsg;
 
@@ -105,6 +105,10 @@ impl RoomDecoder {
                 (Some(Body::Event(e)), Some(_)) => RoomMsg::Event(e),
                 (Some(Body::Advance(a)), Some(_)) => RoomMsg::Advance(a.seq),
                 (Some(Body::Lagged(l)), Some(_)) => RoomMsg::Lagged { from: l.from_seq, to: l.to_seq },
+                (Some(Body::Removed(r)), Some(_)) => {
+                    let code = u64::try_from(r.code).ok().and_then(ErrorCode::from_code);
+                    RoomMsg::Removed { code, reason: r.reason }
+                }
                 _ => return Err("bad room stream".into()),
             };
             msgs.push(msg);

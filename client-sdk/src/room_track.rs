@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use roomcast_protocol::v1;
+use roomcast_protocol::{ErrorCode, v1};
 
 use crate::seq::{RecentIds, SeqCheck, check_seq};
 use crate::{Error, Event};
@@ -37,6 +37,12 @@ pub(crate) enum RoomMsg {
     Lagged {
         from: u64,
         to: u64,
+    },
+    /// The server removed us from the room (kicked, banned, room closed);
+    /// the stream has ended.
+    Removed {
+        code: Option<ErrorCode>,
+        reason: String,
     },
 }
 
@@ -160,7 +166,7 @@ impl RoomTracker {
             // Past the bound, events are dropped (what follows them then
             // reports the gap), but never the `Lagged` that ends a stream: the
             // room would fall silent.
-            if held.len() < MAX_HELD || matches!(msg, RoomMsg::Lagged { .. }) {
+            if held.len() < MAX_HELD || matches!(msg, RoomMsg::Lagged { .. } | RoomMsg::Removed { .. }) {
                 held.push(msg);
             }
             return;
@@ -170,6 +176,11 @@ impl RoomTracker {
                 track.deliver(room, e, &mut self.out);
             }
             RoomMsg::Advance(seq) => track.last_seq = track.last_seq.max(seq),
+            RoomMsg::Removed { code, reason } => {
+                // The room is gone for us: nothing to resume.
+                self.rooms.remove(room);
+                self.out.push_back(Output::Event(Event::Removed { room: room.to_string(), code, reason }));
+            }
             RoomMsg::Lagged { from, to } => {
                 // A stale notice from a stream that a resume already covered.
                 if to <= track.last_seq {
@@ -269,7 +280,6 @@ impl RoomTrack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomcast_protocol::ErrorCode;
 
     const ROOM: &str = "live";
 
@@ -550,6 +560,18 @@ mod tests {
             matches!(&out[MAX_HELD], Output::Event(Event::Lagged { from, .. }) if *from == MAX_HELD as u64 + 1)
         );
         assert!(matches!(&out[MAX_HELD + 1], Output::Rejoin(_)));
+    }
+
+    #[test]
+    fn a_removal_ends_the_room_without_a_rejoin() {
+        let mut t = joined_at(3);
+        assert_eq!(feed(&mut t, &[4]), [msg(4)]);
+        t.room_msg(ROOM, RoomMsg::Removed { code: Some(ErrorCode::Banned), reason: "kicked".into() });
+        let removed = Event::Removed { room: ROOM.into(), code: Some(ErrorCode::Banned), reason: "kicked".into() };
+        assert_eq!(drain(&mut t), [Output::Event(removed)], "no rejoin follows");
+        assert_eq!(feed(&mut t, &[5]), [], "the room is forgotten");
+        t.reconnected();
+        assert_eq!(drain(&mut t), [], "and not rejoined after a reconnect");
     }
 
     #[test]

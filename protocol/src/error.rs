@@ -22,11 +22,14 @@ pub enum ErrorCode {
     HelloTimeout,
     Internal,
     NotFound,
+    Muted,
+    Banned,
+    MessageRefused,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::BadToken,
         Self::TokenExpired,
         Self::UnsupportedVersion,
@@ -43,6 +46,9 @@ impl ErrorCode {
         Self::HelloTimeout,
         Self::Internal,
         Self::NotFound,
+        Self::Muted,
+        Self::Banned,
+        Self::MessageRefused,
     ];
 
     /// The wire value (an `ErrorCode` of the schema, and the QUIC close code).
@@ -70,6 +76,9 @@ impl ErrorCode {
             Self::HelloTimeout => P::HelloTimeout,
             Self::Internal => P::Internal,
             Self::NotFound => P::NotFound,
+            Self::Muted => P::Muted,
+            Self::Banned => P::Banned,
+            Self::MessageRefused => P::MessageRefused,
         }
     }
 
@@ -97,6 +106,9 @@ impl ErrorCode {
             Self::HelloTimeout => "hello_timeout",
             Self::Internal => "internal",
             Self::NotFound => "not_found",
+            Self::Muted => "muted",
+            Self::Banned => "banned",
+            Self::MessageRefused => "message_refused",
         }
     }
 }

@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Shared;
 use crate::auth::Identity;
+use crate::moderation::{SanctionKind, Verdict};
 use crate::room::{
     ChatRequest, ConnId, Feed, Filter, HistoryRange, JoinRequest, Joined, Reply, Resume, RoomHandle,
 };
@@ -196,6 +197,10 @@ async fn write_room(
                 return;
             }
             batch.clear();
+        }
+        if let Some(last) = drained.last {
+            // A removal notice: the stream's last frame.
+            let _ = send.write_chunk(last).await;
         }
         if drained.closed || drained.lagged.is_some() {
             let _ = send.finish();
@@ -462,6 +467,10 @@ impl Session {
             return Err((ErrorCode::TooManyRooms, format!("at most {max} rooms per connection")));
         }
         let resume = j.last_seq.map(|last_seq| Resume { last_seq, epoch: j.epoch });
+        let now_ms = unix_ms(SystemTime::now());
+        if self.shared.moderation.applies(&room, &self.identity.user_id, SanctionKind::Ban, now_ms) {
+            return Err((ErrorCode::Banned, format!("banned from room {room}")));
+        }
         let request = JoinRequest { conn: self.id, identity: self.identity.clone(), resume, filter };
         let Joined { answer, handle, feed } = self
             .shared
@@ -559,7 +568,16 @@ impl Session {
             return Err((ErrorCode::ProtocolViolation, why));
         }
         self.touch();
-        let chat = ChatRequest { text: c.text, client_msg_id: c.client_msg_id, media_ts_ms: c.media_ts_ms };
+        let moderation = &self.shared.moderation;
+        if moderation.applies(&room, &self.identity.user_id, SanctionKind::Mute, unix_ms(SystemTime::now())) {
+            return Err((ErrorCode::Muted, format!("muted in room {room}")));
+        }
+        let text = match moderation.words().check(&c.text) {
+            Verdict::Clean => c.text,
+            Verdict::Masked(masked) => masked,
+            Verdict::Refused(_) => return Err((ErrorCode::MessageRefused, "the message has a banned word".into())),
+        };
+        let chat = ChatRequest { text, client_msg_id: c.client_msg_id, media_ts_ms: c.media_ts_ms };
         let Ok(reply) = handle.publish(self.id, chat).await else {
             warn!(room = %room, "room task gone while joined");
             return Err((ErrorCode::Internal, "room unavailable".into()));

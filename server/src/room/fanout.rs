@@ -83,6 +83,9 @@ struct State {
     /// Sequenced events lost to overflow: `(from, to)`.
     lagged: Option<(u64, u64)>,
     closed: bool,
+    /// The frame that ends the stream after everything queued (a removal
+    /// notice), if the subscription was ended with one.
+    last: Option<Bytes>,
     /// When the oldest queued item was pushed (the outbox went from empty to
     /// not), for the writer to report how long items wait for it.
     since: Option<Instant>,
@@ -99,6 +102,8 @@ pub struct Drained {
     pub lagged: Option<(u64, u64)>,
     /// The subscription ended: write what was drained, then finish the stream.
     pub closed: bool,
+    /// Written after the frames when the subscription ended with a notice.
+    pub last: Option<Bytes>,
 }
 
 impl Outbox {
@@ -204,6 +209,18 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Ends the subscription with a last frame (a removal notice), written
+    /// after what is queued. It takes no capacity, so it is never shed.
+    pub fn close_with(&self, frame: Bytes) {
+        let mut s = self.lock();
+        if !s.closed {
+            s.closed = true;
+            s.last = Some(frame);
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
     /// True once the subscription ended or lagged: nothing more is queued.
     pub fn is_done(&self) -> bool {
         let s = self.lock();
@@ -232,7 +249,7 @@ impl Outbox {
         }));
         s.queued = 0;
         let waited = s.since.take().map(|t| t.elapsed());
-        Some(Drained { online: s.online.take(), waited, lagged: s.lagged, closed: s.closed })
+        Some(Drained { online: s.online.take(), waited, lagged: s.lagged, closed: s.closed, last: s.last.take() })
     }
 
     /// Waits until something is pending, then drains it as [`Self::try_drain`].
@@ -369,5 +386,19 @@ mod tests {
         let (frames, d) = writer.await.unwrap();
         assert!(frames.is_empty());
         assert!(d.closed);
+    }
+
+    #[tokio::test]
+    async fn a_closing_notice_comes_after_everything_queued_even_when_full() {
+        let o = Outbox::new(2);
+        o.push(seq(1));
+        o.push(seq(2));
+        o.close_with(Bytes::from_static(b"bye"));
+        o.close_with(Bytes::from_static(b"again"));
+        let mut frames = Vec::new();
+        let d = o.drain(&mut frames).await;
+        assert_eq!(frames, [Bytes::from("s1"), Bytes::from("s2")]);
+        assert!(d.closed);
+        assert_eq!(d.last, Some(Bytes::from_static(b"bye")), "the first notice, once");
     }
 }

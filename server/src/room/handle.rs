@@ -10,18 +10,28 @@ use roomcast_protocol::{ErrorCode, v1};
 use tokio::sync::{mpsc, oneshot};
 
 use super::feed::Feed;
-use super::state::{ChatRequest, ConnId, Filter, Resume};
+use super::state::{AdminMessage, ChatRequest, ConnId, Filter, Resume, RoomInfo};
 use crate::auth::Identity;
 
 /// Everything that can change a room. The room task handles them in arrival
 /// order, one at a time.
 #[derive(Debug)]
 pub(super) enum Command {
-    Join { request: JoinRequest, outbox: Arc<super::fanout::Outbox>, reply: oneshot::Sender<v1::Joined> },
+    Join {
+        request: JoinRequest,
+        outbox: Arc<super::fanout::Outbox>,
+        reply: oneshot::Sender<Result<v1::Joined, ErrorCode>>,
+    },
     Leave { conn: ConnId },
     Presence { conn: ConnId, present: bool },
     Publish { conn: ConnId, chat: ChatRequest, reply: oneshot::Sender<Result<v1::ChatAck, ErrorCode>> },
     Recall { conn: ConnId, message_id: String, reply: oneshot::Sender<Result<v1::Recalled, ErrorCode>> },
+    // From the platform.
+    AdminPublish { msg: AdminMessage, reply: oneshot::Sender<Result<v1::ChatAck, ErrorCode>> },
+    AdminRecall { message_id: String, reply: oneshot::Sender<Result<v1::Recalled, ErrorCode>> },
+    RemoveUser { user: String, code: ErrorCode, reason: String, reply: oneshot::Sender<usize> },
+    Close { reason: String, reply: oneshot::Sender<u64> },
+    Info { offset: usize, limit: usize, reply: oneshot::Sender<RoomInfo> },
 }
 
 /// Who joins, from where, and what they want to see.

@@ -14,7 +14,7 @@ use super::fanout::Shed;
 pub(crate) fn priority(kind: &Kind) -> v1::Priority {
     match kind {
         Kind::Chat(_) | Kind::HostMessage(_) | Kind::Recall(_) => v1::Priority::High,
-        Kind::SystemNotice(_) => v1::Priority::Normal,
+        Kind::SystemNotice(_) | Kind::RoomStatus(_) => v1::Priority::Normal,
         Kind::UserEntered(_) => v1::Priority::Low,
     }
 }
@@ -22,7 +22,7 @@ pub(crate) fn priority(kind: &Kind) -> v1::Priority {
 /// Whether a host-only member receives this kind.
 pub(crate) fn host_visible(kind: &Kind) -> bool {
     match kind {
-        Kind::HostMessage(_) | Kind::SystemNotice(_) | Kind::Recall(_) => true,
+        Kind::HostMessage(_) | Kind::SystemNotice(_) | Kind::Recall(_) | Kind::RoomStatus(_) => true,
         Kind::Chat(_) | Kind::UserEntered(_) => false,
     }
 }

@@ -33,8 +33,8 @@ mod task;
 pub use fanout::Drained;
 pub use feed::Feed;
 pub use handle::{JoinRequest, Joined, Reply, RoomHandle};
-pub use registry::{HistoryRange, Rooms};
-pub use state::{ChatRequest, ConnId, Filter, FlushStats, Resume};
+pub use registry::{HistoryRange, Lifecycle, RoomSummary, Rooms, UserScope};
+pub use state::{AdminKind, AdminMessage, ChatRequest, ConnId, Filter, FlushStats, Resume, RoomInfo};
 
 /// The room's parts, for the fan-out benchmarks (`benches/fanout.rs`), which
 /// measure the state machine and the outboxes without a task or a socket.

@@ -2,6 +2,7 @@
 //! been empty for `empty_room_ttl_secs`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -14,7 +15,11 @@ use super::fanout::Outbox;
 use super::feed::Feed;
 use super::handle::{Command, JoinRequest, Joined, RoomHandle};
 use super::history::{HistoryLog, MAX_FETCH};
+use super::state::{AdminMessage, RoomInfo, RoomState};
 use super::task::run_room;
+
+/// How long the node remembers that the platform closed a room.
+const CLOSED_MEMORY: Duration = Duration::from_secs(24 * 3600);
 use crate::config::RoomConfig;
 use crate::metrics::Metrics;
 
@@ -22,6 +27,54 @@ use crate::metrics::Metrics;
 struct Entry {
     handle: RoomHandle,
     history: Arc<HistoryLog>,
+    stats: Arc<RoomStats>,
+}
+
+/// A live room's figures, written by its task after every step, so that
+/// listing rooms asks no room anything.
+#[derive(Debug, Default)]
+pub(super) struct RoomStats {
+    online: AtomicU64,
+    members: AtomicU64,
+    seq: AtomicU64,
+}
+
+impl RoomStats {
+    pub(super) fn record(&self, state: &RoomState) {
+        self.online.store(state.online_count(), Ordering::Relaxed);
+        self.members.store(state.member_count() as u64, Ordering::Relaxed);
+        self.seq.store(state.current_seq(), Ordering::Relaxed);
+    }
+}
+
+/// Whether a room may be joined, as the platform decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Nothing decided: joining creates the room, unless the node requires
+    /// rooms to be opened first.
+    Auto,
+    /// Opened by the platform or a host.
+    Open,
+    /// Closed by the platform: joins are refused with `ROOM_CLOSED` until
+    /// it is opened again.
+    Closed,
+}
+
+/// A live room, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    pub room: RoomId,
+    pub online: u64,
+    pub members: u64,
+    pub current_seq: u64,
+    pub lifecycle: Lifecycle,
+}
+
+/// Where a platform action on users applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserScope<'a> {
+    Room(&'a RoomId),
+    Node,
 }
 
 /// Which of a room's kept events a history read wants.
@@ -38,13 +91,17 @@ pub enum HistoryRange {
 #[derive(Debug)]
 pub struct Rooms {
     map: Mutex<HashMap<RoomId, Entry>>,
+    /// The platform's decisions per room, kept while the room comes and
+    /// goes. Bounded by what the platform opens and closes; closed rooms are
+    /// forgotten a day after closing.
+    lifecycle: Mutex<HashMap<RoomId, (Lifecycle, Instant)>>,
     pub(super) config: RoomConfig,
     pub(super) metrics: Arc<Metrics>,
 }
 
 impl Rooms {
     pub fn new(config: RoomConfig, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self { map: Mutex::default(), config, metrics })
+        Arc::new(Self { map: Mutex::default(), lifecycle: Mutex::default(), config, metrics })
     }
 
     /// Number of rooms alive on this node.
@@ -71,20 +128,140 @@ impl Rooms {
         let (tx, rx) = mpsc::channel(self.config.command_queue.max(1));
         let history =
             HistoryLog::new(self.config.history_len, Duration::from_secs(self.config.history_max_age_secs));
-        let entry = Entry { handle: RoomHandle { tx }, history };
+        let entry = Entry { handle: RoomHandle { tx }, history, stats: Arc::default() };
         map.insert(id.clone(), entry.clone());
         self.metrics.rooms.set(map.len() as i64);
         let span = info_span!("room", room = %id);
-        tokio::spawn(run_room(self.clone(), id.clone(), rx, entry.history.clone()).instrument(span));
+        let task = run_room(self.clone(), id.clone(), rx, entry.history.clone(), entry.stats.clone());
+        tokio::spawn(task.instrument(span));
         entry
+    }
+
+    /// The live room `id`, if any.
+    fn live(&self, id: &RoomId) -> Result<Entry, ErrorCode> {
+        self.lock().get(id).filter(|e| !e.handle.tx.is_closed()).cloned().ok_or(ErrorCode::NotFound)
+    }
+
+    fn lifecycle_of(&self, id: &RoomId) -> Lifecycle {
+        let map = self.lifecycle.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(id).map_or(Lifecycle::Auto, |(l, _)| *l)
+    }
+
+    fn set_lifecycle(&self, id: &RoomId, l: Lifecycle) {
+        let mut map = self.lifecycle.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        map.retain(|_, (l, at)| *l != Lifecycle::Closed || now.duration_since(*at) < CLOSED_MEMORY);
+        map.insert(id.clone(), (l, now));
+    }
+
+    /// Whether `who` may join `id` as the platform decided; a host's (or
+    /// admin's) join opens a room the node requires to be opened.
+    fn admit(&self, id: &RoomId, who: &crate::auth::Identity) -> Result<(), ErrorCode> {
+        match self.lifecycle_of(id) {
+            Lifecycle::Closed => Err(ErrorCode::RoomClosed),
+            Lifecycle::Open => Ok(()),
+            Lifecycle::Auto if !self.config.require_open => Ok(()),
+            Lifecycle::Auto if who.role != crate::auth::Role::Viewer => {
+                self.set_lifecycle(id, Lifecycle::Open);
+                Ok(())
+            }
+            Lifecycle::Auto => Err(ErrorCode::RoomClosed),
+        }
+    }
+
+    /// The live rooms, busiest (most online) first.
+    pub fn list(&self) -> Vec<RoomSummary> {
+        let entries: Vec<(RoomId, Entry)> = self.lock().iter().map(|(id, e)| (id.clone(), e.clone())).collect();
+        let mut out: Vec<RoomSummary> = entries
+            .into_iter()
+            .map(|(room, e)| RoomSummary {
+                lifecycle: self.lifecycle_of(&room),
+                room,
+                online: e.stats.online.load(Ordering::Relaxed),
+                members: e.stats.members.load(Ordering::Relaxed),
+                current_seq: e.stats.seq.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by(|a, b| (b.online, b.members, &a.room).cmp(&(a.online, a.members, &b.room)));
+        out
+    }
+
+    /// A live room's figures and a page of its present users.
+    pub async fn info(&self, id: &RoomId, offset: usize, limit: usize) -> Result<(RoomInfo, Lifecycle), ErrorCode> {
+        let e = self.live(id)?;
+        let (reply, rx) = oneshot::channel();
+        e.handle.tx.send(Command::Info { offset, limit, reply }).await.map_err(|_| ErrorCode::NotFound)?;
+        let info = rx.await.map_err(|_| ErrorCode::NotFound)?;
+        Ok((info, self.lifecycle_of(id)))
+    }
+
+    /// Publishes a message from the platform into a live room.
+    pub async fn publish(&self, id: &RoomId, msg: AdminMessage) -> Result<v1::ChatAck, ErrorCode> {
+        if self.lifecycle_of(id) == Lifecycle::Closed {
+            return Err(ErrorCode::RoomClosed);
+        }
+        let e = self.live(id)?;
+        let (reply, rx) = oneshot::channel();
+        e.handle.tx.send(Command::AdminPublish { msg, reply }).await.map_err(|_| ErrorCode::NotFound)?;
+        rx.await.unwrap_or(Err(ErrorCode::Internal))
+    }
+
+    /// Recalls any kept message of a live room.
+    pub async fn recall(&self, id: &RoomId, message_id: &str) -> Result<v1::Recalled, ErrorCode> {
+        let e = self.live(id)?;
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::AdminRecall { message_id: message_id.to_string(), reply };
+        e.handle.tx.send(cmd).await.map_err(|_| ErrorCode::NotFound)?;
+        rx.await.unwrap_or(Err(ErrorCode::Internal))
+    }
+
+    /// Opens a room: it is created now (so the platform can publish before
+    /// anyone joins), and joins are let in even when the node requires
+    /// opening. A closed room opens again with a new epoch once its old
+    /// incarnation has gone.
+    pub fn open(self: &Arc<Self>, id: &RoomId) {
+        self.set_lifecycle(id, Lifecycle::Open);
+        let _ = self.entry(id);
+    }
+
+    /// Closes a room: joins are refused from now on, and a live room sends
+    /// its members a final `RoomStatus` and removes them. Returns the final
+    /// sequence number (0 when the room was not live).
+    pub async fn close(&self, id: &RoomId, reason: &str) -> u64 {
+        self.set_lifecycle(id, Lifecycle::Closed);
+        let Ok(e) = self.live(id) else { return 0 };
+        let (reply, rx) = oneshot::channel();
+        if e.handle.tx.send(Command::Close { reason: reason.to_string(), reply }).await.is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
+    /// Removes every connection of `user` from one room or from every room,
+    /// each with a `Removed` notice. Returns how many were removed.
+    pub async fn remove_user(&self, scope: UserScope<'_>, user: &str, code: ErrorCode, reason: &str) -> usize {
+        let handles: Vec<RoomHandle> = match scope {
+            UserScope::Room(id) => self.live(id).map(|e| vec![e.handle]).unwrap_or_default(),
+            UserScope::Node => self.lock().values().map(|e| e.handle.clone()).collect(),
+        };
+        let mut removed = 0;
+        for h in handles {
+            let (reply, rx) = oneshot::channel();
+            let cmd = Command::RemoveUser { user: user.to_string(), code, reason: reason.to_string(), reply };
+            if h.tx.send(cmd).await.is_ok() {
+                removed += rx.await.unwrap_or(0);
+            }
+        }
+        removed
     }
 
     /// Joins a room, creating it if needed.
     pub async fn join(self: &Arc<Self>, id: &RoomId, request: JoinRequest) -> Result<Joined, ErrorCode> {
+        self.admit(id, &request.identity)?;
         // A room that is shutting down for idleness drops the command; the
         // next attempt creates a fresh room.
         for _ in 0..3 {
-            let Entry { handle, history } = self.entry(id);
+            let Entry { handle, history, .. } = self.entry(id);
             let outbox = Outbox::new(self.config.outbox_capacity);
             let (reply, rx) = oneshot::channel();
             let filter = request.filter;
@@ -93,6 +270,7 @@ impl Rooms {
                 continue;
             }
             if let Ok(answer) = rx.await {
+                let answer = answer?;
                 let feed = Feed::new(outbox, history, &answer, filter);
                 return Ok(Joined { answer, handle, feed });
             }

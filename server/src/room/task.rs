@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::debug;
 
-use super::handle::Command;
+use super::handle::{Command, JoinRequest};
 use super::history::HistoryLog;
-use super::registry::Rooms;
+use super::registry::{RoomStats, Rooms};
 use super::state::{ChatOutcome, RoomLimits, RoomState};
 use crate::config::RoomConfig;
 use crate::metrics::Metrics;
@@ -39,12 +39,14 @@ pub(super) async fn run_room(
     id: RoomId,
     mut rx: mpsc::Receiver<Command>,
     history: Arc<HistoryLog>,
+    stats: Arc<RoomStats>,
 ) {
     let empty_ttl = Duration::from_secs(rooms.config.empty_room_ttl_secs);
     let epoch = unix_ms(SystemTime::now());
     let metrics = rooms.metrics.clone();
     let mut state = RoomState::new(id.clone(), epoch, limits(&rooms.config), history);
     let mut empty_since = Some(Instant::now());
+    let mut closed = false;
     debug!("room opened");
     loop {
         let now = Instant::now();
@@ -58,7 +60,7 @@ pub(super) async fn run_room(
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
-                handle(&mut state, cmd, &metrics);
+                handle(&mut state, cmd, &metrics, &mut closed);
                 empty_since = match (state.is_empty(), empty_since) {
                     (true, None) => Some(Instant::now()),
                     (true, since) => since,
@@ -81,26 +83,27 @@ pub(super) async fn run_room(
             state.tick(now);
         }
         metrics.record_flush(state.take_stats());
+        stats.record(&state);
     }
     debug!(seq = state.current_seq(), "room closed");
 }
 
-fn handle(state: &mut RoomState, cmd: Command, metrics: &Metrics) {
+/// Handles one command. `closed`: the platform closed the room; it refuses
+/// joins and platform messages until the room is dropped.
+fn handle(state: &mut RoomState, cmd: Command, metrics: &Metrics, closed: &mut bool) {
     let now = Instant::now();
     let now_ms = unix_ms(SystemTime::now());
     match cmd {
         Command::Join { request, outbox, reply } => {
-            let joined = state.join(
-                request.conn,
-                request.identity,
-                outbox,
-                request.resume,
-                request.filter,
-                now,
-                now_ms,
-            );
+            if *closed {
+                outbox.close();
+                let _ = reply.send(Err(ErrorCode::RoomClosed));
+                return;
+            }
+            let JoinRequest { conn, identity, resume, filter } = request;
+            let joined = state.join(conn, identity, outbox, resume, filter, now, now_ms);
             // The joiner may have gone already; its leave follows.
-            let _ = reply.send(joined);
+            let _ = reply.send(Ok(joined));
         }
         Command::Leave { conn } => {
             state.leave(conn);
@@ -130,6 +133,31 @@ fn handle(state: &mut RoomState, cmd: Command, metrics: &Metrics) {
                 metrics.events_sequenced.inc();
             }
             let _ = reply.send(result);
+        }
+        Command::AdminPublish { msg, reply } => {
+            let result = if *closed { Err(ErrorCode::RoomClosed) } else { Ok(state.publish_admin(msg, now, now_ms)) };
+            if result.is_ok() {
+                metrics.events_sequenced.inc();
+            }
+            let _ = reply.send(result);
+        }
+        Command::AdminRecall { message_id, reply } => {
+            let result = state.recall_admin(&message_id, now, now_ms);
+            if result.is_ok() {
+                metrics.events_sequenced.inc();
+            }
+            let _ = reply.send(result);
+        }
+        Command::RemoveUser { user, code, reason, reply } => {
+            let _ = reply.send(state.remove_user(&user, code, &reason));
+        }
+        Command::Close { reason, reply } => {
+            let seq = if *closed { state.current_seq() } else { state.close(&reason, now, now_ms) };
+            *closed = true;
+            let _ = reply.send(seq);
+        }
+        Command::Info { offset, limit, reply } => {
+            let _ = reply.send(state.info(offset, limit));
         }
     }
 }

@@ -9,7 +9,9 @@
 //! * `log`: sequencing (the one place a sequence number is assigned) and the
 //!   log of encoded events waiting for members;
 //! * `rounds`: how the log reaches members, paced over the batching window;
-//! * `online`: online-count pacing.
+//! * `online`: online-count pacing;
+//! * `platform`: commands from the platform (publish, recall, remove a
+//!   user, close, figures).
 //!
 //! This file holds the commands, each of which uses the parts above. A new
 //! kind of event gets its class and priority in `super::kinds` and a command
@@ -23,6 +25,7 @@
 mod admission;
 mod log;
 mod online;
+mod platform;
 mod roster;
 mod rounds;
 
@@ -43,6 +46,7 @@ use online::OnlinePacer;
 use roster::{Roster, Subscriber};
 use rounds::Rounds;
 
+pub use platform::{AdminKind, AdminMessage, RoomInfo};
 pub use rounds::FlushStats;
 
 /// Identifies a connection on this node.

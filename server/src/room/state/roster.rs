@@ -147,6 +147,45 @@ impl Roster {
         self.members.values().map(|m| m.identity.user_id.clone()).collect()
     }
 
+    /// The connections of `user`.
+    pub(super) fn conns_of(&self, user: &str) -> Vec<ConnId> {
+        self.members.iter().filter(|(_, m)| &*m.identity.user_id == user).map(|(c, _)| *c).collect()
+    }
+
+    /// Every member's connection.
+    pub(super) fn conns(&self) -> Vec<ConnId> {
+        self.members.keys().copied().collect()
+    }
+
+    /// Distinct users with a connection in the room, by role: viewers,
+    /// hosts, admins.
+    pub(super) fn role_counts(&self) -> [u64; 3] {
+        let mut seen = HashSet::new();
+        let mut counts = [0; 3];
+        for m in self.members.values() {
+            if seen.insert(m.identity.user_id.clone()) {
+                counts[match m.identity.role {
+                    Role::Viewer => 0,
+                    Role::Host => 1,
+                    Role::Admin => 2,
+                }] += 1;
+            }
+        }
+        counts
+    }
+
+    /// A page of the present users (hosts first, then by arrival), one entry
+    /// per user, and how many there are in all.
+    pub(super) fn viewers(&self, offset: usize, limit: usize) -> (Vec<v1::User>, usize) {
+        let mut members: Vec<(&ConnId, &Member)> = self.members.iter().filter(|(_, m)| m.present).collect();
+        members.sort_by_key(|(conn, m)| (m.identity.role != Role::Host, **conn));
+        let mut seen = HashSet::new();
+        let users: Vec<&Member> =
+            members.into_iter().filter(|(_, m)| seen.insert(m.identity.user_id.clone())).map(|(_, m)| m).collect();
+        let page = users.iter().skip(offset).take(limit).map(|m| m.identity.to_proto()).collect();
+        (page, users.len())
+    }
+
     /// Hosts first, then the most recent arrivals; one entry per user.
     pub(super) fn viewer_page(&self) -> Vec<v1::User> {
         let mut seen = HashSet::new();
