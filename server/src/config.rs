@@ -24,6 +24,7 @@ pub struct Config {
     /// Address of the HTTP endpoint serving `/metrics` and `/healthz`; none
     /// to turn it off.
     pub metrics_listen: Option<SocketAddr>,
+    pub webhooks: WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -120,6 +121,30 @@ pub struct RoomConfig {
     pub entered_per_sec: u32,
 }
 
+/// Events the node POSTs to the platform's backend (see `webhooks`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Where events are POSTed (`http://` only for now). None: no webhooks,
+    /// and emitting an event costs nothing.
+    pub url: Option<String>,
+    /// HMAC-SHA256 key the backend verifies `X-Roomcast-Signature` with.
+    pub secret: String,
+    /// Time one POST may take, connecting and reading the answer included.
+    pub timeout_ms: u64,
+    /// Attempts per batch, the first included, before its events are given
+    /// up and counted as failed.
+    pub max_attempts: u32,
+    /// Delay before the first retry; each further retry doubles it (up to
+    /// 30 s), with jitter.
+    pub backoff_base_ms: u64,
+    /// Events waiting to be sent; beyond it, new events are dropped and
+    /// counted, so a slow backend never slows a room.
+    pub queue_capacity: usize,
+    /// Most events in one POST.
+    pub batch_max: usize,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -131,6 +156,21 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             room: RoomConfig::default(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            webhooks: WebhooksConfig::default(),
+        }
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: String::new(),
+            timeout_ms: 5_000,
+            max_attempts: 5,
+            backoff_base_ms: 1_000,
+            queue_capacity: 10_000,
+            batch_max: 100,
         }
     }
 }

@@ -48,6 +48,48 @@ pub struct Metrics {
     /// Handshakes in which a client presented a resumption ticket the node
     /// could read.
     pub tls_resumed: Counter,
+    pub webhooks: WebhookMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Webhook delivery, counted per event (a POST carries a batch of them).
+#[derive(Debug, Clone, Default)]
+pub struct WebhookMetrics {
+    /// Events the backend acknowledged with a 2xx.
+    pub ok: Counter,
+    /// Events sent again after a failed attempt (one per event per retry).
+    pub retried: Counter,
+    /// Events given up: a permanent refusal, or every attempt failed.
+    pub failed: Counter,
+    /// Events not queued because the queue was full.
+    pub dropped: Counter,
+    /// Events queued and not yet taken into a POST.
+    pub queue_depth: Gauge,
+}
+
+impl WebhookMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let outcomes = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook events by outcome: ok, retried (per retry), failed (given up), dropped (queue full)",
+            outcomes.clone(),
+        );
+        let outcome = |outcome| outcomes.get_or_create(&OutcomeLabel { outcome }).clone();
+        let queue_depth = Gauge::default();
+        registry.register("webhook_queue_depth", "Webhook events waiting to be sent", queue_depth.clone());
+        Self {
+            ok: outcome("ok"),
+            retried: outcome("retried"),
+            failed: outcome("failed"),
+            dropped: outcome("dropped"),
+            queue_depth,
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -105,6 +147,7 @@ impl Metrics {
             "Handshakes that presented a resumption ticket this node could read",
             tls_resumed.clone(),
         );
+        let webhooks = WebhookMetrics::register(&mut registry);
         Self {
             registry,
             connections,
@@ -121,6 +164,7 @@ impl Metrics {
             subscribers_lagged,
             outbox_wait,
             tls_resumed,
+            webhooks,
         }
     }
 
