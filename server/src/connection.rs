@@ -21,10 +21,12 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Shared;
 use crate::auth::Identity;
+use crate::gate::Permit;
 use crate::moderation::{SanctionKind, Verdict};
 use crate::room::{
     ChatRequest, ConnId, Feed, Filter, HistoryRange, JoinRequest, Joined, Reply, Resume, RoomHandle,
 };
+use crate::webhooks::{FlagAction, HookEvent, LeaveReason};
 
 use v1::client_frame::Body as Req;
 use v1::server_frame::Body as Resp;
@@ -69,11 +71,13 @@ fn room_answer<T: Send + 'static>(reply: Reply<T>, refused: &'static str, wrap: 
 /// TLS handshake) and saying hello need several kilobytes once, so they run
 /// in a box that is freed when the session starts, and the task keeps only
 /// the session's own state.
-pub(crate) async fn serve(incoming: Box<quinn::Incoming>, shared: Arc<Shared>) {
+pub(crate) async fn serve(incoming: Box<quinn::Incoming>, shared: Arc<Shared>, permit: Permit) {
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let span =
         info_span!("conn", conn = id, user = tracing::field::Empty, remote = %incoming.remote_address());
     async move {
+        // The gate's place is held until the connection ends.
+        let _permit = permit;
         let metrics = shared.metrics.clone();
         let Some(session) = Box::pin(accept(id, incoming, shared)).await else {
             return;
@@ -382,9 +386,17 @@ impl Session {
         info!("session ended");
     }
 
+    /// Leaves every room as the session ends, telling rooms why.
     async fn leave_all(&mut self) {
+        let reason = if self.shared.drain.is_draining() {
+            LeaveReason::Drain
+        } else if !self.present {
+            LeaveReason::HeartbeatLoss
+        } else {
+            LeaveReason::Disconnect
+        };
         for (_, room) in self.rooms.drain() {
-            room.leave(self.id).await;
+            room.leave(self.id, reason).await;
         }
     }
 
@@ -490,7 +502,7 @@ impl Session {
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                handle.leave(self.id).await;
+                handle.leave(self.id, LeaveReason::Disconnect).await;
                 return Err((ErrorCode::Internal, format!("cannot open room stream: {e}")));
             }
         };
@@ -504,7 +516,7 @@ impl Session {
     async fn leave_room(&mut self, room: &RoomId) -> bool {
         match self.rooms.remove(room) {
             Some(handle) => {
-                handle.leave(self.id).await;
+                handle.leave(self.id, LeaveReason::Left).await;
                 true
             }
             None => false,
@@ -572,11 +584,20 @@ impl Session {
         if moderation.applies(&room, &self.identity.user_id, SanctionKind::Mute, unix_ms(SystemTime::now())) {
             return Err((ErrorCode::Muted, format!("muted in room {room}")));
         }
-        let text = match moderation.words().check(&c.text) {
-            Verdict::Clean => c.text,
-            Verdict::Masked(masked) => masked,
-            Verdict::Refused(_) => return Err((ErrorCode::MessageRefused, "the message has a banned word".into())),
+        let (text, flagged) = match moderation.words().check(&c.text) {
+            Verdict::Clean => (c.text, None),
+            Verdict::Masked(masked) => (masked, Some(FlagAction::Masked)),
+            Verdict::Refused(_) => (c.text, Some(FlagAction::Refused)),
         };
+        if let Some(action) = flagged {
+            let user = Box::from(&*self.identity.user_id);
+            let flagged =
+                HookEvent::MessageFlagged { room: room.clone(), user, text: text.as_str().into(), action };
+            self.shared.hooks.emit(flagged);
+            if action == FlagAction::Refused {
+                return Err((ErrorCode::MessageRefused, "the message has a banned word".into()));
+            }
+        }
         let chat = ChatRequest { text, client_msg_id: c.client_msg_id, media_ts_ms: c.media_ts_ms };
         let Ok(reply) = handle.publish(self.id, chat).await else {
             warn!(room = %room, "room task gone while joined");

@@ -272,3 +272,56 @@ async fn shutdown_sends_what_was_queued_and_later_events_are_dropped() {
     hooks.emit(left("late", LeaveReason::Drain));
     assert_eq!(metrics.webhooks.dropped.get(), 1, "an event after shutdown is counted as dropped");
 }
+
+/// The events of type `kind` seen so far, as (user, reason) pairs.
+fn seen_of(receiver: &Receiver, kind: &str) -> Vec<(String, String)> {
+    let field = |e: &Value, k: &str| e[k].as_str().unwrap_or("").to_owned();
+    receiver
+        .seen()
+        .iter()
+        .flat_map(|r| r.events.clone())
+        .filter(|e| e["type"] == kind)
+        .map(|e| (field(&e, "user"), field(&e, "reason")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reports_joins_leaves_with_their_reasons_an_empty_room_and_flagged_chat() {
+    let receiver = Receiver::answering(200).await;
+    let config = receiver.config();
+    let server = roomcast_tests::TestServer::start_with(move |c| {
+        c.webhooks = config;
+        c.moderation.banned_words = vec!["spam".into()];
+    })
+    .await;
+    let (a, _a) = server.connect("ann", Role::Viewer).await;
+    let (b, mut b_events) = server.connect("bob", Role::Viewer).await;
+    a.join("stage").await.unwrap();
+    b.join("stage").await.unwrap();
+    let refused = b.send_chat("stage", "spam spam").await.unwrap_err();
+    assert_eq!(refused.code(), Some(roomcast_protocol::ErrorCode::MessageRefused));
+    a.leave("stage").await.unwrap();
+    b.close();
+    roomcast_tests::wait_for(&mut b_events, |e| {
+        matches!(e, roomcast_client::Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    until("the room to be reported empty", || !seen_of(&receiver, "room_empty").is_empty()).await;
+    let joined = seen_of(&receiver, "user_joined");
+    assert_eq!(joined.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), ["ann", "bob"]);
+    let left = seen_of(&receiver, "user_left");
+    assert_eq!(
+        left,
+        [("ann".into(), "left".into()), ("bob".into(), "disconnect".into())],
+        "one leave each, with its reason"
+    );
+    let flagged: Vec<Value> = receiver
+        .seen()
+        .iter()
+        .flat_map(|r| r.events.clone())
+        .filter(|e| e["type"] == "message_flagged")
+        .collect();
+    assert_eq!((flagged.len(), flagged[0]["action"].as_str()), (1, Some("refused")));
+    assert!(receiver.seen().iter().all(|r| r.signed && r.fresh));
+    server.stop().await;
+}

@@ -249,7 +249,13 @@ impl Outbox {
         }));
         s.queued = 0;
         let waited = s.since.take().map(|t| t.elapsed());
-        Some(Drained { online: s.online.take(), waited, lagged: s.lagged, closed: s.closed, last: s.last.take() })
+        Some(Drained {
+            online: s.online.take(),
+            waited,
+            lagged: s.lagged,
+            closed: s.closed,
+            last: s.last.take(),
+        })
     }
 
     /// Waits until something is pending, then drains it as [`Self::try_drain`].

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::feed::Feed;
 use super::state::{AdminMessage, ChatRequest, ConnId, Filter, Resume, RoomInfo};
 use crate::auth::Identity;
+use crate::webhooks::LeaveReason;
 
 /// Everything that can change a room. The room task handles them in arrival
 /// order, one at a time.
@@ -22,16 +23,49 @@ pub(super) enum Command {
         outbox: Arc<super::fanout::Outbox>,
         reply: oneshot::Sender<Result<v1::Joined, ErrorCode>>,
     },
-    Leave { conn: ConnId },
-    Presence { conn: ConnId, present: bool },
-    Publish { conn: ConnId, chat: ChatRequest, reply: oneshot::Sender<Result<v1::ChatAck, ErrorCode>> },
-    Recall { conn: ConnId, message_id: String, reply: oneshot::Sender<Result<v1::Recalled, ErrorCode>> },
+    Leave {
+        conn: ConnId,
+        reason: LeaveReason,
+    },
+    Presence {
+        conn: ConnId,
+        present: bool,
+    },
+    Publish {
+        conn: ConnId,
+        chat: ChatRequest,
+        reply: oneshot::Sender<Result<v1::ChatAck, ErrorCode>>,
+    },
+    Recall {
+        conn: ConnId,
+        message_id: String,
+        reply: oneshot::Sender<Result<v1::Recalled, ErrorCode>>,
+    },
     // From the platform.
-    AdminPublish { msg: AdminMessage, reply: oneshot::Sender<Result<v1::ChatAck, ErrorCode>> },
-    AdminRecall { message_id: String, reply: oneshot::Sender<Result<v1::Recalled, ErrorCode>> },
-    RemoveUser { user: String, code: ErrorCode, reason: String, reply: oneshot::Sender<usize> },
-    Close { reason: String, reply: oneshot::Sender<u64> },
-    Info { offset: usize, limit: usize, reply: oneshot::Sender<RoomInfo> },
+    AdminPublish {
+        msg: AdminMessage,
+        reply: oneshot::Sender<Result<v1::ChatAck, ErrorCode>>,
+    },
+    AdminRecall {
+        message_id: String,
+        reply: oneshot::Sender<Result<v1::Recalled, ErrorCode>>,
+    },
+    RemoveUser {
+        user: String,
+        code: ErrorCode,
+        reason: String,
+        leave: LeaveReason,
+        reply: oneshot::Sender<usize>,
+    },
+    Close {
+        reason: String,
+        reply: oneshot::Sender<u64>,
+    },
+    Info {
+        offset: usize,
+        limit: usize,
+        reply: oneshot::Sender<RoomInfo>,
+    },
 }
 
 /// Who joins, from where, and what they want to see.
@@ -73,10 +107,11 @@ impl<T> Future for Reply<T> {
 }
 
 impl RoomHandle {
-    /// Leaves the room; the member's feed ends after what was queued.
-    pub async fn leave(&self, conn: ConnId) {
+    /// Leaves the room for `reason`; the member's feed ends after what was
+    /// queued.
+    pub async fn leave(&self, conn: ConnId, reason: LeaveReason) {
         // A room that is gone has no member to remove.
-        let _ = self.tx.send(Command::Leave { conn }).await;
+        let _ = self.tx.send(Command::Leave { conn, reason }).await;
     }
 
     /// Marks the member present or absent (missed heartbeats).

@@ -22,6 +22,7 @@ use super::task::run_room;
 const CLOSED_MEMORY: Duration = Duration::from_secs(24 * 3600);
 use crate::config::RoomConfig;
 use crate::metrics::Metrics;
+use crate::webhooks::{HookEvent, Hooks, LeaveReason};
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -97,11 +98,13 @@ pub struct Rooms {
     lifecycle: Mutex<HashMap<RoomId, (Lifecycle, Instant)>>,
     pub(super) config: RoomConfig,
     pub(super) metrics: Arc<Metrics>,
+    /// Where rooms report joins, leaves, emptiness and closing.
+    pub(super) hooks: Hooks,
 }
 
 impl Rooms {
-    pub fn new(config: RoomConfig, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self { map: Mutex::default(), lifecycle: Mutex::default(), config, metrics })
+    pub fn new(config: RoomConfig, metrics: Arc<Metrics>, hooks: Hooks) -> Arc<Self> {
+        Arc::new(Self { map: Mutex::default(), lifecycle: Mutex::default(), config, metrics, hooks })
     }
 
     /// Number of rooms alive on this node.
@@ -171,7 +174,8 @@ impl Rooms {
 
     /// The live rooms, busiest (most online) first.
     pub fn list(&self) -> Vec<RoomSummary> {
-        let entries: Vec<(RoomId, Entry)> = self.lock().iter().map(|(id, e)| (id.clone(), e.clone())).collect();
+        let entries: Vec<(RoomId, Entry)> =
+            self.lock().iter().map(|(id, e)| (id.clone(), e.clone())).collect();
         let mut out: Vec<RoomSummary> = entries
             .into_iter()
             .map(|(room, e)| RoomSummary {
@@ -187,7 +191,12 @@ impl Rooms {
     }
 
     /// A live room's figures and a page of its present users.
-    pub async fn info(&self, id: &RoomId, offset: usize, limit: usize) -> Result<(RoomInfo, Lifecycle), ErrorCode> {
+    pub async fn info(
+        &self,
+        id: &RoomId,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(RoomInfo, Lifecycle), ErrorCode> {
         let e = self.live(id)?;
         let (reply, rx) = oneshot::channel();
         e.handle.tx.send(Command::Info { offset, limit, reply }).await.map_err(|_| ErrorCode::NotFound)?;
@@ -229,6 +238,7 @@ impl Rooms {
     /// sequence number (0 when the room was not live).
     pub async fn close(&self, id: &RoomId, reason: &str) -> u64 {
         self.set_lifecycle(id, Lifecycle::Closed);
+        self.hooks.emit(HookEvent::RoomClosed { room: id.clone(), by: "admin".into() });
         let Ok(e) = self.live(id) else { return 0 };
         let (reply, rx) = oneshot::channel();
         if e.handle.tx.send(Command::Close { reason: reason.to_string(), reply }).await.is_err() {
@@ -238,8 +248,32 @@ impl Rooms {
     }
 
     /// Removes every connection of `user` from one room or from every room,
-    /// each with a `Removed` notice. Returns how many were removed.
-    pub async fn remove_user(&self, scope: UserScope<'_>, user: &str, code: ErrorCode, reason: &str) -> usize {
+    /// each with a `Removed` notice carrying `code`, as a ban. Returns how
+    /// many were removed.
+    pub async fn remove_user(
+        &self,
+        scope: UserScope<'_>,
+        user: &str,
+        code: ErrorCode,
+        reason: &str,
+    ) -> usize {
+        self.remove(scope, user, code, reason, LeaveReason::Banned).await
+    }
+
+    /// [`Self::remove_user`] for a kick: the same removal, reported to the
+    /// platform's webhooks as a kick.
+    pub async fn kick_user(&self, scope: UserScope<'_>, user: &str, reason: &str) -> usize {
+        self.remove(scope, user, ErrorCode::Banned, reason, LeaveReason::Kicked).await
+    }
+
+    async fn remove(
+        &self,
+        scope: UserScope<'_>,
+        user: &str,
+        code: ErrorCode,
+        reason: &str,
+        leave: LeaveReason,
+    ) -> usize {
         let handles: Vec<RoomHandle> = match scope {
             UserScope::Room(id) => self.live(id).map(|e| vec![e.handle]).unwrap_or_default(),
             UserScope::Node => self.lock().values().map(|e| e.handle.clone()).collect(),
@@ -247,7 +281,8 @@ impl Rooms {
         let mut removed = 0;
         for h in handles {
             let (reply, rx) = oneshot::channel();
-            let cmd = Command::RemoveUser { user: user.to_string(), code, reason: reason.to_string(), reply };
+            let (user, reason) = (user.to_string(), reason.to_string());
+            let cmd = Command::RemoveUser { user, code, reason, leave, reply };
             if h.tx.send(cmd).await.is_ok() {
                 removed += rx.await.unwrap_or(0);
             }

@@ -16,6 +16,7 @@ use super::registry::{RoomStats, Rooms};
 use super::state::{ChatOutcome, RoomLimits, RoomState};
 use crate::config::RoomConfig;
 use crate::metrics::Metrics;
+use crate::webhooks::{HookEvent, Hooks, LeaveReason};
 
 fn limits(c: &RoomConfig) -> RoomLimits {
     RoomLimits {
@@ -28,6 +29,13 @@ fn limits(c: &RoomConfig) -> RoomLimits {
         user_chat_per_sec: c.user_chat_per_sec,
         entered_per_sec: c.entered_per_sec,
     }
+}
+
+/// What a command's handling needs besides the state.
+struct Room<'a> {
+    id: &'a RoomId,
+    metrics: &'a Metrics,
+    hooks: &'a Hooks,
 }
 
 fn far_future() -> Instant {
@@ -60,9 +68,13 @@ pub(super) async fn run_room(
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
-                handle(&mut state, cmd, &metrics, &mut closed);
+                let room = Room { id: &id, metrics: &metrics, hooks: &rooms.hooks };
+                handle(&mut state, cmd, &room, &mut closed);
                 empty_since = match (state.is_empty(), empty_since) {
-                    (true, None) => Some(Instant::now()),
+                    (true, None) => {
+                        rooms.hooks.emit(HookEvent::RoomEmpty { room: id.clone() });
+                        Some(Instant::now())
+                    }
                     (true, since) => since,
                     (false, _) => None,
                 };
@@ -90,7 +102,8 @@ pub(super) async fn run_room(
 
 /// Handles one command. `closed`: the platform closed the room; it refuses
 /// joins and platform messages until the room is dropped.
-fn handle(state: &mut RoomState, cmd: Command, metrics: &Metrics, closed: &mut bool) {
+fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut bool) {
+    let Room { id, metrics, hooks } = *room;
     let now = Instant::now();
     let now_ms = unix_ms(SystemTime::now());
     match cmd {
@@ -101,12 +114,21 @@ fn handle(state: &mut RoomState, cmd: Command, metrics: &Metrics, closed: &mut b
                 return;
             }
             let JoinRequest { conn, identity, resume, filter } = request;
+            if hooks.is_enabled() {
+                let (user, role) = (Box::from(&*identity.user_id), identity.role);
+                hooks.emit(HookEvent::UserJoined { room: id.clone(), user, role, conn });
+            }
             let joined = state.join(conn, identity, outbox, resume, filter, now, now_ms);
             // The joiner may have gone already; its leave follows.
             let _ = reply.send(Ok(joined));
         }
-        Command::Leave { conn } => {
-            state.leave(conn);
+        Command::Leave { conn, reason } => {
+            let user = state.member(conn).map(|i| Box::from(&*i.user_id));
+            if state.leave(conn)
+                && let Some(user) = user
+            {
+                hooks.emit(HookEvent::UserLeft { room: id.clone(), user, conn, reason });
+            }
         }
         Command::Presence { conn, present } => state.set_present(conn, present),
         Command::Publish { conn, chat, reply } => {
@@ -135,7 +157,8 @@ fn handle(state: &mut RoomState, cmd: Command, metrics: &Metrics, closed: &mut b
             let _ = reply.send(result);
         }
         Command::AdminPublish { msg, reply } => {
-            let result = if *closed { Err(ErrorCode::RoomClosed) } else { Ok(state.publish_admin(msg, now, now_ms)) };
+            let result =
+                if *closed { Err(ErrorCode::RoomClosed) } else { Ok(state.publish_admin(msg, now, now_ms)) };
             if result.is_ok() {
                 metrics.events_sequenced.inc();
             }
@@ -148,11 +171,23 @@ fn handle(state: &mut RoomState, cmd: Command, metrics: &Metrics, closed: &mut b
             }
             let _ = reply.send(result);
         }
-        Command::RemoveUser { user, code, reason, reply } => {
-            let _ = reply.send(state.remove_user(&user, code, &reason));
+        Command::RemoveUser { user, code, reason, leave, reply } => {
+            let conns: Vec<_> =
+                state.members().into_iter().filter(|(_, i)| *i.user_id == *user).map(|(c, _)| c).collect();
+            let removed = state.remove_user(&user, code, &reason);
+            for conn in conns {
+                let user = Box::from(user.as_str());
+                hooks.emit(HookEvent::UserLeft { room: id.clone(), user, conn, reason: leave });
+            }
+            let _ = reply.send(removed);
         }
         Command::Close { reason, reply } => {
+            let members = if *closed || !hooks.is_enabled() { Vec::new() } else { state.members() };
             let seq = if *closed { state.current_seq() } else { state.close(&reason, now, now_ms) };
+            for (conn, who) in members {
+                let user = Box::from(&*who.user_id);
+                hooks.emit(HookEvent::UserLeft { room: id.clone(), user, conn, reason: LeaveReason::Kicked });
+            }
             *closed = true;
             let _ = reply.send(seq);
         }

@@ -61,9 +61,10 @@ impl RoomState {
             return ack;
         }
         let kind = match msg.kind {
-            AdminKind::Host => {
-                Kind::HostMessage(v1::HostMessage { text: msg.text, client_msg_id: msg.client_msg_id.clone() })
-            }
+            AdminKind::Host => Kind::HostMessage(v1::HostMessage {
+                text: msg.text,
+                client_msg_id: msg.client_msg_id.clone(),
+            }),
             AdminKind::System => Kind::SystemNotice(v1::SystemNotice { text: msg.text }),
         };
         let event = self.sequence(kind, msg.sender, msg.media_ts_ms, now, now_ms);
@@ -79,7 +80,12 @@ impl RoomState {
     }
 
     /// Recalls any kept message.
-    pub fn recall_admin(&mut self, message_id: &str, now: Instant, now_ms: u64) -> Result<v1::Recalled, ErrorCode> {
+    pub fn recall_admin(
+        &mut self,
+        message_id: &str,
+        now: Instant,
+        now_ms: u64,
+    ) -> Result<v1::Recalled, ErrorCode> {
         let target = self.log.history.find(message_id).ok_or(ErrorCode::NotFound)?;
         if matches!(target.kind, Some(Kind::Recall(_))) {
             return Err(ErrorCode::NotFound);
@@ -134,9 +140,14 @@ impl RoomState {
         }
     }
 
-    /// Whether `conn` belongs to `user` (for tests and checks).
-    pub fn user_of(&self, conn: super::ConnId) -> Option<&str> {
-        self.roster.get(conn).map(|m| &*m.identity.user_id)
+    /// Who `conn` is, while it is a member.
+    pub fn member(&self, conn: super::ConnId) -> Option<&Identity> {
+        self.roster.get(conn).map(|m| &m.identity)
+    }
+
+    /// Every member's connection and identity.
+    pub fn members(&self) -> Vec<(super::ConnId, Identity)> {
+        self.roster.conns().into_iter().filter_map(|c| self.member(c).map(|i| (c, i.clone()))).collect()
     }
 
     fn remove_with(&mut self, conn: super::ConnId, notice: Bytes) {
@@ -147,7 +158,10 @@ impl RoomState {
 }
 
 fn removed(code: ErrorCode, reason: &str) -> Bytes {
-    let body = v1::room_frame::Body::Removed(v1::Removed { code: code.to_proto() as i32, reason: reason.to_string() });
+    let body = v1::room_frame::Body::Removed(v1::Removed {
+        code: code.to_proto() as i32,
+        reason: reason.to_string(),
+    });
     encode_frame(&v1::RoomFrame { body: Some(body) })
 }
 
@@ -255,7 +269,9 @@ mod tests {
             assert!(n >= 2, "{frames:?}");
             assert!(matches!(&frames[n - 2], v1::room_frame::Body::Event(e)
                 if e.seq == 1 && matches!(&e.kind, Some(Kind::RoomStatus(s)) if s.state == v1::RoomState::Closed as i32)));
-            assert!(matches!(&frames[n - 1], v1::room_frame::Body::Removed(x) if x.code == ErrorCode::RoomClosed.to_proto() as i32));
+            assert!(
+                matches!(&frames[n - 1], v1::room_frame::Body::Removed(x) if x.code == ErrorCode::RoomClosed.to_proto() as i32)
+            );
         }
     }
 }

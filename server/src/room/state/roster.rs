@@ -180,8 +180,11 @@ impl Roster {
         let mut members: Vec<(&ConnId, &Member)> = self.members.iter().filter(|(_, m)| m.present).collect();
         members.sort_by_key(|(conn, m)| (m.identity.role != Role::Host, **conn));
         let mut seen = HashSet::new();
-        let users: Vec<&Member> =
-            members.into_iter().filter(|(_, m)| seen.insert(m.identity.user_id.clone())).map(|(_, m)| m).collect();
+        let users: Vec<&Member> = members
+            .into_iter()
+            .filter(|(_, m)| seen.insert(m.identity.user_id.clone()))
+            .map(|(_, m)| m)
+            .collect();
         let page = users.iter().skip(offset).take(limit).map(|m| m.identity.to_proto()).collect();
         (page, users.len())
     }
