@@ -567,7 +567,8 @@ mod tests {
         let mut t = joined_at(3);
         assert_eq!(feed(&mut t, &[4]), [msg(4)]);
         t.room_msg(ROOM, RoomMsg::Removed { code: Some(ErrorCode::Banned), reason: "kicked".into() });
-        let removed = Event::Removed { room: ROOM.into(), code: Some(ErrorCode::Banned), reason: "kicked".into() };
+        let removed =
+            Event::Removed { room: ROOM.into(), code: Some(ErrorCode::Banned), reason: "kicked".into() };
         assert_eq!(drain(&mut t), [Output::Event(removed)], "no rejoin follows");
         assert_eq!(feed(&mut t, &[5]), [], "the room is forgotten");
         t.reconnected();

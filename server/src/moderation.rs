@@ -79,7 +79,14 @@ impl Moderation {
 
     /// Mutes (or bans) `user` in `scope` until `until_ms` (`None`: until
     /// lifted). A later call replaces an earlier one.
-    pub fn sanction(&self, scope: &Scope, user: &str, kind: SanctionKind, until_ms: Option<u64>, reason: &str) {
+    pub fn sanction(
+        &self,
+        scope: &Scope,
+        user: &str,
+        kind: SanctionKind,
+        until_ms: Option<u64>,
+        reason: &str,
+    ) {
         let mut map = self.sanctions.write().unwrap_or_else(PoisonError::into_inner);
         let now = unix_ms(SystemTime::now());
         map.retain(|_, e| e.until_ms.is_none_or(|u| u > now));
