@@ -24,6 +24,7 @@ pub struct Config {
     /// Address of the HTTP endpoint serving `/metrics` and `/healthz`; none
     /// to turn it off.
     pub metrics_listen: Option<SocketAddr>,
+    pub admin: AdminConfig,
     pub webhooks: WebhooksConfig,
 }
 
@@ -145,6 +146,31 @@ pub struct WebhooksConfig {
     pub batch_max: usize,
 }
 
+/// The admin HTTP API (see `admin`): its own listener, off the QUIC path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// TCP address of the admin API; none to turn it off. Loopback by
+    /// default: put it behind the platform's own network controls.
+    pub listen: Option<SocketAddr>,
+    /// Key accepted in `X-Api-Key`, besides admin JWTs signed with the
+    /// connection-token key. None: admin JWTs only.
+    pub api_key: Option<String>,
+    /// Largest request body, in bytes; bigger ones are refused whole with
+    /// 413 `PAYLOAD_TOO_LARGE`.
+    pub max_body_bytes: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
+            api_key: None,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -156,6 +182,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             room: RoomConfig::default(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            admin: AdminConfig::default(),
             webhooks: WebhooksConfig::default(),
         }
     }

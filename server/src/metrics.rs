@@ -49,6 +49,18 @@ pub struct Metrics {
     /// could read.
     pub tls_resumed: Counter,
     pub webhooks: WebhookMetrics,
+    /// Admin API requests, by method, route and status.
+    pub admin_requests: Family<AdminRequestLabels, Counter>,
+}
+
+/// Labels of `roomcast_admin_requests_total`. `route` is the route's
+/// template (`/v1/rooms/{room}`), or `unmatched`, so the label set stays
+/// small whatever paths callers send.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminRequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -148,6 +160,12 @@ impl Metrics {
             tls_resumed.clone(),
         );
         let webhooks = WebhookMetrics::register(&mut registry);
+        let admin_requests = Family::<AdminRequestLabels, Counter>::default();
+        registry.register(
+            "admin_requests",
+            "Admin API requests by method, route template and HTTP status",
+            admin_requests.clone(),
+        );
         Self {
             registry,
             connections,
@@ -165,6 +183,7 @@ impl Metrics {
             outbox_wait,
             tls_resumed,
             webhooks,
+            admin_requests,
         }
     }
 

@@ -29,6 +29,10 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Where its Prometheus endpoint listens.
     pub metrics_addr: SocketAddr,
+    /// Where its admin API listens.
+    pub admin_addr: SocketAddr,
+    /// The admin API key the node accepts (`X-Api-Key`).
+    pub admin_key: String,
     pub fingerprint: String,
     pub cert_path: PathBuf,
     pub secret: String,
@@ -72,11 +76,15 @@ impl TestServer {
         config.room.online_push_interval_ms = 100;
         config.room.chat_budget_per_sec = 0;
         config.room.user_chat_per_sec = 0.0;
+        let admin_key = format!("test-admin-key-{n}");
+        config.admin.api_key = Some(admin_key.clone());
         tweak(&mut config);
         let (endpoint, cert) = roomcast_server::endpoint::bind(&config).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let metrics = roomcast_server::metrics::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
+        let admin = roomcast_server::admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(roomcast_server::serve(config, endpoint, Some(metrics), async {
             let _ = rx.await;
@@ -84,6 +92,8 @@ impl TestServer {
         Self {
             addr,
             metrics_addr,
+            admin_addr,
+            admin_key,
             fingerprint: cert.fingerprint,
             cert_path: cert.cert_path,
             secret,
@@ -128,6 +138,28 @@ impl TestServer {
         s.read_to_string(&mut body).await.unwrap();
         assert!(body.starts_with("HTTP/1.1 200"), "metrics answered: {body}");
         body
+    }
+
+    /// `method path` on the admin API with the node's API key and, if
+    /// given, `json` as the body.
+    pub async fn admin(&self, method: &str, path: &str, json: Option<&str>) -> HttpAnswer {
+        let mut headers = vec![("X-Api-Key", self.admin_key.as_str())];
+        if json.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        self.admin_raw(method, path, &headers, json.unwrap_or("").as_bytes()).await
+    }
+
+    /// `method path` on the admin API with exactly `headers` (no
+    /// credentials unless among them) and `body`.
+    pub async fn admin_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpAnswer {
+        http_request(self.admin_addr, method, path, headers, body).await
     }
 
     /// A plain QUIC connection with no roomcast session, for feeding the
@@ -188,6 +220,88 @@ impl Drop for TestServer {
             task.abort();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An HTTP answer: status, headers (names lower-cased) and body.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`), with
+/// a `Content-Length` body; chunked answers are decoded. Panics on a
+/// malformed answer and after [`WAIT`].
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut rd, mut wr) = stream.into_split();
+        // Write and read at once: a server refusing a large body may answer
+        // before reading all of it. The write half stays open until the
+        // answer is read (dropping it would half-close the connection, which
+        // the server takes as the client going away).
+        let write = async {
+            wr.write_all(head.as_bytes()).await?;
+            wr.write_all(body).await?;
+            wr.flush().await
+        };
+        let mut raw = Vec::new();
+        let (_, read) = tokio::join!(write, rd.read_to_end(&mut raw));
+        drop(wr);
+        read.map(|_| raw)
+    };
+    let raw =
+        tokio::time::timeout(WAIT, exchange).await.expect("HTTP exchange timed out").expect("HTTP exchange");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head");
+    let head = String::from_utf8(raw[..split].to_vec()).expect("an ASCII head");
+    let mut lines = head.split("\r\n");
+    let status =
+        lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("a status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    HttpAnswer { status, headers, body: String::from_utf8(body).expect("a UTF-8 body") }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").expect("a chunk size line");
+        let size_text = std::str::from_utf8(&data[..line_end]).unwrap();
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).expect("a chunk size");
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
     }
 }
 

@@ -1,0 +1,289 @@
+//! The admin API's errors: one JSON shape, a stable code and its HTTP status.
+//!
+//! Room-side failures are `ErrorCode`s and keep the wire names
+//! (`NOT_FOUND`, `ROOM_CLOSED`, `MESSAGE_TOO_LONG`, ...), so a platform sees
+//! the same word from a client and from this API; failures of the HTTP layer
+//! itself (`UNAUTHORIZED`, `BAD_REQUEST`, `PAYLOAD_TOO_LARGE`, ...) have names
+//! of their own. Extractors here turn every rejection into that shape, so no
+//! request is answered with axum's plain-text errors.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use roomcast_protocol::{ErrorCode, RoomId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A failed admin request, answered as [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable, upper snake case; what a caller matches on.
+    pub code: &'static str,
+    /// For people; may change.
+    pub message: String,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code: `UNAUTHORIZED`, `TOKEN_EXPIRED`, `FORBIDDEN`,
+    /// `BAD_REQUEST` (malformed JSON or query), `INVALID_REQUEST` (well-formed
+    /// but wrong fields or values), `INVALID_ROOM`, `MESSAGE_TOO_LONG`,
+    /// `NOT_FOUND`, `METHOD_NOT_ALLOWED`, `ROOM_CLOSED`, `PAYLOAD_TOO_LARGE`,
+    /// `UNSUPPORTED_MEDIA_TYPE`, `MESSAGE_REFUSED`, `RATE_LIMITED`,
+    /// `SERVER_DRAINING`, `INTERNAL`.
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+    }
+
+    /// Well-formed input whose fields or values are wrong.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_REQUEST", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+
+    /// A room-side failure, under its wire name.
+    pub fn room(code: ErrorCode, message: impl Into<String>) -> Self {
+        let (status, name) = match code {
+            ErrorCode::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            ErrorCode::InvalidRoom => (StatusCode::BAD_REQUEST, "INVALID_ROOM"),
+            ErrorCode::MessageTooLong => (StatusCode::UNPROCESSABLE_ENTITY, "MESSAGE_TOO_LONG"),
+            ErrorCode::MessageRefused => (StatusCode::UNPROCESSABLE_ENTITY, "MESSAGE_REFUSED"),
+            ErrorCode::RoomClosed => (StatusCode::CONFLICT, "ROOM_CLOSED"),
+            ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            ErrorCode::ServerDraining => (StatusCode::SERVICE_UNAVAILABLE, "SERVER_DRAINING"),
+            ErrorCode::Forbidden => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            ErrorCode::BadToken => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            ErrorCode::TokenExpired => (StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        };
+        Self::new(status, name, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ErrorCode> for ApiError {
+    fn from(code: ErrorCode) -> Self {
+        let message = match code {
+            ErrorCode::NotFound => "no such room on this node".to_string(),
+            ErrorCode::RoomClosed => "the room is closed".to_string(),
+            ErrorCode::ServerDraining => "the node is draining".to_string(),
+            other => other.name().replace('_', " "),
+        };
+        Self::room(code, message)
+    }
+}
+
+/// Every admin answer: a value or an [`ApiError`].
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON request body, refused whole when it is too big (413
+/// `PAYLOAD_TOO_LARGE`), not JSON (415 `UNSUPPORTED_MEDIA_TYPE`), malformed
+/// (400 `BAD_REQUEST`) or of the wrong shape, unknown fields included (422
+/// `INVALID_REQUEST`). Nothing is applied before the whole body is read and
+/// checked.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = is_json(req.headers());
+        let bytes = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
+        if !json {
+            return Err(unsupported_media_type());
+        }
+        parse(&bytes).map(Self)
+    }
+}
+
+/// Like [`JsonBody`], but an empty body (with or without a content type)
+/// stands for `T::default()`: `curl -X PUT .../mutes/ann` needs no `{}`.
+#[derive(Debug)]
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = is_json(req.headers());
+        let bytes = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
+        if bytes.is_empty() {
+            return Ok(Self(T::default()));
+        }
+        if !json {
+            return Err(unsupported_media_type());
+        }
+        parse(&bytes).map(Self)
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UNSUPPORTED_MEDIA_TYPE",
+        "the body must be JSON (Content-Type: application/json)",
+    )
+}
+
+fn bytes_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "the request body is too large")
+    } else {
+        ApiError::bad_request(format!("could not read the request body: {rejection}"))
+    }
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::invalid(format!("invalid body: {e}")),
+        _ => ApiError::bad_request(format!("malformed JSON: {e}")),
+    })
+}
+
+/// Query parameters; a malformed or unknown one is 400 `BAD_REQUEST`.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e: QueryRejection| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
+    }
+}
+
+/// Path parameters; one that does not parse is 400 `BAD_REQUEST`.
+#[derive(Debug)]
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|e: PathRejection| ApiError::bad_request(format!("invalid path: {}", e.body_text())))
+    }
+}
+
+/// Parses a room id from a path, as the wire contract bounds it.
+pub fn room_id(s: &str) -> ApiResult<RoomId> {
+    RoomId::new(s).map_err(|e| ApiError::room(ErrorCode::InvalidRoom, e.to_string()))
+}
+
+/// Longest user id a token may carry (`auth::Claims::sub`), so a sanction
+/// can name any user that can connect.
+pub const MAX_USER_ID_BYTES: usize = 128;
+
+/// Checks a user id from a path.
+pub fn user_id(s: &str) -> ApiResult<&str> {
+    if s.is_empty() || s.len() > MAX_USER_ID_BYTES {
+        return Err(ApiError::invalid(format!("a user id is 1 to {MAX_USER_ID_BYTES} bytes")));
+    }
+    Ok(s)
+}
+
+/// The answer to a path no route serves.
+pub async fn no_route() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// The answer to a method a route does not serve.
+pub async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this route does not serve that method",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_room_code_has_a_status_and_an_upper_case_name() {
+        for code in ErrorCode::ALL {
+            let e = ApiError::from(code);
+            assert!(e.code.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{}", e.code);
+            assert!(e.status.is_client_error() || e.status.is_server_error());
+        }
+        assert_eq!(ApiError::from(ErrorCode::NotFound).status, StatusCode::NOT_FOUND);
+        assert_eq!(ApiError::from(ErrorCode::RoomClosed).code, "ROOM_CLOSED");
+    }
+
+    #[test]
+    fn malformed_json_and_wrong_shapes_are_told_apart() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct T {
+            #[allow(dead_code)]
+            a: u32,
+        }
+        assert_eq!(parse::<T>(b"{\"a\":").unwrap_err().code, "BAD_REQUEST");
+        assert_eq!(parse::<T>(b"{\"a\":\"x\"}").unwrap_err().code, "INVALID_REQUEST");
+        assert_eq!(parse::<T>(b"{\"a\":1,\"b\":2}").unwrap_err().code, "INVALID_REQUEST");
+        assert!(parse::<T>(b"{\"a\":1}").is_ok());
+    }
+
+    #[test]
+    fn json_content_types() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        h.insert(CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        assert!(is_json(&h));
+        h.insert(CONTENT_TYPE, "application/merge-patch+json".parse().unwrap());
+        assert!(is_json(&h));
+        h.insert(CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert!(!is_json(&h));
+    }
+}
