@@ -155,7 +155,7 @@ async fn kick(
     check_reason(&req.reason)?;
     let until_ms = Some(state.moderation.kick_until(unix_ms(SystemTime::now())));
     state.moderation.sanction(&scope, user, SanctionKind::Ban, until_ms, &req.reason);
-    let removed = state.rooms.remove_user(user_scope(&scope), user, ErrorCode::Banned, &req.reason).await;
+    let removed = state.rooms.kick_user(user_scope(&scope), user, &req.reason).await;
     Ok(Json(SanctionApplied {
         sanction: sanction(&scope, user, SanctionKind::Ban, until_ms, req.reason),
         removed: removed as u64,

@@ -229,6 +229,13 @@ impl Rooms {
     /// opening. A closed room opens again with a new epoch once its old
     /// incarnation has gone.
     pub fn open(self: &Arc<Self>, id: &RoomId) {
+        if self.lifecycle_of(id) == Lifecycle::Closed {
+            // The closed incarnation, emptied when it closed, is replaced at
+            // once; its task ends on its own without touching the new one.
+            let mut map = self.lock();
+            map.remove(id);
+            self.metrics.rooms.set(map.len() as i64);
+        }
         self.set_lifecycle(id, Lifecycle::Open);
         let _ = self.entry(id);
     }
@@ -334,13 +341,17 @@ impl Rooms {
     }
 
     /// Called by an empty room's task: removes it unless commands are waiting.
-    pub(super) fn remove_if_idle(&self, id: &RoomId, rx: &mpsc::Receiver<Command>) -> bool {
+    /// A room replaced by a new incarnation (a reopened room) only ends its
+    /// own task: `stats` tells the entry it belongs to.
+    pub(super) fn remove_if_idle(&self, id: &RoomId, rx: &mpsc::Receiver<Command>, stats: &Arc<RoomStats>) -> bool {
         let mut map = self.lock();
         if !rx.is_empty() {
             return false;
         }
-        map.remove(id);
-        self.metrics.rooms.set(map.len() as i64);
+        if map.get(id).is_some_and(|e| Arc::ptr_eq(&e.stats, stats)) {
+            map.remove(id);
+            self.metrics.rooms.set(map.len() as i64);
+        }
         true
     }
 }

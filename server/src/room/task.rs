@@ -83,7 +83,7 @@ pub(super) async fn run_room(
                 state.push_online(Instant::now(), unix_ms(SystemTime::now()));
             }
             () = sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
-                if rooms.remove_if_idle(&id, &rx) {
+                if rooms.remove_if_idle(&id, &rx, &stats) {
                     break;
                 }
             }
