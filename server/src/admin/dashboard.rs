@@ -158,16 +158,7 @@ pub fn sample(state: &AdminState) -> Sample {
     let mut rooms = state.rooms.list();
     let rooms_total = rooms.len();
     rooms.truncate(MAX_ROOMS);
-    let rooms = rooms
-        .into_iter()
-        .map(|r| RoomSummary {
-            room: r.room.to_string(),
-            online: r.online,
-            members: r.members,
-            current_seq: r.current_seq,
-            state: r.lifecycle.into(),
-        })
-        .collect();
+    let rooms = rooms.into_iter().map(RoomSummary::from).collect();
     let m = &state.metrics;
     let totals = Totals {
         connections: m.connections.get(),

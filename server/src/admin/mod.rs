@@ -23,6 +23,7 @@
 //! idempotent, so a retried ban converges).
 
 pub mod auth;
+pub mod dashboard;
 pub mod errors;
 pub mod messages;
 pub mod node;
@@ -136,6 +137,7 @@ pub fn router(state: AdminState) -> Router {
     protected
         .route_layer(from_fn_with_state(state.clone(), auth::require_admin))
         .merge(public)
+        .merge(dashboard::routes())
         .fallback(errors::no_route)
         .method_not_allowed_fallback(errors::wrong_method)
         .layer(axum::Extension(json))

@@ -94,6 +94,18 @@ pub struct RoomSummary {
     pub state: RoomStateName,
 }
 
+impl From<crate::room::RoomSummary> for RoomSummary {
+    fn from(r: crate::room::RoomSummary) -> Self {
+        Self {
+            room: r.room.to_string(),
+            online: r.online,
+            members: r.members,
+            current_seq: r.current_seq,
+            state: r.lifecycle.into(),
+        }
+    }
+}
+
 /// The node's rooms, busiest (most online) first.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RoomList {
@@ -126,16 +138,7 @@ pub(super) async fn list(
     let mut rooms = state.rooms.list();
     let total = rooms.len();
     rooms.truncate(limit);
-    let rooms = rooms
-        .into_iter()
-        .map(|r| RoomSummary {
-            room: r.room.to_string(),
-            online: r.online,
-            members: r.members,
-            current_seq: r.current_seq,
-            state: r.lifecycle.into(),
-        })
-        .collect();
+    let rooms = rooms.into_iter().map(RoomSummary::from).collect();
     Ok(Json(RoomList { rooms, total }))
 }
 
