@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything a node needs to know. `Config::default()` is the embedded
 /// default: loopback, a development certificate, a development secret.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// UDP address to serve QUIC on.
@@ -21,14 +21,16 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub presence: PresenceConfig,
     pub room: RoomConfig,
+    pub moderation: ModerationConfig,
     /// Address of the HTTP endpoint serving `/metrics` and `/healthz`; none
     /// to turn it off.
     pub metrics_listen: Option<SocketAddr>,
     pub admin: AdminConfig,
+    pub drain: DrainConfig,
     pub webhooks: WebhooksConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain. Without it, a development certificate is
@@ -38,7 +40,7 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// HS256 shared secret. Without it (and without `es256_public_key`), a
@@ -53,7 +55,7 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Most rooms one connection may be joined to at once.
@@ -69,9 +71,16 @@ pub struct LimitsConfig {
     /// bursts; a small buffer drops them and QUIC has to retransmit. The
     /// kernel caps it at `net.core.rmem_max` / `wmem_max`.
     pub udp_buffer_bytes: usize,
+    /// How late clients may acknowledge what the node sends, in ms (QUIC's
+    /// ACK frequency extension, which the SDK supports): a member gets a
+    /// packet per batching window, and an ACK back for each would cost the
+    /// node nearly as much as the packet. Longer also delays recovering a
+    /// lost last packet by as much. 0: QUIC's default (an ACK every second
+    /// packet or 25 ms).
+    pub ack_delay_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PresenceConfig {
     /// How often clients must send a heartbeat datagram.
@@ -85,7 +94,7 @@ pub struct PresenceConfig {
     pub idle_timeout_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoomConfig {
     /// Sequenced events kept per room for joins, resumes and history reads.
@@ -120,10 +129,62 @@ pub struct RoomConfig {
     pub user_chat_per_sec: f64,
     /// "User entered" notices per second a room broadcasts. 0: none.
     pub entered_per_sec: u32,
+    /// Rooms must be opened (by the admin API, or by a host's join) before
+    /// viewers can join them; otherwise a viewer's join is refused with
+    /// ROOM_CLOSED. Off: joining creates the room.
+    pub require_open: bool,
+}
+
+/// Mutes, bans and kicks (set through the admin API) and the banned-words
+/// check.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModerationConfig {
+    /// How long a kicked user is refused on rejoin, in seconds.
+    pub kick_secs: u64,
+    /// Words refused or masked in chat (case-insensitive, anywhere in the
+    /// text), checked before a message is sequenced.
+    pub banned_words: Vec<String>,
+    /// A file of banned words, one per line (`#` comments), re-read whenever
+    /// it changes: the list can be edited without a restart. Used instead of
+    /// `banned_words` when set.
+    pub banned_words_file: Option<PathBuf>,
+    /// What a banned word does to a message.
+    pub banned_words_action: WordAction,
+    /// Most new connections per second from one IP address; beyond it a
+    /// connection is refused with QUIC's CONNECTION_REFUSED. 0: no limit.
+    pub connections_per_ip_per_sec: u32,
+    /// Most connections the node holds; beyond it new ones are refused with
+    /// CONNECTION_REFUSED. 0: no limit.
+    pub max_connections: usize,
+}
+
+/// What the banned-words check does with a message that has one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WordAction {
+    /// Refuse it with MESSAGE_REFUSED.
+    #[default]
+    Refuse,
+    /// Replace each banned word by `*`s and sequence the rest.
+    Mask,
+}
+
+impl Default for ModerationConfig {
+    fn default() -> Self {
+        Self {
+            kick_secs: 300,
+            banned_words: Vec::new(),
+            banned_words_file: None,
+            banned_words_action: WordAction::Refuse,
+            connections_per_ip_per_sec: 0,
+            max_connections: 0,
+        }
+    }
 }
 
 /// Events the node POSTs to the platform's backend (see `webhooks`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {
     /// Where events are POSTed (`http://` only for now). None: no webhooks,
@@ -146,8 +207,47 @@ pub struct WebhooksConfig {
     pub batch_max: usize,
 }
 
+/// How the node drains (on SIGTERM, Ctrl-C or the admin API; see `drain`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Bound on a whole drain, from its start to the last connection closed.
+    pub timeout_secs: u64,
+    /// Time given, within the bound, for rooms to flush their batching
+    /// windows, for answers still pending to be written and for clients to
+    /// acknowledge them, before the connections left are closed. It ends
+    /// early once every connection has gone. Keep it above
+    /// `room.max_batch_window_ms` plus a round trip.
+    pub settle_ms: u64,
+    /// Sent to clients in the close reason (`retry_after_ms=N`): the least
+    /// time before they connect to this node again. Other nodes in their
+    /// list are tried at once.
+    pub retry_after_ms: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self { timeout_secs: 10, settle_ms: 1_000, retry_after_ms: 5_000 }
+    }
+}
+
+impl DrainConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    /// The settle time, never longer than the whole drain.
+    pub fn settle(&self) -> Duration {
+        Duration::from_millis(self.settle_ms).min(self.timeout())
+    }
+
+    pub fn retry_after(&self) -> Duration {
+        Duration::from_millis(self.retry_after_ms)
+    }
+}
+
 /// The admin HTTP API (see `admin`): its own listener, off the QUIC path.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// TCP address of the admin API; none to turn it off. Loopback by
@@ -181,8 +281,10 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             presence: PresenceConfig::default(),
             room: RoomConfig::default(),
+            moderation: ModerationConfig::default(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             admin: AdminConfig::default(),
+            drain: DrainConfig::default(),
             webhooks: WebhooksConfig::default(),
         }
     }
@@ -216,6 +318,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 512,
             hello_timeout_ms: 10_000,
             udp_buffer_bytes: 16 << 20,
+            ack_delay_ms: 200,
         }
     }
 }
@@ -242,6 +345,7 @@ impl Default for RoomConfig {
             chat_budget_per_sec: 20,
             user_chat_per_sec: 1.0,
             entered_per_sec: 5,
+            require_open: false,
         }
     }
 }
@@ -267,6 +371,63 @@ impl Config {
     /// Reads a TOML file over the defaults; unknown keys are errors.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    /// The configuration as TOML, with every secret replaced by [`MASK`]: a
+    /// field is secret when its name holds `secret` or `key`, unless it
+    /// names a file (see [`is_secret`]). Fields left unset (`None`) are
+    /// absent, except `metrics_listen`, written as a comment when off.
+    pub fn to_masked_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut table = toml::Table::try_from(self)?;
+        mask_secrets(&mut table, "");
+        let mut text = toml::to_string(&table)?;
+        if self.metrics_listen.is_none() {
+            text.insert_str(0, "# metrics_listen: off\n");
+        }
+        Ok(text)
+    }
+}
+
+/// What a secret is printed as.
+pub const MASK: &str = "********";
+
+/// Fields whose names hold `key` but which are paths to files, not keys.
+const KEY_FILES: &[&str] = &["tls.key", "auth.es256_public_key"];
+
+/// Whether the field at dotted `path` (`auth.hs256_secret`) holds a secret:
+/// its name contains `secret` or `key` and it is not a file name (a known
+/// path field, or one ending in `_path`, `_file` or `_dir`).
+pub fn is_secret(path: &str) -> bool {
+    let name = path.rsplit('.').next().unwrap_or(path).to_ascii_lowercase();
+    let file = KEY_FILES.contains(&path) || ["_path", "_file", "_dir"].iter().any(|s| name.ends_with(s));
+    !file && (name.contains("secret") || name.contains("key"))
+}
+
+fn mask_secrets(table: &mut toml::Table, prefix: &str) {
+    for (name, value) in table.iter_mut() {
+        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        if is_secret(&path) {
+            mask_value(value);
+        } else if let toml::Value::Table(t) = value {
+            mask_secrets(t, &path);
+        } else if let toml::Value::Array(items) = value {
+            for item in items {
+                if let toml::Value::Table(t) = item {
+                    mask_secrets(t, &path);
+                }
+            }
+        }
+    }
+}
+
+/// Masks every string in `value` (a list of keys, or a table of them).
+fn mask_value(value: &mut toml::Value) {
+    match value {
+        // An empty one stays empty: it says the secret is unset.
+        toml::Value::String(s) if !s.is_empty() => *s = MASK.to_string(),
+        toml::Value::Array(items) => items.iter_mut().for_each(mask_value),
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| mask_value(v)),
+        _ => {}
     }
 }
 
@@ -298,6 +459,20 @@ mod tests {
         assert_eq!(c.room.outbox_capacity, 200);
         assert_eq!(c.room.chat_budget_per_sec, 20);
         assert!(Config::from_toml("[room]\nhistroy_len = 7\n").is_err());
+    }
+
+    #[test]
+    fn printed_config_masks_secrets_and_keeps_paths() {
+        let mut c = Config::from_toml("[auth]\nhs256_secret = \"hunter2\"\n").unwrap();
+        c.tls.key = Some(PathBuf::from("/etc/roomcast/key.pem"));
+        let text = c.to_masked_toml().unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains(&format!("hs256_secret = \"{MASK}\"")), "{text}");
+        assert!(text.contains("/etc/roomcast/key.pem"), "a key file's path is not a secret: {text}");
+        let back = Config::from_toml(&text).unwrap();
+        assert_eq!(back.drain.timeout_secs, 10, "the printed form reads back");
+        assert!(is_secret("admin.api_keys") && is_secret("webhooks.secret"));
+        assert!(!is_secret("auth.es256_public_key") && !is_secret("tls.key_file"));
     }
 
     #[test]

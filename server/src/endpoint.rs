@@ -38,6 +38,16 @@ fn transport(config: &Config) -> Result<quinn::TransportConfig> {
     // batching window of messages then fits one packet where 1,200 bytes
     // would need two, while a join storm pays one probe per newcomer rather
     // than a binary search's four or five.
+    if config.limits.ack_delay_ms > 0 {
+        // Clients acknowledge at most every `ack_delay_ms` (or every 10
+        // packets), not every packet: the node receives and decrypts a
+        // fraction of the ACKs. Reordering still asks for an ACK at once, so
+        // a loss in mid-stream is found as quickly as before.
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(9u32.into());
+        ack.max_ack_delay(Some(std::time::Duration::from_millis(config.limits.ack_delay_ms)));
+        t.ack_frequency_config(Some(ack));
+    }
     let mut mtud = quinn::MtuDiscoveryConfig::default();
     mtud.upper_bound(1452).minimum_change(200);
     t.mtu_discovery_config(Some(mtud));
