@@ -144,7 +144,13 @@ fn outbox_push(bencher: Bencher) {
     let mut seq = 0;
     bencher.bench_local(|| {
         seq += 1;
-        outbox.push(Item::Sequenced { frames: frames.clone(), first: seq, last: seq, events: 1 });
+        outbox.push(Item::Sequenced {
+            frames: frames.clone(),
+            first: seq,
+            last: seq,
+            events: 1,
+            sequenced_at: None,
+        });
         if seq % 100 == 0 {
             outbox.try_drain(&mut scratch);
             scratch.clear();
@@ -166,7 +172,13 @@ fn outbox_push_shedding(bencher: Bencher) {
             outbox
         })
         .bench_local_values(|outbox| {
-            outbox.push(Item::Sequenced { frames: frames.clone(), first: 1, last: 1, events: 1 });
+            outbox.push(Item::Sequenced {
+                frames: frames.clone(),
+                first: 1,
+                last: 1,
+                events: 1,
+                sequenced_at: None,
+            });
             outbox
         });
 }

@@ -100,11 +100,17 @@ async fn accept(id: ConnId, incoming: Box<quinn::Incoming>, shared: Arc<Shared>)
         }
     };
     let metrics = shared.metrics.clone();
-    let session = Session::handshake(id, conn, shared).await;
-    if session.is_none() {
-        metrics.sessions_refused.inc();
+    metrics.handshakes.inc();
+    match Session::handshake(id, conn, shared).await {
+        Ok(session) => Some(session),
+        Err(code) => {
+            metrics.sessions_refused.inc();
+            if let Some(code) = code {
+                metrics.session_refused(code);
+            }
+            None
+        }
     }
-    session
 }
 
 struct Session {
@@ -184,6 +190,9 @@ async fn write_room(
         if let Some(waited) = drained.waited {
             metrics.outbox_wait.observe(waited.as_secs_f64());
         }
+        if let Some(at) = drained.sequenced_at {
+            metrics.sequenced_to_write.observe(at.elapsed().as_secs_f64());
+        }
         if let Some(datagram) = drained.online
             && let Err(e) = conn.send_datagram(datagram)
         {
@@ -215,18 +224,22 @@ async fn write_room(
 
 impl Session {
     /// Waits for `Hello`, checks version and token, answers `Welcome`.
-    async fn handshake(id: ConnId, conn: quinn::Connection, shared: Arc<Shared>) -> Option<Self> {
+    async fn handshake(
+        id: ConnId,
+        conn: quinn::Connection,
+        shared: Arc<Shared>,
+    ) -> Result<Self, Option<ErrorCode>> {
         let limits = &shared.config.limits;
         let deadline = Instant::now() + std::time::Duration::from_millis(limits.hello_timeout_ms);
         let (mut send, mut recv) = match timeout_at(deadline, conn.accept_bi()).await {
             Ok(Ok(streams)) => streams,
             Ok(Err(e)) => {
                 debug!(error = %e, "connection ended before the control stream");
-                return None;
+                return Err(None);
             }
             Err(_) => {
                 close(&conn, None, ErrorCode::HelloTimeout, "no control stream in time").await;
-                return None;
+                return Err(Some(ErrorCode::HelloTimeout));
             }
         };
         let mut decoder = FrameDecoder::new(limits.max_frame_bytes);
@@ -252,7 +265,7 @@ impl Session {
             Ok(h) => h,
             Err((code, why)) => {
                 close(&conn, Some(&mut send), code, &why).await;
-                return None;
+                return Err(Some(code));
             }
         };
         if hello.protocol_version != PROTOCOL_VERSION {
@@ -261,13 +274,13 @@ impl Session {
                 hello.protocol_version
             );
             close(&conn, Some(&mut send), ErrorCode::UnsupportedVersion, &why).await;
-            return None;
+            return Err(Some(ErrorCode::UnsupportedVersion));
         }
         let identity = match shared.verifier.verify(&hello.token) {
             Ok(i) => i,
             Err(code) => {
                 close(&conn, Some(&mut send), code, "token refused").await;
-                return None;
+                return Err(Some(code));
             }
         };
         tracing::Span::current().record("user", &*identity.user_id);
@@ -289,9 +302,9 @@ impl Session {
         };
         let frame = encode_frame(&v1::ServerFrame { request_id, body: Some(Resp::Welcome(welcome)) });
         if send.write_all(&frame).await.is_err() {
-            return None;
+            return Err(None);
         }
-        Some(Self {
+        Ok(Self {
             id,
             conn,
             send,

@@ -526,5 +526,15 @@ async fn the_metrics_endpoint_reports_connections_rooms_and_deliveries() {
     assert_eq!(metric(&text, "roomcast_rooms"), Some(1.0), "{text}");
     assert!(metric(&text, "roomcast_deliveries_total").unwrap() >= 2.0, "{text}");
     assert!(metric(&text, "roomcast_outbox_wait_seconds_count").unwrap() >= 1.0, "{text}");
+    assert!(metric(&text, "roomcast_sequenced_to_write_seconds_count").unwrap() >= 1.0, "{text}");
+    assert_eq!(metric(&text, "roomcast_joins_total"), Some(2.0), "{text}");
+    assert_eq!(metric(&text, "roomcast_handshakes_total"), Some(2.0), "{text}");
+    assert!(text.contains("roomcast_room_events_total{kind=\"chat\"} 1"), "{text}");
+    a.leave("m").await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !server.scrape().await.contains("roomcast_leaves_total{reason=\"left\"} 1") {
+        assert!(tokio::time::Instant::now() < deadline, "the leave was not counted by its reason");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.stop().await;
 }

@@ -81,7 +81,7 @@ pub(crate) async fn node(args: &BenchArgs) -> Result<SpawnedNode> {
         .arg(addr.to_string())
         .arg("--data-dir")
         .arg(&dir)
-        .args(["--metrics-listen", "off"])
+        .args(["--metrics-listen", "off", "--admin-listen", "off"])
         .args(&args.server_args)
         .env("ROOMCAST_TOKEN_SECRET", &secret)
         .env_remove("ROOMCAST_CONFIG")

@@ -29,7 +29,8 @@ pub enum Item {
     /// the number of events it carries, which is what counts against the
     /// outbox's capacity. Never dropped silently: if it cannot be queued, the
     /// subscriber lags.
-    Sequenced { frames: Bytes, first: u64, last: u64, events: usize },
+    /// `sequenced_at` is when its oldest event was sequenced.
+    Sequenced { frames: Bytes, first: u64, last: u64, events: usize, sequenced_at: Option<Instant> },
     /// One ephemeral event frame: may be shed under pressure.
     Ephemeral { frame: Bytes, shed: Shed },
 }
@@ -86,6 +87,9 @@ struct State {
     /// The frame that ends the stream after everything queued (a removal
     /// notice), if the subscription was ended with one.
     last: Option<Bytes>,
+    /// When the oldest queued sequenced event was sequenced, for the writer
+    /// to report the node's latency from sequencing to writing.
+    sequenced_at: Option<Instant>,
     /// When the oldest queued item was pushed (the outbox went from empty to
     /// not), for the writer to report how long items wait for it.
     since: Option<Instant>,
@@ -97,6 +101,8 @@ pub struct Drained {
     pub online: Option<Bytes>,
     /// How long the oldest drained item waited in the outbox.
     pub waited: Option<Duration>,
+    /// When the oldest drained sequenced event was sequenced.
+    pub sequenced_at: Option<Instant>,
     /// The subscriber lagged: after the frames, tell it which range was lost
     /// and end the stream.
     pub lagged: Option<(u64, u64)>,
@@ -179,6 +185,9 @@ impl Outbox {
         if s.items.is_empty() {
             s.since = Some(now);
         }
+        if let Item::Sequenced { sequenced_at: Some(at), .. } = &item {
+            s.sequenced_at = Some(s.sequenced_at.map_or(*at, |t| t.min(*at)));
+        }
         s.items.push_back(item);
         s.queued += weight;
         out.queued = weight;
@@ -252,6 +261,7 @@ impl Outbox {
         Some(Drained {
             online: s.online.take(),
             waited,
+            sequenced_at: s.sequenced_at.take(),
             lagged: s.lagged,
             closed: s.closed,
             last: s.last.take(),
@@ -275,7 +285,13 @@ mod tests {
     use super::*;
 
     fn seq(n: u64) -> Item {
-        Item::Sequenced { frames: Bytes::from(format!("s{n}")), first: n, last: n, events: 1 }
+        Item::Sequenced {
+            frames: Bytes::from(format!("s{n}")),
+            first: n,
+            last: n,
+            events: 1,
+            sequenced_at: None,
+        }
     }
 
     fn eph(name: &'static str, shed: Shed) -> Item {
@@ -364,10 +380,22 @@ mod tests {
     #[tokio::test]
     async fn batches_weigh_their_event_count() {
         let o = Outbox::new(5);
-        let batch = Item::Sequenced { frames: Bytes::from_static(b"b"), first: 1, last: 4, events: 4 };
+        let batch = Item::Sequenced {
+            frames: Bytes::from_static(b"b"),
+            first: 1,
+            last: 4,
+            events: 4,
+            sequenced_at: None,
+        };
         assert_eq!(o.push(batch).queued, 4);
         assert_eq!(o.len(), 4);
-        let big = Item::Sequenced { frames: Bytes::from_static(b"c"), first: 5, last: 6, events: 2 };
+        let big = Item::Sequenced {
+            frames: Bytes::from_static(b"c"),
+            first: 5,
+            last: 6,
+            events: 2,
+            sequenced_at: None,
+        };
         assert_eq!(o.push(big).lagged, 2);
     }
 

@@ -27,6 +27,25 @@ pub(crate) fn host_visible(kind: &Kind) -> bool {
     }
 }
 
+/// Every kind's name, for metrics, in the order of [`index`].
+pub(crate) const NAMES: [&str; KINDS] =
+    ["chat", "host_message", "system_notice", "user_entered", "recall", "room_status"];
+
+/// How many kinds there are.
+pub(crate) const KINDS: usize = 6;
+
+/// A kind's place in [`NAMES`].
+pub(crate) fn index(kind: &Kind) -> usize {
+    match kind {
+        Kind::Chat(_) => 0,
+        Kind::HostMessage(_) => 1,
+        Kind::SystemNotice(_) => 2,
+        Kind::UserEntered(_) => 3,
+        Kind::Recall(_) => 4,
+        Kind::RoomStatus(_) => 5,
+    }
+}
+
 /// Which ephemeral events an overflowing outbox sheds first.
 pub(crate) fn shed(priority: v1::Priority) -> Shed {
     if priority == v1::Priority::Low { Shed::Low } else { Shed::Normal }

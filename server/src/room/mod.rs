@@ -34,7 +34,9 @@ pub use fanout::Drained;
 pub use feed::Feed;
 pub use handle::{JoinRequest, Joined, Reply, RoomHandle};
 pub use registry::{HistoryRange, Lifecycle, RoomSummary, Rooms, UserScope};
-pub use state::{AdminKind, AdminMessage, ChatRequest, ConnId, Filter, FlushStats, Resume, RoomInfo};
+pub use state::{
+    AdminKind, AdminMessage, ChatRequest, ConnId, EVENT_KINDS, Filter, FlushStats, Resume, RoomInfo,
+};
 
 /// The room's parts, for the fan-out benchmarks (`benches/fanout.rs`), which
 /// measure the state machine and the outboxes without a task or a socket.

@@ -343,7 +343,12 @@ impl Rooms {
     /// Called by an empty room's task: removes it unless commands are waiting.
     /// A room replaced by a new incarnation (a reopened room) only ends its
     /// own task: `stats` tells the entry it belongs to.
-    pub(super) fn remove_if_idle(&self, id: &RoomId, rx: &mpsc::Receiver<Command>, stats: &Arc<RoomStats>) -> bool {
+    pub(super) fn remove_if_idle(
+        &self,
+        id: &RoomId,
+        rx: &mpsc::Receiver<Command>,
+        stats: &Arc<RoomStats>,
+    ) -> bool {
         let mut map = self.lock();
         if !rx.is_empty() {
             return false;

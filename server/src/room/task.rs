@@ -95,6 +95,7 @@ pub(super) async fn run_room(
             state.tick(now);
         }
         metrics.record_flush(state.take_stats());
+        metrics.record_events(state.take_event_counts());
         stats.record(&state);
     }
     debug!(seq = state.current_seq(), "room closed");
@@ -114,6 +115,7 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
                 return;
             }
             let JoinRequest { conn, identity, resume, filter } = request;
+            metrics.joins.inc();
             if hooks.is_enabled() {
                 let (user, role) = (Box::from(&*identity.user_id), identity.role);
                 hooks.emit(HookEvent::UserJoined { room: id.clone(), user, role, conn });
@@ -127,6 +129,7 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
             if state.leave(conn)
                 && let Some(user) = user
             {
+                metrics.left(reason);
                 hooks.emit(HookEvent::UserLeft { room: id.clone(), user, conn, reason });
             }
         }
@@ -176,15 +179,17 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
                 state.members().into_iter().filter(|(_, i)| *i.user_id == *user).map(|(c, _)| c).collect();
             let removed = state.remove_user(&user, code, &reason);
             for conn in conns {
+                metrics.left(leave);
                 let user = Box::from(user.as_str());
                 hooks.emit(HookEvent::UserLeft { room: id.clone(), user, conn, reason: leave });
             }
             let _ = reply.send(removed);
         }
         Command::Close { reason, reply } => {
-            let members = if *closed || !hooks.is_enabled() { Vec::new() } else { state.members() };
+            let members = if *closed { Vec::new() } else { state.members() };
             let seq = if *closed { state.current_seq() } else { state.close(&reason, now, now_ms) };
             for (conn, who) in members {
+                metrics.left(LeaveReason::Kicked);
                 let user = Box::from(&*who.user_id);
                 hooks.emit(HookEvent::UserLeft { room: id.clone(), user, conn, reason: LeaveReason::Kicked });
             }

@@ -65,6 +65,20 @@ pub enum LeaveReason {
     Drain,
 }
 
+impl LeaveReason {
+    /// The name used in payloads and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Left => "left",
+            Self::Kicked => "kicked",
+            Self::Banned => "banned",
+            Self::HeartbeatLoss => "heartbeat_loss",
+            Self::Disconnect => "disconnect",
+            Self::Drain => "drain",
+        }
+    }
+}
+
 /// What the banned-words check did to a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -29,6 +29,8 @@ pub(super) struct Pending {
     pub(super) shed: Shed,
     /// A member that must not receive it (the subject of "user entered").
     pub(super) except: Option<ConnId>,
+    /// When it was sequenced (sequenced events only).
+    pub(super) at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -51,6 +53,8 @@ pub(super) struct EventLog {
     /// Wall-clock time of the latest event, for an online count that goes
     /// out with a round.
     pub(super) last_now_ms: u64,
+    /// Events made since the last `take_counts`, by kind.
+    counts: [u64; kinds::KINDS],
 }
 
 impl EventLog {
@@ -65,6 +69,7 @@ impl EventLog {
             last_sequenced: None,
             ephemeral_counter: 0,
             last_now_ms: 0,
+            counts: [0; kinds::KINDS],
         }
     }
 
@@ -81,6 +86,7 @@ impl EventLog {
         now_ms: u64,
     ) -> v1::RoomEvent {
         self.seq += 1;
+        self.counts[kinds::index(&kind)] += 1;
         let host_visible = kinds::host_visible(&kind);
         let event = v1::RoomEvent {
             room: self.room.to_string(),
@@ -101,6 +107,7 @@ impl EventLog {
                 host_visible,
                 shed: Shed::Normal,
                 except: None,
+                at: Some(now),
             });
         }
         self.history.push(now, event.clone());
@@ -119,6 +126,7 @@ impl EventLog {
         except: Option<ConnId>,
     ) {
         self.ephemeral_counter += 1;
+        self.counts[kinds::index(&kind)] += 1;
         self.last_now_ms = now_ms;
         let priority = kinds::priority(&kind);
         let event = v1::RoomEvent {
@@ -139,8 +147,14 @@ impl EventLog {
                 host_visible: false,
                 shed: kinds::shed(priority),
                 except,
+                at: None,
             });
         }
+    }
+
+    /// Events made since the previous call, by kind (see `kinds::NAMES`).
+    pub(super) fn take_counts(&mut self) -> [u64; kinds::KINDS] {
+        std::mem::take(&mut self.counts)
     }
 
     /// Log position after the newest event.

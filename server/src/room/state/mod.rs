@@ -49,6 +49,9 @@ use rounds::Rounds;
 pub use platform::{AdminKind, AdminMessage, RoomInfo};
 pub use rounds::FlushStats;
 
+/// The names of event kinds, in the order of `RoomState::take_event_counts`.
+pub const EVENT_KINDS: [&str; super::kinds::KINDS] = super::kinds::NAMES;
+
 /// Identifies a connection on this node.
 pub type ConnId = u64;
 

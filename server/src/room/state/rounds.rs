@@ -134,6 +134,12 @@ impl RoomState {
         std::mem::take(&mut self.stats)
     }
 
+    /// Events made since the previous call, by kind, named as
+    /// [`EVENT_KINDS`](super::EVENT_KINDS).
+    pub fn take_event_counts(&mut self) -> [u64; super::super::kinds::KINDS] {
+        self.log.take_counts()
+    }
+
     /// Serves the next slice of members, starting a round if none is in
     /// progress. A round has one tick per base window in the room's batching
     /// window, so it serves every member once per window, a slice at a time.
@@ -299,6 +305,7 @@ fn batch(pending: &[Pending], keep: impl Fn(&Pending) -> bool) -> Option<Item> {
     let mut events = 0;
     let (mut first, mut last) = (0, 0);
     let mut left_out = None;
+    let mut sequenced_at = None;
     for p in pending.iter().filter(|p| p.seq > 0) {
         if !keep(p) {
             left_out = Some(p.seq);
@@ -309,6 +316,7 @@ fn batch(pending: &[Pending], keep: impl Fn(&Pending) -> bool) -> Option<Item> {
         }
         if events == 0 {
             first = p.seq;
+            sequenced_at = p.at;
         }
         buf.extend_from_slice(&p.frame);
         events += 1;
@@ -321,5 +329,5 @@ fn batch(pending: &[Pending], keep: impl Fn(&Pending) -> bool) -> Option<Item> {
         }
         last = seq;
     }
-    (!buf.is_empty()).then(|| Item::Sequenced { frames: buf.freeze(), first, last, events })
+    (!buf.is_empty()).then(|| Item::Sequenced { frames: buf.freeze(), first, last, events, sequenced_at })
 }
