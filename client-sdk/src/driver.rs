@@ -6,7 +6,8 @@
 //! server.
 //!
 //! When the connection drops for a reason worth retrying, the driver
-//! reconnects with backoff and jitter ([`crate::reconnect`]), then the
+//! reconnects with backoff and jitter ([`crate::reconnect`]), to the next
+//! address that a draining node's retry-after hint does not hold back, then the
 //! tracker rejoins every room at its last sequence number, replays what was
 //! missed and says whether the resume was complete. A room stream that lags
 //! is resumed the same way on the same connection.
@@ -18,9 +19,10 @@ use std::time::Duration;
 use roomcast_protocol::codec::encode_frame;
 use roomcast_protocol::{ErrorCode, v1};
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
 use tracing::debug;
 
-use crate::reconnect::{backoff_delay, is_fatal, random_u64};
+use crate::reconnect::{Servers, backoff_delay, is_fatal, random_u64, retry_after};
 use crate::requests::{Command, Pending, Reply, Requests};
 use crate::room_stream::{ROOM_READ, RoomRead, RoomReader, poll_readers};
 use crate::room_track::{Output, RoomMsg, RoomTracker};
@@ -70,7 +72,9 @@ pub(crate) async fn start(
     // connection to the next: a reconnection resumes TLS instead of a full
     // handshake.
     let tls = crate::tls::client_config(&config)?;
-    let (link, welcome) = connect_once(&config, &tls, &endpoint, config.token.clone(), &events_tx).await?;
+    let servers = Servers::new(config.server, &config.alternates);
+    let (link, welcome) =
+        connect_once(&config, &tls, &endpoint, servers.current(), config.token.clone(), &events_tx).await?;
     let shared = Arc::new(Shared {
         welcome: Mutex::new(Arc::new(welcome)),
         conn: Mutex::new(link.conn.clone()),
@@ -82,6 +86,7 @@ pub(crate) async fn start(
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let driver = Driver {
         config,
+        servers,
         tls,
         endpoint,
         shared: shared.clone(),
@@ -104,10 +109,14 @@ struct End {
     reason: String,
     /// The app closed the client: do not reconnect.
     by_client: bool,
+    /// A draining node's hint: do not connect to it again sooner.
+    retry_after: Option<Duration>,
 }
 
 struct Driver {
     config: ClientConfig,
+    /// The addresses to connect to, and the one in use.
+    servers: Servers,
     /// QUIC and TLS settings for every connection of this session.
     tls: quinn::ClientConfig,
     // Keeps the UDP socket alive as long as the session is driven.
@@ -179,7 +188,8 @@ impl Driver {
                 biased;
                 _ = &mut close => {
                     conn.close(0u32.into(), b"client closed");
-                    return End { code: None, reason: "closed by the client".into(), by_client: true };
+                    let reason = "closed by the client".into();
+                    return End { code: None, reason, by_client: true, retry_after: None };
                 }
                 frame = self.link.control.recv(), if self.link.control_open => match frame {
                     Some(Ok(frame)) => self.on_response(frame).await,
@@ -223,18 +233,27 @@ impl Driver {
                     None => {
                         // Every Client handle is gone.
                         conn.close(0u32.into(), b"client dropped");
-                        return End { code: None, reason: "client dropped".into(), by_client: true };
+                        let reason = "client dropped".into();
+                        return End { code: None, reason, by_client: true, retry_after: None };
                     }
                 },
                 reason = &mut closed => break reason,
             }
+        };
+        let retry_after = match &reason {
+            quinn::ConnectionError::ApplicationClosed(c)
+                if ErrorCode::from_code(c.error_code.into_inner()) == Some(ErrorCode::ServerDraining) =>
+            {
+                retry_after(&c.reason)
+            }
+            _ => None,
         };
         let (code, reason) = match (self.close_error.take(), Error::from_connection(&reason)) {
             (Some((code, why)), _) => (code, why),
             (None, Error::Closed { code, reason }) => (code, reason),
             (None, other) => (None, other.to_string()),
         };
-        End { code, reason, by_client: self.shared.closing.load(Ordering::Relaxed) }
+        End { code, reason, by_client: self.shared.closing.load(Ordering::Relaxed), retry_after }
     }
 
     /// Connects again, with backoff. False when the session is over (the
@@ -247,6 +266,9 @@ impl Driver {
         commands: &mut mpsc::Receiver<Command>,
     ) -> bool {
         let (mut code, mut reason) = (end.code, end.reason);
+        if let Some(after) = end.retry_after {
+            self.servers.hold_current(Instant::now(), after);
+        }
         let shared = self.shared.clone();
         let mut attempt = 0u32;
         loop {
@@ -255,9 +277,10 @@ impl Driver {
                 self.ended = Some((code, reason));
                 return false;
             }
-            let delay = backoff_delay(backoff, attempt, random_u64());
-            let _ =
-                self.events.send(Event::Reconnecting { attempt, delay, code, reason: reason.clone() }).await;
+            let backoff = backoff_delay(backoff, attempt, random_u64());
+            let (server, delay) = self.servers.next(Instant::now(), backoff, attempt == 1);
+            let reconnecting = Event::Reconnecting { attempt, delay, code, reason: reason.clone(), server };
+            let _ = self.events.send(reconnecting).await;
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
             loop {
@@ -277,9 +300,9 @@ impl Driver {
                 }
             }
             let token = self.shared.token();
-            match connect_once(&self.config, &self.tls, &self.endpoint, token, &self.events).await {
+            match connect_once(&self.config, &self.tls, &self.endpoint, server, token, &self.events).await {
                 Ok((link, welcome)) => {
-                    debug!(attempt, session = %welcome.session_id, "reconnected");
+                    debug!(attempt, %server, session = %welcome.session_id, "reconnected");
                     let session_id = welcome.session_id.clone();
                     *self.shared.welcome.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(welcome);
                     *self.shared.conn.lock().unwrap_or_else(PoisonError::into_inner) = link.conn.clone();
@@ -288,7 +311,7 @@ impl Driver {
                     return true;
                 }
                 Err(e) => {
-                    debug!(attempt, error = %e, "reconnection failed");
+                    debug!(attempt, %server, error = %e, "reconnection failed");
                     if is_fatal(e.code()) {
                         self.ended = Some((e.code(), e.to_string()));
                         return false;

@@ -7,8 +7,10 @@
 //!
 //! The SDK checks every room's sequence numbers: if one is ever skipped it
 //! says so with [`Event::Gap`] instead of hiding it. When the connection drops
-//! it reconnects with backoff and jitter and resumes each room where it left
-//! off ([`Event::Resumed`] says whether nothing was missed); when the server
+//! it reconnects with backoff and jitter, to the same node or to the next of
+//! [`ClientConfig::alternates`] (at once when the node drained, and to the
+//! drained node no sooner than its retry-after hint), and resumes each room
+//! where it left off ([`Event::Resumed`] says whether nothing was missed); when the server
 //! reports that this client fell behind ([`Event::Lagged`]) it resumes the
 //! same way. Events delivered twice on the way are dropped.
 //!
@@ -58,8 +60,16 @@ pub use tls::Trust;
 /// What to connect to and how.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The server's UDP address.
+    /// The server's UDP address: the first one connected to.
     pub server: SocketAddr,
+    /// Other nodes to reconnect to when the current one drains or dies,
+    /// tried in order after `server` (wrapping around). A node that closes
+    /// with `SERVER_DRAINING` is skipped until its retry-after hint has
+    /// passed, and the next address is tried at once; with no alternates,
+    /// the SDK waits at least the hint before connecting to `server` again.
+    /// Use addresses of `server`'s family (the UDP socket is bound to it).
+    /// Default: none.
+    pub alternates: Vec<SocketAddr>,
     /// Name checked against the certificate with [`Trust::Roots`], and sent
     /// as SNI. Default `localhost`.
     pub server_name: String,
@@ -116,6 +126,7 @@ impl ClientConfig {
     pub fn new(server: SocketAddr, token: impl Into<String>, trust: Trust) -> Self {
         Self {
             server,
+            alternates: Vec::new(),
             server_name: "localhost".into(),
             token: token.into(),
             trust,
@@ -157,9 +168,23 @@ pub enum Event {
     /// A room could not be rejoined after a reconnection; it is no longer
     /// joined.
     ResumeFailed { room: String, error: Error },
-    /// The connection dropped; attempt `attempt` to connect again starts
-    /// after `delay`. Requests made meanwhile fail with [`Error::Closed`].
-    Reconnecting { attempt: u32, delay: Duration, code: Option<ErrorCode>, reason: String },
+    /// The server removed this session from a room: `code` is
+    /// [`ErrorCode::Banned`] (kicked or banned; a rejoin is refused until it
+    /// expires) or [`ErrorCode::RoomClosed`]. The room is no longer joined
+    /// and is not rejoined.
+    Removed { room: String, code: Option<ErrorCode>, reason: String },
+    /// The connection dropped; attempt `attempt` to connect again, to
+    /// `server`, starts after `delay`. Requests made meanwhile fail with
+    /// [`Error::Closed`]. A draining node's close (`code`
+    /// [`ErrorCode::ServerDraining`]) says how long to stay away from it in
+    /// `reason` (`retry_after_ms=N`).
+    Reconnecting {
+        attempt: u32,
+        delay: Duration,
+        code: Option<ErrorCode>,
+        reason: String,
+        server: SocketAddr,
+    },
     /// Connected again (a new session); room resumes follow.
     Reconnected { session_id: String },
     /// The session ended for good. `code` is the server's close code when it
@@ -281,6 +306,12 @@ impl Client {
     /// interval, user.
     pub fn welcome(&self) -> Arc<v1::Welcome> {
         self.shared.welcome()
+    }
+
+    /// The address of the node the current (or last) connection is to: the
+    /// configured server or one of its alternates.
+    pub fn server(&self) -> SocketAddr {
+        self.shared.conn().remote_address()
     }
 
     /// Transport statistics of the current connection (packets, bytes,

@@ -1,9 +1,13 @@
-//! Reconnection policy: which ends are worth connecting again after, and how
-//! long to wait before each attempt.
+//! Reconnection policy: which ends are worth connecting again after, how
+//! long to wait before each attempt, and which address to try ([`Servers`]:
+//! the next one in the list, skipping a draining node until its retry-after
+//! hint has passed).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use roomcast_protocol::ErrorCode;
+use tokio::time::Instant;
 
 use crate::Backoff;
 
@@ -33,6 +37,86 @@ pub(crate) fn backoff_delay(b: &Backoff, attempt: u32, random: u64) -> Duration 
     half + Duration::from_nanos(random % jitter_ns.max(1))
 }
 
+/// The longest retry-after hint honoured: a node cannot keep a client away
+/// for longer than this, whatever its close reason says.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// The retry-after hint in a draining node's close reason: the number after
+/// `retry_after_ms=`, in a phrase whose parts are separated by `;` or spaces
+/// (the wire contract, `ERROR_CODE_SERVER_DRAINING`). None when absent or
+/// malformed; capped at [`MAX_RETRY_AFTER`].
+pub(crate) fn retry_after(reason: &[u8]) -> Option<Duration> {
+    let text = std::str::from_utf8(reason).ok()?;
+    let ms = text
+        .split(|c: char| c == ';' || c.is_whitespace())
+        .find_map(|part| part.strip_prefix("retry_after_ms="))?
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_millis(ms).min(MAX_RETRY_AFTER))
+}
+
+/// The addresses a session may connect to (the configured server first,
+/// then its alternates), the one in use, and how long each is held back by
+/// a draining node's retry-after hint. Sans-IO: time comes in as `now`.
+#[derive(Debug)]
+pub(crate) struct Servers {
+    addrs: Vec<SocketAddr>,
+    current: usize,
+    /// Not to be connected to before this (one entry per address).
+    held: Vec<Option<Instant>>,
+}
+
+impl Servers {
+    pub(crate) fn new(server: SocketAddr, alternates: &[SocketAddr]) -> Self {
+        let mut addrs = vec![server];
+        for a in alternates {
+            if !addrs.contains(a) {
+                addrs.push(*a);
+            }
+        }
+        let held = vec![None; addrs.len()];
+        Self { addrs, current: 0, held }
+    }
+
+    /// The address of the current (or last) connection.
+    pub(crate) fn current(&self) -> SocketAddr {
+        self.addrs[self.current]
+    }
+
+    /// The current node asked not to be connected to again for `after`.
+    pub(crate) fn hold_current(&mut self, now: Instant, after: Duration) {
+        self.held[self.current] = Some(now + after);
+    }
+
+    /// Where the next attempt goes, and how long to wait before it: the next
+    /// address after the current one (the current one last) that is not held
+    /// back. Right after a drop (`just_dropped`), another address is tried at
+    /// once; otherwise, and for the same address, after `backoff`. When every
+    /// address is held back, the one released first, once it is.
+    pub(crate) fn next(
+        &mut self,
+        now: Instant,
+        backoff: Duration,
+        just_dropped: bool,
+    ) -> (SocketAddr, Duration) {
+        let n = self.addrs.len();
+        let free = (1..=n).map(|k| (self.current + k) % n).find(|&i| self.held[i].is_none_or(|t| t <= now));
+        let (index, delay) = match free {
+            Some(i) if just_dropped && i != self.current => (i, Duration::ZERO),
+            Some(i) => (i, backoff),
+            None => {
+                let (i, until) = (0..n)
+                    .filter_map(|i| self.held[i].map(|t| (i, t)))
+                    .min_by_key(|&(_, t)| t)
+                    .unwrap_or((self.current, now));
+                (i, until.saturating_duration_since(now).max(backoff))
+            }
+        };
+        self.current = index;
+        (self.addrs[index], delay)
+    }
+}
+
 /// Random bits from the system's generator, for jitter and id prefixes.
 pub(crate) fn random_u64() -> u64 {
     let mut b = [0u8; 8];
@@ -56,6 +140,53 @@ mod tests {
             }
         }
         assert_ne!(backoff_delay(&b, 3, 1), backoff_delay(&b, 3, 987_654_321), "jittered");
+    }
+
+    #[test]
+    fn retry_after_is_read_from_the_close_reason_and_bounded() {
+        assert_eq!(retry_after(b"server draining; retry_after_ms=5000"), Some(Duration::from_secs(5)));
+        assert_eq!(retry_after(b"retry_after_ms=250"), Some(Duration::from_millis(250)));
+        assert_eq!(retry_after(b"retry_after_ms=99999999999"), Some(MAX_RETRY_AFTER));
+        for bad in [
+            &b"server draining"[..],
+            b"retry_after_ms=",
+            b"retry_after_ms=-1",
+            b"retry_after_ms=1e3",
+            b"\xff",
+        ] {
+            assert_eq!(retry_after(bad), None, "{bad:?}");
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_drained_node_is_left_for_another_at_once_and_revisited_after_its_hint() {
+        let now = Instant::now();
+        let backoff = Duration::from_millis(300);
+        let mut s = Servers::new(addr(1), &[addr(2), addr(1)]);
+        s.hold_current(now, Duration::from_secs(5));
+        assert_eq!(s.next(now, backoff, true), (addr(2), Duration::ZERO), "the other node, at once");
+        // The other node fails too: node 1 is still held back.
+        assert_eq!(s.next(now, backoff, false), (addr(2), backoff));
+        let later = now + Duration::from_secs(6);
+        assert_eq!(s.next(later, backoff, false), (addr(1), backoff), "held back no longer");
+    }
+
+    #[test]
+    fn a_single_node_is_retried_no_sooner_than_its_hint() {
+        let now = Instant::now();
+        let mut s = Servers::new(addr(1), &[]);
+        assert_eq!(s.next(now, Duration::from_millis(300), true), (addr(1), Duration::from_millis(300)));
+        s.hold_current(now, Duration::from_secs(5));
+        assert_eq!(s.next(now, Duration::from_millis(300), true), (addr(1), Duration::from_secs(5)));
+        assert_eq!(
+            s.next(now, Duration::from_secs(9), true),
+            (addr(1), Duration::from_secs(9)),
+            "backoff if longer"
+        );
     }
 
     #[test]

@@ -36,18 +36,18 @@ pub(crate) fn endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, Error> 
     quinn::Endpoint::client(bind).map_err(connect_err)
 }
 
-/// Connects, says hello and starts the connection's reader and heartbeat tasks.
+/// Connects to `server`, says hello and starts the connection's reader and heartbeat tasks.
 pub(crate) async fn connect_once(
     config: &ClientConfig,
     client_config: &quinn::ClientConfig,
     endpoint: &quinn::Endpoint,
+    server: SocketAddr,
     token: String,
     events: &mpsc::Sender<Event>,
 ) -> Result<(Link, v1::Welcome), Error> {
     let handshake = async {
-        let connecting = endpoint
-            .connect_with(client_config.clone(), config.server, &config.server_name)
-            .map_err(connect_err)?;
+        let connecting =
+            endpoint.connect_with(client_config.clone(), server, &config.server_name).map_err(connect_err)?;
         let conn = connecting.await.map_err(|e| match e {
             quinn::ConnectionError::ApplicationClosed(_) => Error::from_connection(&e),
             other => connect_err(other),
