@@ -5,6 +5,8 @@
 //! * `room` holds the room state machine, the room task and the per-member
 //!   outboxes; `connection` one task per QUIC connection.
 //! * [`auth`] verifies connection tokens (JWT, HS256 or ES256) locally.
+//! * [`Drain`] stops a node without losing what it acknowledged: the
+//!   shutdown future, SIGTERM and the admin API all pull the same switch.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -15,13 +17,18 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 mod connection;
+pub mod drain;
 pub mod endpoint;
+pub mod gate;
 pub mod metrics;
+pub mod moderation;
 pub mod room;
 pub mod tls;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,9 +37,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use roomcast_protocol::ErrorCode;
+use tokio::time::Instant;
 use tracing::info;
 
 pub use config::Config;
+pub use drain::{Drain, DrainState};
 
 /// State shared by every connection of the node.
 #[derive(Debug)]
@@ -44,6 +53,13 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     /// Start time of this node, to make session ids unique across restarts.
     pub(crate) node_epoch: u64,
+    /// The node's drain switch: `drain.start()` begins a graceful shutdown
+    /// (see [`drain`]); `drain.started()` resolves when one begins.
+    pub(crate) drain: Drain,
+    /// Mutes, bans and the banned-words filter, checked by sessions.
+    pub(crate) moderation: Arc<moderation::Moderation>,
+    /// Events for the platform's webhooks; emitting never waits.
+    pub(crate) hooks: webhooks::Hooks,
 }
 
 /// Serves `endpoint` until `shutdown` resolves, with metrics on
@@ -57,13 +73,22 @@ pub async fn run(
         Some(addr) => Some(metrics::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?),
         None => None,
     };
-    serve(config, endpoint, listener, shutdown).await
+    let admin = match config.admin.listen {
+        Some(addr) => {
+            Some(admin::bind(addr).await.with_context(|| format!("binding the admin API on {addr}"))?)
+        }
+        None => None,
+    };
+    serve_with_drain(config, endpoint, listener, admin, Drain::new(), shutdown).await
 }
 
-/// Serves `endpoint`, and `/metrics` on `metrics_listener` if given, until
-/// `shutdown` resolves; then closes every connection with `SERVER_DRAINING`
-/// so clients reconnect elsewhere and resume. It installs the node's QUIC
-/// server configuration ([`endpoint::server_config`], counting resumed handshakes
+/// Serves `endpoint`, and `/metrics`, `/healthz` and `/readyz` on
+/// `metrics_listener` if given, until `shutdown` resolves; then drains (see
+/// [`drain`]): refuses new connections, lets in-flight work settle, closes
+/// every connection with `SERVER_DRAINING` and a retry-after hint so clients
+/// reconnect elsewhere and resume, and returns within
+/// `config.drain.timeout_secs`. It installs the node's QUIC server
+/// configuration ([`endpoint::server_config`], counting resumed handshakes
 /// in the metrics) on `endpoint`, which starts accepting then.
 pub async fn serve(
     config: Config,
@@ -71,45 +96,136 @@ pub async fn serve(
     metrics_listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    serve_with_drain(config, endpoint, metrics_listener, None, Drain::new(), shutdown).await
+}
+
+/// [`serve`] with the admin API ([`admin`]) on `admin_listener` if given,
+/// and a drain switch made by the caller: `drain.start()` drains the node
+/// just as `shutdown` resolving does.
+pub async fn serve_with_drain(
+    config: Config,
+    endpoint: quinn::Endpoint,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    admin_listener: Option<tokio::net::TcpListener>,
+    drain: Drain,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let (server_config, _) = endpoint::server_config(&config, metrics.tls_resumed.clone())?;
+    let node_epoch = roomcast_protocol::unix_ms(SystemTime::now());
+    let (hooks, hook_dispatcher) = webhooks::start(&config.webhooks, &metrics, node_epoch)?;
     let shared = Arc::new(Shared {
         verifier: auth::verifier(&config)?,
-        rooms: room::Rooms::new(config.room.clone(), metrics.clone()),
+        rooms: room::Rooms::new(config.room.clone(), metrics.clone(), hooks.clone()),
         metrics: metrics.clone(),
         next_conn: AtomicU64::new(1),
-        node_epoch: roomcast_protocol::unix_ms(SystemTime::now()),
+        node_epoch,
+        hooks,
+        drain: drain.clone(),
+        moderation: moderation::Moderation::new(&config.moderation),
         config,
     });
+    if let Some(path) = shared.config.moderation.banned_words_file.clone() {
+        let action = shared.config.moderation.banned_words_action;
+        let watch = moderation::watch_words(shared.moderation.clone(), path, action, Duration::from_secs(2));
+        tokio::spawn(watch);
+    }
     // Accept only once everything a session needs is ready: a bad key fails
     // before any client is let in.
     endpoint.set_server_config(Some(server_config));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(());
-    if let Some(listener) = metrics_listener {
+    if let Some(listener) = admin_listener {
+        let state = admin::AdminState::new(
+            &shared.config,
+            shared.rooms.clone(),
+            shared.moderation.clone(),
+            shared.metrics.clone(),
+            drain.clone(),
+        )?;
+        let mut stop_rx = stop_tx.subscribe();
         let stopped = async move {
             let _ = stop_rx.changed().await;
         };
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(listener, metrics, stopped).await {
+            if let Err(e) = admin::serve(listener, state, stopped).await {
+                tracing::warn!(error = %e, "admin API failed");
+            }
+        });
+    }
+    if let Some(listener) = metrics_listener {
+        let stopped = async move {
+            let _ = stop_rx.changed().await;
+        };
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, metrics, drain, stopped).await {
                 tracing::warn!(error = %e, "metrics endpoint failed");
             }
         });
     }
+    let limits = &shared.config.moderation;
+    let gate = gate::Gate::new(limits.max_connections, limits.connections_per_ip_per_sec);
     tokio::pin!(shutdown);
+    let mut shutdown_pending = true;
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
-                Some(incoming) => {
-                    tokio::spawn(connection::serve(Box::new(incoming), shared.clone()));
-                }
+                Some(incoming) => match gate.admit(incoming.remote_address().ip(), Instant::now()) {
+                    Ok(permit) => {
+                        tokio::spawn(connection::serve(Box::new(incoming), shared.clone(), permit));
+                    }
+                    Err(why) => {
+                        shared.metrics.connections_refused(why.as_str());
+                        incoming.refuse();
+                    }
+                },
                 None => break,
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown, if shutdown_pending => {
+                shutdown_pending = false;
+                drain.start();
+            }
+            () = drain.started() => break,
         }
     }
-    info!("shutting down");
+    // Connections that arrive while the node drains are refused at once, so
+    // that clients try their next address instead of timing out here.
+    let refuse = async {
+        while let Some(incoming) = endpoint.accept().await {
+            incoming.refuse();
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        () = drain_node(&shared, &endpoint) => {}
+        () = refuse => {}
+    }
+    // Leaves reported during the drain still reach the platform.
+    hook_dispatcher.shutdown(Duration::from_secs(5)).await;
+    shared.drain.set_drained();
     let _ = stop_tx.send(());
-    endpoint.close(ErrorCode::ServerDraining.to_code().into(), b"server shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
+}
+
+/// Steps 1 to 4 of a drain (see [`drain`]), within `config.drain.timeout_secs`.
+async fn drain_node(shared: &Shared, endpoint: &quinn::Endpoint) {
+    let started = Instant::now();
+    let config = &shared.config.drain;
+    let deadline = started + config.timeout();
+    shared.metrics.draining.set(1);
+    info!(connections = endpoint.open_connections(), "draining");
+    // Settle: every connection gone by itself, or the settle time over.
+    let settled = started + config.settle();
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    while endpoint.open_connections() > 0 && Instant::now() < settled {
+        poll.tick().await;
+    }
+    let left = endpoint.open_connections();
+    let reason = drain::close_reason(config.retry_after());
+    endpoint.close(ErrorCode::ServerDraining.to_code().into(), reason.as_bytes());
+    // The closes must leave before the process does; a little time past the
+    // bound is given only if it is already spent, so they are sent at all.
+    let idle_by = deadline.max(Instant::now() + Duration::from_millis(100));
+    let idle = tokio::time::timeout_at(idle_by, endpoint.wait_idle()).await.is_ok();
+    info!(closed = left, elapsed_ms = started.elapsed().as_millis() as u64, idle, "drained");
 }

@@ -1,4 +1,5 @@
-//! `roomcast-server`: runs a node, or mints a development token.
+//! `roomcast-server`: runs a node, mints a development token, or prints
+//! the effective configuration.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use roomcast_server::config::parse_duration;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// TOML configuration file (defaults < file < flags and environment).
+    /// TOML configuration file (defaults < file < environment < flags).
     #[arg(long, env = "ROOMCAST_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// UDP address to serve QUIC on.
@@ -38,6 +39,12 @@ struct Cli {
     /// HTTP address for /metrics and /healthz (`off` to disable).
     #[arg(long, env = "ROOMCAST_METRICS_LISTEN", global = true)]
     metrics_listen: Option<String>,
+    /// HTTP address of the admin API and dashboard (`off` to disable).
+    #[arg(long, env = "ROOMCAST_ADMIN_LISTEN", global = true)]
+    admin_listen: Option<String>,
+    /// Key the admin API accepts in `X-Api-Key` (and the dashboard as `?key=`).
+    #[arg(long, env = "ROOMCAST_ADMIN_API_KEY", hide_env_values = true, global = true)]
+    admin_api_key: Option<String>,
     /// Heartbeat interval in milliseconds.
     #[arg(long, env = "ROOMCAST_HEARTBEAT_MS", global = true)]
     heartbeat_ms: Option<u64>,
@@ -47,8 +54,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve (the default).
+    /// Serve (the default). SIGTERM or Ctrl-C drains the node: new
+    /// connections are refused, the open ones closed with SERVER_DRAINING
+    /// once in-flight work has settled, within `drain.timeout_secs`.
     Serve,
+    /// The configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Mint a development token signed with the configured HS256 secret.
     Token {
         /// User id (`sub`).
@@ -64,6 +76,13 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Prints the effective configuration (defaults < file < environment <
+    /// flags) as TOML, secrets masked.
+    Print,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -99,6 +118,12 @@ impl Cli {
         if let Some(v) = &self.metrics_listen {
             c.metrics_listen = if v == "off" { None } else { Some(v.parse().context("--metrics-listen")?) };
         }
+        if let Some(v) = &self.admin_listen {
+            c.admin.listen = if v == "off" { None } else { Some(v.parse().context("--admin-listen")?) };
+        }
+        if let Some(v) = &self.admin_api_key {
+            c.admin.api_key = Some(v.clone());
+        }
         if let Some(v) = self.heartbeat_ms {
             c.presence.heartbeat_interval_ms = v;
         }
@@ -117,7 +142,33 @@ async fn main() -> Result<()> {
             println!("{}", roomcast_server::auth::mint_hs256(&secret, &user, &name, role, ttl));
             Ok(())
         }
+        Some(Command::Config(ConfigCommand::Print)) => {
+            print!("{}", config.to_masked_toml().context("printing the configuration")?);
+            Ok(())
+        }
         None | Some(Command::Serve) => serve(config).await,
+    }
+}
+
+/// Resolves on the first SIGTERM (what process supervisors send) or Ctrl-C.
+async fn drain_signal() {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C drains");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: draining"),
+        () = term => tracing::info!("SIGTERM: draining"),
     }
 }
 
@@ -141,8 +192,26 @@ async fn serve(config: Config) -> Result<()> {
     if config.auth.es256_public_key.is_none() {
         println!("development token: roomcast-server token --user alice [--role viewer|host|admin]");
     }
-    roomcast_server::run(config, endpoint, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    roomcast_server::run(config, endpoint, drain_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_secrets_are_masked() {
+        let path = std::env::temp_dir().join(format!("roomcast-config-test-{}.toml", std::process::id()));
+        let file =
+            "listen = \"127.0.0.1:5000\"\n[auth]\nhs256_secret = \"from-file\"\n[drain]\ntimeout_secs = 30\n";
+        std::fs::write(&path, file).unwrap();
+        let args = ["roomcast-server", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:6000"];
+        let config = Cli::try_parse_from(args).unwrap().config().unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(config.listen.port(), 6000, "the flag wins over the file");
+        assert_eq!(config.drain.timeout_secs, 30, "the file wins over the defaults");
+        let text = config.to_masked_toml().unwrap();
+        assert!(!text.contains("from-file"), "{text}");
+        assert!(text.contains("listen = \"127.0.0.1:6000\""), "{text}");
+    }
 }

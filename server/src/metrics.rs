@@ -1,4 +1,6 @@
-//! Prometheus metrics, served over HTTP at `/metrics` (OpenMetrics text).
+//! Prometheus metrics, served over HTTP at `/metrics` (OpenMetrics text),
+//! with `/healthz` (200 while the process lives) and `/readyz` (200 while
+//! serving, 503 once draining).
 //!
 //! Handles are created once and kept; nothing on the hot path looks up a
 //! label. Rooms add their fan-out counts once per command, not per member.
@@ -7,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -17,11 +20,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::drain::Drain;
 use crate::room::FlushStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 /// Every metric the node exports.
@@ -31,6 +40,23 @@ pub struct Metrics {
     pub connections: Gauge,
     pub rooms: Gauge,
     pub sessions_refused: Counter,
+    /// New connections turned away before their handshake, by reason
+    /// (`node_full`, `ip_rate`).
+    refused_connections: Family<ReasonLabel, Counter>,
+    /// Completed QUIC handshakes (full and resumed; resumed ones are also
+    /// counted in `tls_resumed`).
+    pub handshakes: Counter,
+    /// Sessions refused at hello, by error code.
+    session_refusals: Family<ReasonLabel, Counter>,
+    /// Joins into rooms.
+    pub joins: Counter,
+    /// Leaves from rooms, by reason.
+    leaves: Family<ReasonLabel, Counter>,
+    /// Room events made (sequenced and ephemeral), by kind.
+    room_events: Family<KindLabel, Counter>,
+    /// Time from sequencing an event to its writer taking it for a member:
+    /// the batching window, the round's pacing and the outbox together.
+    pub sequenced_to_write: Histogram,
     pub events_sequenced: Counter,
     /// Events queued to subscribers (one per event per subscriber).
     pub deliveries: Counter,
@@ -48,6 +74,8 @@ pub struct Metrics {
     /// Handshakes in which a client presented a resumption ticket the node
     /// could read.
     pub tls_resumed: Counter,
+    /// 1 while the node drains.
+    pub draining: Gauge,
     pub webhooks: WebhookMetrics,
     /// Admin API requests, by method, route and status.
     pub admin_requests: Family<AdminRequestLabels, Counter>,
@@ -119,6 +147,37 @@ impl Metrics {
         registry.register("rooms", "Rooms alive on this node", rooms.clone());
         let sessions_refused = Counter::default();
         registry.register("sessions_refused", "Connections closed during hello", sessions_refused.clone());
+        let handshakes = Counter::default();
+        registry.register("handshakes", "QUIC handshakes completed (full and resumed)", handshakes.clone());
+        let session_refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "session_refusals",
+            "Sessions refused at hello, by error code (reason label)",
+            session_refusals.clone(),
+        );
+        let joins = Counter::default();
+        registry.register("joins", "Joins into rooms", joins.clone());
+        let leaves = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "leaves",
+            "Leaves from rooms, by reason: left, kicked, banned, heartbeat_loss, disconnect, drain",
+            leaves.clone(),
+        );
+        let room_events = Family::<KindLabel, Counter>::default();
+        registry.register("room_events", "Room events made, by kind", room_events.clone());
+        let sequenced_to_write =
+            Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]);
+        registry.register(
+            "sequenced_to_write_seconds",
+            "Time from sequencing a room event to its writer taking it for a member",
+            sequenced_to_write.clone(),
+        );
+        let refused_connections = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "New connections refused before their handshake, by reason",
+            refused_connections.clone(),
+        );
         let events_sequenced = Counter::default();
         registry.register(
             "events_sequenced",
@@ -166,11 +225,25 @@ impl Metrics {
             "Admin API requests by method, route template and HTTP status",
             admin_requests.clone(),
         );
+        let draining = Gauge::default();
+        registry.register(
+            "draining",
+            "1 while the node drains (refusing connections, closing the rest)",
+            draining.clone(),
+        );
         Self {
             registry,
+            draining,
             connections,
             rooms,
             sessions_refused,
+            refused_connections,
+            handshakes,
+            session_refusals,
+            joins,
+            leaves,
+            room_events,
+            sequenced_to_write,
             events_sequenced,
             deliveries,
             pushes,
@@ -188,6 +261,30 @@ impl Metrics {
     }
 
     /// Adds a room's fan-out counts.
+    /// Counts a session refused at hello with `code`.
+    pub fn session_refused(&self, code: roomcast_protocol::ErrorCode) {
+        self.session_refusals.get_or_create(&ReasonLabel { reason: code.name() }).inc();
+    }
+
+    /// Counts a member leaving a room.
+    pub fn left(&self, reason: crate::webhooks::LeaveReason) {
+        self.leaves.get_or_create(&ReasonLabel { reason: reason.as_str() }).inc();
+    }
+
+    /// Adds a room's event counts by kind (see `room::EVENT_KINDS`).
+    pub fn record_events(&self, counts: [u64; crate::room::EVENT_KINDS.len()]) {
+        for (kind, n) in crate::room::EVENT_KINDS.into_iter().zip(counts) {
+            if n > 0 {
+                self.room_events.get_or_create(&KindLabel { kind }).inc_by(n);
+            }
+        }
+    }
+
+    /// Counts a connection refused by the node's gate.
+    pub fn connections_refused(&self, reason: &'static str) {
+        self.refused_connections.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
     pub fn record_flush(&self, s: FlushStats) {
         if s == FlushStats::default() {
             return;
@@ -209,8 +306,8 @@ impl Metrics {
     }
 }
 
-/// `/metrics` and `/healthz`.
-pub fn router(metrics: Arc<Metrics>) -> Router {
+/// `/metrics`, `/healthz` and `/readyz`.
+pub fn router(metrics: Arc<Metrics>, drain: Drain) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -226,15 +323,29 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let draining = drain.is_draining();
+                async move {
+                    if draining {
+                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                    } else {
+                        (StatusCode::OK, "ready\n")
+                    }
+                }
+            }),
+        )
 }
 
 /// Serves the metrics router on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    drain: Drain,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(metrics, drain)).with_graceful_shutdown(shutdown).await
 }
 
 /// Binds the metrics listener.

@@ -14,8 +14,8 @@ use std::time::Duration;
 use roomcast_client::{Client, ClientConfig, Event, Events, Trust};
 use roomcast_protocol::codec::{FrameDecoder, FrameError, encode_frame};
 use roomcast_protocol::{MAX_SERVER_FRAME_BYTES, PROTOCOL_VERSION, v1};
-use roomcast_server::Config;
 use roomcast_server::auth::Role;
+use roomcast_server::{Config, Drain};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -37,6 +37,7 @@ pub struct TestServer {
     pub cert_path: PathBuf,
     pub secret: String,
     dir: PathBuf,
+    drain: Drain,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -86,9 +87,17 @@ impl TestServer {
         let admin = roomcast_server::admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(roomcast_server::serve(config, endpoint, Some(metrics), async {
-            let _ = rx.await;
-        }));
+        let drain = Drain::new();
+        let task = tokio::spawn(roomcast_server::serve_with_drain(
+            config,
+            endpoint,
+            Some(metrics),
+            Some(admin),
+            drain.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         Self {
             addr,
             metrics_addr,
@@ -98,6 +107,7 @@ impl TestServer {
             cert_path: cert.cert_path,
             secret,
             dir,
+            drain,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -138,6 +148,34 @@ impl TestServer {
         s.read_to_string(&mut body).await.unwrap();
         assert!(body.starts_with("HTTP/1.1 200"), "metrics answered: {body}");
         body
+    }
+
+    /// The node's drain switch, as the admin API holds it.
+    pub fn drain(&self) -> Drain {
+        self.drain.clone()
+    }
+
+    /// The status code and body of `GET path` on the metrics endpoint.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut s = tokio::net::TcpStream::connect(self.metrics_addr).await?;
+            let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            s.write_all(request.as_bytes()).await?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).await?;
+            Ok::<_, std::io::Error>(text)
+        };
+        let text = tokio::time::timeout(WAIT, exchange).await.expect("metrics endpoint timed out").unwrap();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("an HTTP status line");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// Waits (at most [`WAIT`]) until the node's `serve` has returned.
+    pub async fn finished(mut self) -> anyhow::Result<()> {
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(WAIT, task).await.expect("the node did not stop in time")?
     }
 
     /// `method path` on the admin API with the node's API key and, if
