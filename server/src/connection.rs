@@ -130,6 +130,8 @@ struct Session {
     present: bool,
     /// Answers still to come from rooms, oldest first (at most `MAX_IN_FLIGHT`).
     pending: VecDeque<(u32, Answer)>,
+    /// The room writers, so a draining session can wait for them to finish.
+    writers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Closes the connection with `code`, after trying to say why on the control
@@ -165,6 +167,13 @@ const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 async fn deliver(send: &mut quinn::SendStream) {
     let _ = send.finish();
     let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
+}
+
+/// Waits for every task in `tasks` to end.
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
 }
 
 fn error_frame(request_id: u32, code: ErrorCode, why: &str) -> Bytes {
@@ -216,7 +225,10 @@ async fn write_room(
             let _ = send.write_chunk(last).await;
         }
         if drained.closed || drained.lagged.is_some() {
+            // Until the client has acknowledged the stream, a close of the
+            // connection (a drain, say) would discard its last events.
             let _ = send.finish();
+            let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
             return;
         }
     }
@@ -316,6 +328,7 @@ impl Session {
             last_heartbeat: Instant::now(),
             present: true,
             pending: VecDeque::new(),
+            writers: Vec::new(),
         })
     }
 
@@ -324,6 +337,7 @@ impl Session {
         presence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let conn = self.conn.clone();
         let mut control_open = true;
+        let mut draining = false;
         loop {
             // Requests already read are handled before more is read, as long
             // as the pipeline has room.
@@ -388,15 +402,39 @@ impl Session {
                     debug!(%reason, "connection closed");
                     break;
                 }
+                () = self.shared.drain.started(), if !draining => {
+                    // The node drains: no new requests; the answers pending
+                    // are written, every room stream gets what its room
+                    // queued and ends, then the connection closes below.
+                    draining = true;
+                    control_open = false;
+                    Box::pin(self.leave_all()).await;
+                }
             }
             if !control_open && self.pending.is_empty() {
-                Box::pin(deliver(&mut self.send)).await;
-                conn.close(0u32.into(), b"bye");
+                if draining {
+                    Box::pin(self.close_draining()).await;
+                } else {
+                    Box::pin(deliver(&mut self.send)).await;
+                    conn.close(0u32.into(), b"bye");
+                }
                 break;
             }
         }
         Box::pin(self.leave_all()).await;
         info!("session ended");
+    }
+
+    /// Closes a draining session once its room streams and its control stream
+    /// are acknowledged (each wait bounded), with `SERVER_DRAINING` and the
+    /// node's retry-after hint, so the client resumes elsewhere without loss.
+    async fn close_draining(&mut self) {
+        let writers = std::mem::take(&mut self.writers);
+        let _ = tokio::time::timeout(CLOSE_LINGER, futures_join(writers)).await;
+        deliver(&mut self.send).await;
+        let reason = crate::drain::close_reason(self.shared.config.drain.retry_after());
+        info!("closing connection: node draining");
+        self.conn.close(ErrorCode::ServerDraining.to_code().into(), reason.as_bytes());
     }
 
     /// Leaves every room as the session ends, telling rooms why.
@@ -520,7 +558,9 @@ impl Session {
             }
         };
         let metrics = self.shared.metrics.clone();
-        tokio::spawn(write_room(stream, feed, self.conn.clone(), room.clone(), metrics).in_current_span());
+        self.writers.retain(|w| !w.is_finished());
+        let writer = write_room(stream, feed, self.conn.clone(), room.clone(), metrics);
+        self.writers.push(tokio::spawn(writer.in_current_span()));
         debug!(room = %room, seq = answer.current_seq, resumed = answer.resumed, "joined");
         self.rooms.insert(room, handle);
         Ok(answer)

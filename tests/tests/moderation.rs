@@ -2,6 +2,8 @@
 //! masked, reloaded from its file without a restart), rooms that must be
 //! opened before viewers join, and the node's connection gate.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use roomcast_client::Event;

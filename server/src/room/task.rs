@@ -125,6 +125,11 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
             let _ = reply.send(Ok(joined));
         }
         Command::Leave { conn, reason } => {
+            if reason == LeaveReason::Drain {
+                // A draining member leaves with everything already sequenced
+                // in its outbox, not waiting for the round.
+                state.flush(now);
+            }
             let user = state.member(conn).map(|i| Box::from(&*i.user_id));
             if state.leave(conn)
                 && let Some(user) = user
