@@ -260,16 +260,7 @@ pub struct JoinOptions {
     pub filter: v1::JoinFilter,
 }
 
-/// Which part of a room's history to fetch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HistoryRange {
-    /// The newest page.
-    Latest,
-    /// Sequence numbers `from..=to`.
-    Seq { from: u64, to: u64 },
-    /// Events whose media timestamp is in `from_ms..=to_ms` (danmaku replay).
-    Media { from_ms: u64, to_ms: u64 },
-}
+pub use roomcast_protocol::HistoryRange;
 
 /// The stream of [`Event`]s of one session.
 #[derive(Debug)]
@@ -425,12 +416,7 @@ impl Client {
         range: HistoryRange,
         limit: u32,
     ) -> Result<v1::History, Error> {
-        use v1::fetch_history::Range;
-        let range = match range {
-            HistoryRange::Latest => None,
-            HistoryRange::Seq { from, to } => Some(Range::Seq(v1::SeqRange { from, to })),
-            HistoryRange::Media { from_ms, to_ms } => Some(Range::Media(v1::MediaRange { from_ms, to_ms })),
-        };
+        let range = range.to_proto();
         let body = v1::client_frame::Body::FetchHistory(v1::FetchHistory { room: room.into(), range, limit });
         match self.request(body).await? {
             v1::server_frame::Body::History(h) => Ok(h),

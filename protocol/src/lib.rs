@@ -15,9 +15,11 @@
 pub mod codec;
 pub mod datagram;
 mod error;
+mod history;
 mod ids;
 
 pub use error::ErrorCode;
+pub use history::HistoryRange;
 pub use ids::{InvalidRoomId, RoomId};
 
 /// Generated protobuf types of `roomcast.v1`.

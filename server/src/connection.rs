@@ -609,13 +609,7 @@ impl Session {
     /// without queueing behind the room's live traffic.
     fn fetch_history(&mut self, f: v1::FetchHistory) -> Result<v1::History, (ErrorCode, String)> {
         let room = RoomId::new(&f.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
-        let range = match f.range {
-            Some(v1::fetch_history::Range::Seq(r)) => HistoryRange::Seq { from: r.from, to: r.to },
-            Some(v1::fetch_history::Range::Media(m)) => {
-                HistoryRange::Media { from_ms: m.from_ms, to_ms: m.to_ms }
-            }
-            None => HistoryRange::Latest,
-        };
+        let range = HistoryRange::from_proto(f.range);
         self.shared
             .rooms
             .history(&room, range, f.limit)

@@ -78,16 +78,7 @@ pub enum UserScope<'a> {
     Node,
 }
 
-/// Which of a room's kept events a history read wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HistoryRange {
-    /// The newest page.
-    Latest,
-    /// Events with `from <= seq <= to`.
-    Seq { from: u64, to: u64 },
-    /// Events whose media timestamp is in `from_ms..=to_ms`.
-    Media { from_ms: u64, to_ms: u64 },
-}
+pub use roomcast_protocol::HistoryRange;
 
 #[derive(Debug)]
 pub struct Rooms {
