@@ -64,6 +64,20 @@ enum Command {
         #[arg(long)]
         media_ts: Option<u64>,
     },
+    /// Send a gift to ROOM and print the outcome and the balance left.
+    /// Credit the user first (`roomcast-server credit`, or the admin API).
+    Gift {
+        room: String,
+        /// A gift id from the node's catalogue (by default rose, heart, rocket).
+        gift: String,
+        /// How many.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Idempotency key; a fresh one by default. Give the same one again
+        /// to see a retry answered without a second charge.
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Recall a message by its id (as printed by `chat`); sender, host or admin.
     Recall { room: String, message_id: String },
     /// Run a load scenario against a server and report what it carried and
@@ -210,6 +224,30 @@ async fn main() -> Result<()> {
             client.closed().await;
             Ok(())
         }
+        Command::Gift { room, gift, count, key } => {
+            client.join(&room).await.context("joining")?;
+            let key = key.unwrap_or_else(roomcast_client::idempotency_key);
+            let ack = client.send_gift(&room, &gift, count, &key).await.context("sending the gift")?;
+            match v1::GiftOutcome::try_from(ack.outcome) {
+                Ok(v1::GiftOutcome::Accepted) => println!(
+                    "accepted: seq {} ({}), combo {} ×{}, balance {}",
+                    ack.seq, ack.message_id, ack.combo_id, ack.combo_count, ack.balance
+                ),
+                Ok(v1::GiftOutcome::InsufficientBalance) => {
+                    println!("refused: insufficient balance ({})", ack.balance)
+                }
+                Ok(v1::GiftOutcome::UnknownGift) => println!("refused: no gift {gift:?} in the catalogue"),
+                Ok(v1::GiftOutcome::RateLimited) => println!("refused: too many gifts, try again shortly"),
+                Ok(v1::GiftOutcome::LedgerUnavailable) => {
+                    println!("refused: the ledger is unavailable; retry with --key {key}")
+                }
+                _ => println!("unknown outcome {}", ack.outcome),
+            }
+            let _ = client.leave(&room).await;
+            client.close();
+            client.closed().await;
+            Ok(())
+        }
         Command::Recall { room, message_id } => {
             client.join(&room).await.context("joining")?;
             let r = client.recall(&room, &message_id).await.context("recalling")?;
@@ -265,6 +303,15 @@ fn format_event(e: &v1::RoomEvent) -> String {
             let state = v1::RoomState::try_from(s.state).map_or("unknown", |s| s.as_str_name());
             format!("{seq} [room {state}] {}", s.reason)
         }
+        Some(Kind::Gift(g)) => format!(
+            "{seq} [gift] {} sent {} ×{} (value {}, combo {} ×{})",
+            sender(e),
+            g.name,
+            g.count,
+            g.value,
+            g.combo_id,
+            g.combo_count
+        ),
         None => format!("{seq} [unknown event]"),
     }
 }

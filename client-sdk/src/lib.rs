@@ -248,6 +248,28 @@ pub struct ChatMessage {
     pub media_ts_ms: Option<u64>,
 }
 
+/// A gift with all its options (see [`Client::send_gift_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct GiftMessage {
+    pub room: String,
+    /// An id from the node's gift catalogue.
+    pub gift_id: String,
+    /// How many, at least 1.
+    pub count: u32,
+    /// Required: make one per send with [`idempotency_key`] and keep it for
+    /// the send's retries, so a retry is never charged twice.
+    pub idempotency_key: String,
+    /// Position on the media timeline, ms.
+    pub media_ts_ms: Option<u64>,
+    /// Empty: the node decides combos. A new value starts a new combo.
+    pub combo_id: String,
+}
+
+/// A fresh idempotency key for a gift: random per process, then a counter.
+pub fn idempotency_key() -> String {
+    requests::fresh_id()
+}
+
 /// How to join a room.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JoinOptions {
@@ -391,6 +413,45 @@ impl Client {
         });
         match self.request(body).await? {
             v1::server_frame::Body::ChatAck(a) => Ok(a),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends a gift: the node charges the sender's balance, then broadcasts
+    /// it as a `Gift` event ([`Event::Message`] with
+    /// `v1::room_event::Kind::Gift`). The ack's `outcome` says whether it was
+    /// accepted (with its `seq` and the new `balance`) or why not. After a
+    /// timeout or a reconnect, send again with the same `idempotency_key`:
+    /// the node answers the first outcome and charges nothing more.
+    pub async fn send_gift(
+        &self,
+        room: &str,
+        gift_id: &str,
+        count: u32,
+        idempotency_key: &str,
+    ) -> Result<v1::GiftAck, Error> {
+        let gift = GiftMessage {
+            room: room.into(),
+            gift_id: gift_id.into(),
+            count,
+            idempotency_key: idempotency_key.into(),
+            ..GiftMessage::default()
+        };
+        self.send_gift_with(gift).await
+    }
+
+    /// Sends a gift with options (a media timestamp, a combo id).
+    pub async fn send_gift_with(&self, gift: GiftMessage) -> Result<v1::GiftAck, Error> {
+        let body = v1::client_frame::Body::SendGift(v1::SendGift {
+            room: gift.room,
+            gift_id: gift.gift_id,
+            count: gift.count,
+            idempotency_key: gift.idempotency_key,
+            media_ts_ms: gift.media_ts_ms,
+            combo_id: gift.combo_id,
+        });
+        match self.request(body).await? {
+            v1::server_frame::Body::GiftAck(a) => Ok(a),
             other => Err(unexpected(other)),
         }
     }

@@ -102,7 +102,7 @@ impl RoomDecoder {
                     self.room = Some(s.room.into());
                     continue;
                 }
-                (Some(Body::Event(e)), Some(_)) => RoomMsg::Event(e),
+                (Some(Body::Event(e)), Some(_)) => RoomMsg::Event(Box::new(e)),
                 (Some(Body::Advance(a)), Some(_)) => RoomMsg::Advance(a.seq),
                 (Some(Body::Lagged(l)), Some(_)) => RoomMsg::Lagged { from: l.from_seq, to: l.to_seq },
                 (Some(Body::Removed(r)), Some(_)) => {
@@ -141,7 +141,7 @@ mod tests {
         // Split mid-frame: the tail waits for the rest.
         let (head, tail) = bytes.split_at(bytes.len() - 2);
         d.extend(head);
-        assert_eq!(d.decode().unwrap(), [RoomMsg::Event(event), RoomMsg::Advance(6)]);
+        assert_eq!(d.decode().unwrap(), [RoomMsg::Event(Box::new(event)), RoomMsg::Advance(6)]);
         assert_eq!(d.room().as_deref(), Some("live"));
         d.extend(tail);
         assert_eq!(d.decode().unwrap(), [RoomMsg::Lagged { from: 7, to: 9 }]);

@@ -30,20 +30,16 @@ const MAX_HELD: usize = 16 * 1024;
 /// A decoded frame from a room stream (after its `RoomStreamStart`).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum RoomMsg {
-    Event(v1::RoomEvent),
+    /// Boxed: an event is several times the size of the other variants, and
+    /// up to `MAX_HELD` of these wait for a join.
+    Event(Box<v1::RoomEvent>),
     /// Filtered-out events up to this sequence number were skipped.
     Advance(u64),
     /// The server could not queue `from..=to` for us; the stream has ended.
-    Lagged {
-        from: u64,
-        to: u64,
-    },
+    Lagged { from: u64, to: u64 },
     /// The server removed us from the room (kicked, banned, room closed);
     /// the stream has ended.
-    Removed {
-        code: Option<ErrorCode>,
-        reason: String,
-    },
+    Removed { code: Option<ErrorCode>, reason: String },
 }
 
 /// What the driver must do, in this order.
@@ -173,7 +169,7 @@ impl RoomTracker {
         }
         match msg {
             RoomMsg::Event(e) => {
-                track.deliver(room, e, &mut self.out);
+                track.deliver(room, *e, &mut self.out);
             }
             RoomMsg::Advance(seq) => track.last_seq = track.last_seq.max(seq),
             RoomMsg::Removed { code, reason } => {
@@ -334,7 +330,7 @@ mod tests {
 
     fn feed(t: &mut RoomTracker, seqs: &[u64]) -> Vec<Output> {
         for s in seqs {
-            t.room_msg(ROOM, RoomMsg::Event(ev(*s)));
+            t.room_msg(ROOM, RoomMsg::Event(Box::new(ev(*s))));
         }
         drain(t)
     }
@@ -357,7 +353,7 @@ mod tests {
         assert_eq!(feed(&mut t, &[1, 2, 2, 1]), [msg(1), msg(2)], "same seq again");
         let mut again = ev(3);
         again.message_id = "m2".into();
-        t.room_msg(ROOM, RoomMsg::Event(again));
+        t.room_msg(ROOM, RoomMsg::Event(Box::new(again)));
         assert_eq!(drain(&mut t), [], "a new seq with a message id already delivered");
         assert_eq!(feed(&mut t, &[4]), [msg(4)], "seq 3 still counts as seen");
     }
@@ -368,7 +364,7 @@ mod tests {
         assert_eq!(feed(&mut t, &[1]), [msg(1)]);
         let mut again = ev(4);
         again.message_id = "m1".into();
-        t.room_msg(ROOM, RoomMsg::Event(again));
+        t.room_msg(ROOM, RoomMsg::Event(Box::new(again)));
         assert_eq!(drain(&mut t), [gap(2, 3)]);
     }
 
@@ -549,7 +545,7 @@ mod tests {
         let mut t = RoomTracker::default();
         t.join_requested(ROOM, 0);
         for s in 1..=MAX_HELD as u64 + 5 {
-            t.room_msg(ROOM, RoomMsg::Event(ev(s)));
+            t.room_msg(ROOM, RoomMsg::Event(Box::new(ev(s))));
         }
         t.room_msg(ROOM, RoomMsg::Lagged { from: 1, to: 20_010 });
         t.joined(ROOM, &joined(0, &[]));

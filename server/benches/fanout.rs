@@ -40,6 +40,7 @@ fn limits() -> RoomLimits {
         chat_budget_per_sec: 0,
         user_chat_per_sec: 0.0,
         entered_per_sec: 0,
+        combo_window: Duration::from_secs(3),
     }
 }
 

@@ -28,6 +28,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub drain: DrainConfig,
     pub webhooks: WebhooksConfig,
+    pub gifts: GiftsConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -133,6 +134,9 @@ pub struct RoomConfig {
     /// viewers can join them; otherwise a viewer's join is refused with
     /// ROOM_CLOSED. Off: joining creates the room.
     pub require_open: bool,
+    /// The same gift from the same user within this many ms of the previous
+    /// send continues its combo (one combo id, a running count).
+    pub gift_combo_window_ms: u64,
 }
 
 /// Mutes, bans and kicks (set through the admin API) and the banned-words
@@ -205,6 +209,52 @@ pub struct WebhooksConfig {
     pub queue_capacity: usize,
     /// Most events in one POST.
     pub batch_max: usize,
+}
+
+/// Gifts: the catalogue, the per-user cap and combos. Balances are kept by
+/// the embedded ledger in `data_dir` (`gift-ledger.jsonl`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GiftsConfig {
+    /// The gifts clients may send (`[[gifts.catalogue]]`). The default is a
+    /// small catalogue for trying the node by hand.
+    pub catalogue: Vec<GiftItem>,
+    /// Gifts per second one user may send (with a burst of one second's
+    /// worth); beyond it a send is answered RATE_LIMITED. 0: no cap.
+    pub per_user_per_sec: f64,
+    /// How long an accepted idempotency key is remembered, in seconds.
+    pub key_ttl_secs: u64,
+}
+
+/// One gift of the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GiftItem {
+    /// What clients send in `SendGift.gift_id`.
+    pub id: String,
+    /// Shown to viewers.
+    pub name: String,
+    /// Price of one, in the ledger's currency units.
+    pub price: u64,
+    /// A display tier for the app (bigger tiers, bigger animations).
+    #[serde(default)]
+    pub tier: u32,
+}
+
+impl Default for GiftsConfig {
+    fn default() -> Self {
+        let item =
+            |id: &str, name: &str, price, tier| GiftItem { id: id.into(), name: name.into(), price, tier };
+        Self {
+            catalogue: vec![
+                item("rose", "Rose", 1, 1),
+                item("heart", "Heart", 10, 1),
+                item("rocket", "Rocket", 500, 3),
+            ],
+            per_user_per_sec: 30.0,
+            key_ttl_secs: 86_400,
+        }
+    }
 }
 
 /// How the node drains (on SIGTERM, Ctrl-C or the admin API; see `drain`).
@@ -286,6 +336,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             drain: DrainConfig::default(),
             webhooks: WebhooksConfig::default(),
+            gifts: GiftsConfig::default(),
         }
     }
 }
@@ -346,6 +397,7 @@ impl Default for RoomConfig {
             user_chat_per_sec: 1.0,
             entered_per_sec: 5,
             require_open: false,
+            gift_combo_window_ms: 3_000,
         }
     }
 }
@@ -500,6 +552,21 @@ mod tests {
         assert_eq!(c.room.viewer_page, 20);
         assert_eq!((c.room.history_len, c.room.history_max_age_secs), (1000, 300));
         assert_eq!((c.room.batch_window_ms, c.room.max_batch_window_ms), (20, 250));
+        assert_eq!((c.gifts.per_user_per_sec, c.room.gift_combo_window_ms), (30.0, 3_000));
+        assert_eq!(c.gifts.key_ttl_secs, 86_400);
+    }
+
+    #[test]
+    fn a_gift_catalogue_replaces_the_default_one() {
+        let toml = "[[gifts.catalogue]]\nid = \"star\"\nname = \"Star\"\nprice = 5\ntier = 2\n\n\
+                    [[gifts.catalogue]]\nid = \"moon\"\nname = \"Moon\"\nprice = 50\n";
+        let c = Config::from_toml(toml).unwrap();
+        let ids: Vec<_> = c.gifts.catalogue.iter().map(|g| (g.id.as_str(), g.price, g.tier)).collect();
+        assert_eq!(ids, [("star", 5, 2), ("moon", 50, 0)]);
+        assert!(
+            Config::from_toml("[[gifts.catalogue]]\nid = \"x\"\nname = \"X\"\n").is_err(),
+            "price is required"
+        );
     }
 
     #[test]

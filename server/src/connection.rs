@@ -22,9 +22,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::Shared;
 use crate::auth::Identity;
 use crate::gate::Permit;
+use crate::gifts::{DebitOutcome, Gifts, MAX_GIFT_COUNT, Receipt};
 use crate::moderation::{SanctionKind, Verdict};
 use crate::room::{
-    ChatRequest, ConnId, Feed, Filter, HistoryRange, JoinRequest, Joined, Reply, Resume, RoomHandle,
+    ChatRequest, ConnId, Feed, Filter, GiftRequest, HistoryRange, JoinRequest, Joined, Reply, Resume,
+    RoomHandle,
 };
 use crate::webhooks::{FlagAction, HookEvent, LeaveReason};
 
@@ -34,8 +36,8 @@ use v1::server_frame::Body as Resp;
 /// The most control-stream bytes taken from QUIC in one read.
 const CONTROL_CHUNK: usize = 64 * 1024;
 
-/// Requests handed to a room whose answers are still to come. Chats and
-/// recalls are pipelined: the session reads the next request while the room
+/// Requests handed to a room whose answers are still to come. Chats,
+/// recalls and gifts are pipelined: the session reads the next request while the room
 /// works, so one sender's rate is not capped at one round trip through a
 /// busy scheduler. At this many the session stops reading the control stream
 /// until the oldest answer arrives.
@@ -485,6 +487,7 @@ impl Session {
             Some(Req::SendChat(c)) => later(self.chat(c).await),
             Some(Req::Recall(r)) => later(self.recall(r).await),
             Some(Req::FetchHistory(f)) => now(self.fetch_history(f).map(Resp::History)),
+            Some(Req::SendGift(g)) => later(self.gift(g)),
         };
         match outcome {
             Outcome::Now(result) => self.answer(rid, result).await,
@@ -651,5 +654,112 @@ impl Session {
             return Err((ErrorCode::Internal, "room unavailable".into()));
         };
         Ok(room_answer(reply, "chat refused", Resp::ChatAck))
+    }
+
+    /// Checks a gift, then answers it later: the charge runs in the answer's
+    /// future (on this session's task, the ledger's sync on the blocking
+    /// pool), and only a charged gift reaches the room. A gift the room
+    /// cannot take after all (the sender left it) is refunded.
+    fn gift(&mut self, g: v1::SendGift) -> Result<Answer, (ErrorCode, String)> {
+        let (room, handle) = self.joined_room(&g.room)?;
+        if g.idempotency_key.is_empty() || g.idempotency_key.len() > MAX_MESSAGE_ID_BYTES {
+            let why = format!("idempotency_key must be 1..={MAX_MESSAGE_ID_BYTES} bytes");
+            return Err((ErrorCode::ProtocolViolation, why));
+        }
+        if g.count == 0 || g.count > MAX_GIFT_COUNT {
+            return Err((ErrorCode::ProtocolViolation, format!("count must be 1..={MAX_GIFT_COUNT}")));
+        }
+        if g.combo_id.len() > MAX_MESSAGE_ID_BYTES {
+            let why = format!("combo_id longer than {MAX_MESSAGE_ID_BYTES} bytes");
+            return Err((ErrorCode::ProtocolViolation, why));
+        }
+        self.touch();
+        let gifts = self.shared.gifts.clone();
+        let metrics = self.shared.metrics.clone();
+        let now_ms = unix_ms(SystemTime::now());
+        let ack = v1::GiftAck { room: room.to_string(), server_time_ms: now_ms, ..Default::default() };
+        let answer = |ack: v1::GiftAck, outcome: v1::GiftOutcome, label: &'static str| -> Answer {
+            metrics.gift(label);
+            let ack = v1::GiftAck { outcome: outcome as i32, ..ack };
+            Box::pin(std::future::ready(Ok(Resp::GiftAck(ack))))
+        };
+        let Some(item) = gifts.item(&g.gift_id).cloned() else {
+            return Ok(answer(ack, v1::GiftOutcome::UnknownGift, "unknown_gift"));
+        };
+        let user = self.identity.user_id.clone();
+        if !gifts.admit(&user, Instant::now()) {
+            return Ok(answer(ack, v1::GiftOutcome::RateLimited, "rate_limited"));
+        }
+        let value = Gifts::value(&item, g.count);
+        let conn = self.id;
+        Ok(Box::pin(async move {
+            let mut ack = ack;
+            let key = g.idempotency_key;
+            let (outcome, label) = match gifts.ledger.debit(&user, value, &key, now_ms).await {
+                Err(e) => {
+                    warn!(error = %e, "gift ledger unavailable");
+                    (v1::GiftOutcome::LedgerUnavailable, "ledger_unavailable")
+                }
+                Ok(DebitOutcome::Insufficient { balance }) => {
+                    ack.balance = balance;
+                    (v1::GiftOutcome::InsufficientBalance, "insufficient_balance")
+                }
+                Ok(DebitOutcome::Repeat { balance, receipt }) => {
+                    let r = receipt.unwrap_or_default();
+                    ack = v1::GiftAck {
+                        balance,
+                        seq: r.seq,
+                        message_id: r.message_id,
+                        combo_id: r.combo_id,
+                        combo_count: r.combo_count,
+                        ..ack
+                    };
+                    (v1::GiftOutcome::Accepted, "repeat")
+                }
+                Ok(DebitOutcome::Charged { balance }) => {
+                    let request = GiftRequest {
+                        gift_id: item.id,
+                        name: item.name,
+                        count: g.count,
+                        value,
+                        combo_id: g.combo_id,
+                        media_ts_ms: g.media_ts_ms,
+                    };
+                    let sequenced = match handle.gift(conn, request).await {
+                        Ok(reply) => reply.await,
+                        Err(code) => Err(code),
+                    };
+                    match sequenced {
+                        Ok(s) => {
+                            let receipt = Receipt {
+                                seq: s.seq,
+                                message_id: s.message_id.clone(),
+                                combo_id: s.combo_id.clone(),
+                                combo_count: s.combo_count,
+                            };
+                            gifts.ledger.settle(&user, &key, receipt).await;
+                            ack = v1::GiftAck {
+                                balance,
+                                seq: s.seq,
+                                message_id: s.message_id,
+                                combo_id: s.combo_id,
+                                combo_count: s.combo_count,
+                                ..ack
+                            };
+                            (v1::GiftOutcome::Accepted, "accepted")
+                        }
+                        Err(code) => {
+                            if let Err(e) = gifts.ledger.refund(&user, &key, now_ms).await {
+                                warn!(error = %e, room = %room, "charged gift not sequenced and not refunded");
+                            }
+                            metrics.gift("refunded");
+                            return Err((code, "gift not sequenced; the charge was refunded".to_string()));
+                        }
+                    }
+                }
+            };
+            metrics.gift(label);
+            Ok(Resp::GiftAck(v1::GiftAck { outcome: outcome as i32, ..ack }))
+        }))
     }
 }

@@ -24,6 +24,7 @@ mod connection;
 pub mod drain;
 pub mod endpoint;
 pub mod gate;
+pub mod gifts;
 pub mod metrics;
 pub mod moderation;
 pub mod room;
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) moderation: Arc<moderation::Moderation>,
     /// Events for the platform's webhooks; emitting never waits.
     pub(crate) hooks: webhooks::Hooks,
+    /// The gift catalogue, the per-user gift cap and the ledger.
+    pub(crate) gifts: Arc<gifts::Gifts>,
 }
 
 /// Serves `endpoint` until `shutdown` resolves, with metrics on
@@ -113,6 +116,9 @@ pub async fn serve_with_drain(
     let metrics = Arc::new(metrics::Metrics::new());
     let (server_config, _) = endpoint::server_config(&config, metrics.tls_resumed.clone())?;
     let node_epoch = roomcast_protocol::unix_ms(SystemTime::now());
+    let gifts = gifts::Gifts::open(&config.gifts, &config.data_dir, node_epoch)
+        .with_context(|| format!("opening the gift ledger in {}", config.data_dir.display()))?;
+    let gifts = Arc::new(gifts);
     let (hooks, hook_dispatcher) = webhooks::start(&config.webhooks, &metrics, node_epoch)?;
     let shared = Arc::new(Shared {
         verifier: auth::verifier(&config)?,
@@ -123,6 +129,7 @@ pub async fn serve_with_drain(
         hooks,
         drain: drain.clone(),
         moderation: moderation::Moderation::new(&config.moderation),
+        gifts,
         config,
     });
     if let Some(path) = shared.config.moderation.banned_words_file.clone() {
@@ -141,6 +148,7 @@ pub async fn serve_with_drain(
             shared.moderation.clone(),
             shared.metrics.clone(),
             drain.clone(),
+            shared.gifts.clone(),
         )?;
         let mut stop_rx = stop_tx.subscribe();
         let stopped = async move {

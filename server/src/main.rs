@@ -76,6 +76,19 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
     },
+    /// Credit a user's gift balance in the embedded ledger's journal
+    /// (`gift-ledger.jsonl` in the data directory). Only while the node is
+    /// stopped: a running node keeps balances in memory and would not see
+    /// it. With the node running, use the admin API
+    /// (`POST /v1/users/{user}/credit`).
+    Credit {
+        /// User id (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// Currency units to add.
+        #[arg(long)]
+        amount: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -140,6 +153,16 @@ async fn main() -> Result<()> {
         Some(Command::Token { user, role, name, ttl }) => {
             let secret = roomcast_server::auth::hs256_secret(&config)?;
             println!("{}", roomcast_server::auth::mint_hs256(&secret, &user, &name, role, ttl));
+            Ok(())
+        }
+        Some(Command::Credit { user, amount }) => {
+            anyhow::ensure!(amount > 0, "--amount must be at least 1");
+            let now = roomcast_protocol::unix_ms(std::time::SystemTime::now());
+            let ttl = Duration::from_secs(config.gifts.key_ttl_secs);
+            let ledger = roomcast_server::gifts::EmbeddedLedger::open(&config.data_dir, ttl, now)
+                .with_context(|| format!("opening the gift ledger in {}", config.data_dir.display()))?;
+            let balance = ledger.credit(&user, amount, now).context("crediting")?;
+            println!("{user}: balance {balance} ({})", ledger.path().display());
             Ok(())
         }
         Some(Command::Config(ConfigCommand::Print)) => {

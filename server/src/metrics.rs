@@ -67,6 +67,8 @@ pub struct Metrics {
     pub drop_lagged: Counter,
     pub chat_sampled: Counter,
     pub chat_rate_limited: Counter,
+    /// Gift sends answered, by outcome.
+    gifts: Family<ReasonLabel, Counter>,
     pub subscribers_lagged: Counter,
     /// How long room events wait in a member's outbox for its writer: the
     /// node's own queueing after fan-out, before QUIC takes the bytes.
@@ -197,6 +199,12 @@ impl Metrics {
         registry.register("chat_refused", "Chat messages not broadcast, by reason", chat.clone());
         let chat_sampled = chat.get_or_create(&ReasonLabel { reason: "sampled" }).clone();
         let chat_rate_limited = chat.get_or_create(&ReasonLabel { reason: "rate_limited" }).clone();
+        let gifts = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "gifts",
+            "Gift sends answered, by outcome (repeat: an idempotency key seen before)",
+            gifts.clone(),
+        );
         let subscribers_lagged = Counter::default();
         registry.register(
             "subscribers_lagged",
@@ -252,6 +260,7 @@ impl Metrics {
             drop_lagged,
             chat_sampled,
             chat_rate_limited,
+            gifts,
             subscribers_lagged,
             outbox_wait,
             tls_resumed,
@@ -264,6 +273,13 @@ impl Metrics {
     /// Counts a session refused at hello with `code`.
     pub fn session_refused(&self, code: roomcast_protocol::ErrorCode) {
         self.session_refusals.get_or_create(&ReasonLabel { reason: code.name() }).inc();
+    }
+
+    /// Counts a gift send's answer: `accepted`, `repeat`,
+    /// `insufficient_balance`, `unknown_gift`, `rate_limited`,
+    /// `ledger_unavailable` or `refunded`.
+    pub fn gift(&self, outcome: &'static str) {
+        self.gifts.get_or_create(&ReasonLabel { reason: outcome }).inc();
     }
 
     /// Counts a member leaving a room.

@@ -44,7 +44,7 @@ pub struct ErrorDetail {
     /// but wrong fields or values), `INVALID_ROOM`, `MESSAGE_TOO_LONG`,
     /// `NOT_FOUND`, `METHOD_NOT_ALLOWED`, `ROOM_CLOSED`, `PAYLOAD_TOO_LARGE`,
     /// `UNSUPPORTED_MEDIA_TYPE`, `MESSAGE_REFUSED`, `RATE_LIMITED`,
-    /// `SERVER_DRAINING`, `INTERNAL`.
+    /// `SERVER_DRAINING`, `LEDGER_UNAVAILABLE`, `INTERNAL`.
     pub code: String,
     pub message: String,
 }

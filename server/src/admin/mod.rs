@@ -30,6 +30,7 @@ pub mod node;
 pub mod openapi;
 pub mod rooms;
 pub mod sanctions;
+pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -66,6 +67,8 @@ pub struct AdminState {
     pub max_message_bytes: usize,
     /// Largest request body (`admin.max_body_bytes`).
     pub max_body_bytes: usize,
+    /// The gift ledger, for crediting users.
+    pub gifts: Arc<crate::gifts::Gifts>,
 }
 
 impl AdminState {
@@ -77,6 +80,7 @@ impl AdminState {
         moderation: Arc<Moderation>,
         metrics: Arc<Metrics>,
         drain: Drain,
+        gifts: Arc<crate::gifts::Gifts>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             rooms,
@@ -87,6 +91,7 @@ impl AdminState {
             drain,
             max_message_bytes: config.limits.max_message_bytes as usize,
             max_body_bytes: config.admin.max_body_bytes,
+            gifts,
         })
     }
 }
@@ -110,6 +115,7 @@ fn routes() -> (OpenApiRouter<AdminState>, OpenApiRouter<AdminState>) {
         .routes(routes!(sanctions::mute_on_node, sanctions::unmute_on_node))
         .routes(routes!(sanctions::ban_on_node, sanctions::unban_on_node))
         .routes(routes!(sanctions::kick_from_node))
+        .routes(routes!(users::credit))
         .routes(routes!(node::drain));
     let public = OpenApiRouter::new().routes(routes!(openapi::document));
     (protected, public)

@@ -24,7 +24,7 @@ pub struct Document(pub Bytes);
     info(
         title = "roomcast admin API",
         description = "Acts on one roomcast node's rooms: publish, recall, room state and history, \
-                       moderation, opening and closing rooms, draining the node. Authenticate with an \
+                       moderation, opening and closing rooms, crediting gift balances, draining the node. Authenticate with an \
                        admin JWT (`Authorization: Bearer`, signed by the connection-token key, role \
                        `admin`) or the node's API key (`X-Api-Key`). Errors are \
                        `{\"error\": {\"code\", \"message\"}}` with a stable code."
@@ -35,6 +35,7 @@ pub struct Document(pub Bytes);
         (name = "rooms", description = "Rooms on this node: list, state, history, open and close"),
         (name = "messages", description = "Publishing into a room and recalling"),
         (name = "moderation", description = "Mutes, bans and kicks, in a room or on the whole node"),
+        (name = "gifts", description = "Users' gift balances"),
         (name = "node", description = "The node itself"),
         (name = "meta", description = "This document"),
     )

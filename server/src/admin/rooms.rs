@@ -242,6 +242,15 @@ pub enum EventBody {
     UserEntered {
         user: Option<User>,
     },
+    /// A gift (the sender is the event's `sender`); `value` is price × count.
+    Gift {
+        gift_id: String,
+        name: String,
+        count: u32,
+        value: u64,
+        combo_id: String,
+        combo_count: u32,
+    },
     /// A kind this API does not know yet.
     Unknown,
 }
@@ -279,6 +288,14 @@ impl From<&v1::RoomEvent> for Event {
                 reason: s.reason.clone(),
             },
             Some(Kind::UserEntered(u)) => EventBody::UserEntered { user: u.user.as_ref().map(User::from) },
+            Some(Kind::Gift(g)) => EventBody::Gift {
+                gift_id: g.gift_id.clone(),
+                name: g.name.clone(),
+                count: g.count,
+                value: g.value,
+                combo_id: g.combo_id.clone(),
+                combo_count: g.combo_count,
+            },
             None => EventBody::Unknown,
         };
         Self {

@@ -10,7 +10,7 @@ use roomcast_protocol::{ErrorCode, v1};
 use tokio::sync::{mpsc, oneshot};
 
 use super::feed::Feed;
-use super::state::{AdminMessage, ChatRequest, ConnId, Filter, Resume, RoomInfo};
+use super::state::{AdminMessage, ChatRequest, ConnId, Filter, GiftRequest, GiftSequenced, Resume, RoomInfo};
 use crate::auth::Identity;
 use crate::webhooks::LeaveReason;
 
@@ -40,6 +40,12 @@ pub(super) enum Command {
         conn: ConnId,
         message_id: String,
         reply: oneshot::Sender<Result<v1::Recalled, ErrorCode>>,
+    },
+    /// A gift already charged: the room only sequences it.
+    Gift {
+        conn: ConnId,
+        gift: GiftRequest,
+        reply: oneshot::Sender<Result<GiftSequenced, ErrorCode>>,
     },
     // From the platform.
     AdminPublish {
@@ -127,6 +133,12 @@ impl RoomHandle {
     /// Asks the room to recall a message, and returns its answer to come.
     pub async fn recall(&self, conn: ConnId, message_id: String) -> Result<Reply<v1::Recalled>, ErrorCode> {
         self.ask(|reply| Command::Recall { conn, message_id, reply }).await
+    }
+
+    /// Hands a charged gift to the room to sequence, and returns its answer
+    /// to come.
+    pub async fn gift(&self, conn: ConnId, gift: GiftRequest) -> Result<Reply<GiftSequenced>, ErrorCode> {
+        self.ask(|reply| Command::Gift { conn, gift, reply }).await
     }
 
     async fn ask<T>(

@@ -13,7 +13,9 @@ use super::fanout::Shed;
 /// The priority the server gives each kind of event.
 pub(crate) fn priority(kind: &Kind) -> v1::Priority {
     match kind {
-        Kind::Chat(_) | Kind::HostMessage(_) | Kind::Recall(_) => v1::Priority::High,
+        // Gifts are money: never sampled by the chat budget and, being High
+        // and sequenced, never shed (an outbox lags before it drops one).
+        Kind::Chat(_) | Kind::HostMessage(_) | Kind::Recall(_) | Kind::Gift(_) => v1::Priority::High,
         Kind::SystemNotice(_) | Kind::RoomStatus(_) => v1::Priority::Normal,
         Kind::UserEntered(_) => v1::Priority::Low,
     }
@@ -22,17 +24,22 @@ pub(crate) fn priority(kind: &Kind) -> v1::Priority {
 /// Whether a host-only member receives this kind.
 pub(crate) fn host_visible(kind: &Kind) -> bool {
     match kind {
-        Kind::HostMessage(_) | Kind::SystemNotice(_) | Kind::Recall(_) | Kind::RoomStatus(_) => true,
+        // A host-only view (the host's own screen) still shows who paid.
+        Kind::HostMessage(_)
+        | Kind::SystemNotice(_)
+        | Kind::Recall(_)
+        | Kind::RoomStatus(_)
+        | Kind::Gift(_) => true,
         Kind::Chat(_) | Kind::UserEntered(_) => false,
     }
 }
 
 /// Every kind's name, for metrics, in the order of [`index`].
 pub(crate) const NAMES: [&str; KINDS] =
-    ["chat", "host_message", "system_notice", "user_entered", "recall", "room_status"];
+    ["chat", "host_message", "system_notice", "user_entered", "recall", "room_status", "gift"];
 
 /// How many kinds there are.
-pub(crate) const KINDS: usize = 6;
+pub(crate) const KINDS: usize = 7;
 
 /// A kind's place in [`NAMES`].
 pub(crate) fn index(kind: &Kind) -> usize {
@@ -43,6 +50,7 @@ pub(crate) fn index(kind: &Kind) -> usize {
         Kind::UserEntered(_) => 3,
         Kind::Recall(_) => 4,
         Kind::RoomStatus(_) => 5,
+        Kind::Gift(_) => 6,
     }
 }
 

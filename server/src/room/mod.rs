@@ -4,7 +4,7 @@
 //! * [`Rooms`] is the node's registry: it creates a room on its first join
 //!   and drops it once it has been empty for a while.
 //! * [`RoomHandle`] is a connection's way into a joined room: leave,
-//!   presence, publish, recall. Each call is a command to the room's task;
+//!   presence, publish, recall, gift. Each call is a command to the room's task;
 //!   answers come back as a [`Reply`], so a session can keep several in
 //!   flight.
 //! * [`Feed`] is a member's receiving end: the frames its room stream
@@ -35,7 +35,8 @@ pub use feed::Feed;
 pub use handle::{JoinRequest, Joined, Reply, RoomHandle};
 pub use registry::{HistoryRange, Lifecycle, RoomSummary, Rooms, UserScope};
 pub use state::{
-    AdminKind, AdminMessage, ChatRequest, ConnId, EVENT_KINDS, Filter, FlushStats, Resume, RoomInfo,
+    AdminKind, AdminMessage, ChatRequest, ConnId, EVENT_KINDS, Filter, FlushStats, GiftRequest,
+    GiftSequenced, Resume, RoomInfo,
 };
 
 /// The room's parts, for the fan-out benchmarks (`benches/fanout.rs`), which

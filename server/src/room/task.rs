@@ -28,6 +28,7 @@ fn limits(c: &RoomConfig) -> RoomLimits {
         chat_budget_per_sec: c.chat_budget_per_sec,
         user_chat_per_sec: c.user_chat_per_sec,
         entered_per_sec: c.entered_per_sec,
+        combo_window: Duration::from_millis(c.gift_combo_window_ms),
     }
 }
 
@@ -159,6 +160,13 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
         }
         Command::Recall { conn, message_id, reply } => {
             let result = state.recall(conn, &message_id, now, now_ms);
+            if result.is_ok() {
+                metrics.events_sequenced.inc();
+            }
+            let _ = reply.send(result);
+        }
+        Command::Gift { conn, gift, reply } => {
+            let result = state.gift(conn, gift, now, now_ms);
             if result.is_ok() {
                 metrics.events_sequenced.inc();
             }

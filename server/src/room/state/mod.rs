@@ -10,6 +10,7 @@
 //!   log of encoded events waiting for members;
 //! * `rounds`: how the log reaches members, paced over the batching window;
 //! * `online`: online-count pacing;
+//! * `gifts`: charged gifts, sequenced with their running combos;
 //! * `platform`: commands from the platform (publish, recall, remove a
 //!   user, close, figures).
 //!
@@ -23,6 +24,7 @@
 //! and without holes. If its outbox overflows, it is told so explicitly.
 
 mod admission;
+mod gifts;
 mod log;
 mod online;
 mod platform;
@@ -46,6 +48,7 @@ use online::OnlinePacer;
 use roster::{Roster, Subscriber};
 use rounds::Rounds;
 
+pub use gifts::{GiftRequest, GiftSequenced};
 pub use platform::{AdminKind, AdminMessage, RoomInfo};
 pub use rounds::FlushStats;
 
@@ -72,6 +75,9 @@ pub struct RoomLimits {
     pub user_chat_per_sec: f64,
     /// "User entered" events per second the room broadcasts. 0: none.
     pub entered_per_sec: u32,
+    /// The same gift from the same user within this of the previous send
+    /// continues its combo.
+    pub combo_window: Duration,
 }
 
 /// Which events a member receives.
@@ -130,6 +136,7 @@ pub struct RoomState {
     admission: Admission,
     online: OnlinePacer,
     rounds: Rounds,
+    combos: gifts::Combos,
     /// Fan-out counts since the last `take_stats`.
     stats: FlushStats,
 }
@@ -144,6 +151,7 @@ impl RoomState {
             limits,
             online: OnlinePacer::default(),
             rounds: Rounds::default(),
+            combos: gifts::Combos::default(),
             stats: FlushStats::default(),
         }
     }

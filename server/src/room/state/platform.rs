@@ -186,6 +186,7 @@ mod tests {
             chat_budget_per_sec: 1,
             user_chat_per_sec: 1.0,
             entered_per_sec: 0,
+            combo_window: Duration::from_secs(3),
         };
         RoomState::new(RoomId::new("r").unwrap(), 7, limits, HistoryLog::new(100, Duration::from_secs(60)))
     }

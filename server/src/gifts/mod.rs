@@ -1,0 +1,166 @@
+//! Gifts: the catalogue, the per-user gift cap, and the ledger that charges
+//! them ([`ledger`]).
+//!
+//! A gift's path: the session checks the request and the cap here
+//! ([`Gifts::admit`]), charges the sender through the [`Ledger`] on its own
+//! task (never the room's), and only once charged hands the gift to the
+//! room, which sequences it as a High event and keeps the combos. A repeat
+//! of an accepted idempotency key is answered from the ledger without
+//! reaching the room.
+
+pub mod ledger;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{GiftItem, GiftsConfig};
+pub use ledger::{DebitOutcome, EmbeddedLedger, Ledger, LedgerError, Receipt};
+
+/// Most gifts of one kind in one send.
+pub const MAX_GIFT_COUNT: u32 = 10_000;
+
+/// Highest price a catalogue entry may have, so that price × count always
+/// fits a balance.
+pub const MAX_PRICE: u64 = u64::MAX / MAX_GIFT_COUNT as u64;
+
+/// Most users whose gift rate is tracked at once; beyond it, buckets that
+/// have refilled are forgotten (a full bucket is the same as none).
+const MAX_TRACKED_SENDERS: usize = 100_000;
+
+/// The node's gift service. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Gifts {
+    catalogue: HashMap<String, GiftItem>,
+    pub ledger: Ledger,
+    per_user_per_sec: f64,
+    /// Gift senders' token buckets. A `std::sync::Mutex`: the critical
+    /// section is a map lookup and a subtraction, and nothing awaits in it.
+    rates: Mutex<HashMap<Box<str>, Bucket>>,
+}
+
+impl Gifts {
+    /// The gift service of a node: the catalogue from `config`, the embedded
+    /// ledger journaled in `data_dir`.
+    pub fn open(config: &GiftsConfig, data_dir: &std::path::Path, now_ms: u64) -> anyhow::Result<Self> {
+        let ledger = EmbeddedLedger::open(data_dir, Duration::from_secs(config.key_ttl_secs), now_ms)?;
+        Self::new(config, Ledger::Embedded(Arc::new(ledger)))
+    }
+
+    /// The gift service over `ledger`. Refuses a catalogue with a price
+    /// above [`MAX_PRICE`] or an id given twice.
+    pub fn new(config: &GiftsConfig, ledger: Ledger) -> anyhow::Result<Self> {
+        let mut ids = std::collections::HashSet::new();
+        for g in &config.catalogue {
+            anyhow::ensure!(g.price <= MAX_PRICE, "gift {:?}: price above {MAX_PRICE}", g.id);
+            anyhow::ensure!(ids.insert(g.id.as_str()), "gift {:?} is in the catalogue twice", g.id);
+        }
+        Ok(Self {
+            catalogue: config.catalogue.iter().map(|g| (g.id.clone(), g.clone())).collect(),
+            ledger,
+            per_user_per_sec: config.per_user_per_sec,
+            rates: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The price of `count` of `item`; [`Gifts::new`] bounds prices so that
+    /// it cannot overflow for a count up to [`MAX_GIFT_COUNT`].
+    pub fn value(item: &GiftItem, count: u32) -> u64 {
+        item.price.saturating_mul(u64::from(count.min(MAX_GIFT_COUNT)))
+    }
+
+    /// The catalogue entry for `id`.
+    pub fn item(&self, id: &str) -> Option<&GiftItem> {
+        self.catalogue.get(id)
+    }
+
+    /// Takes one send from `user`'s gift cap; false: over the cap.
+    pub fn admit(&self, user: &str, now: Instant) -> bool {
+        if self.per_user_per_sec <= 0.0 {
+            return true;
+        }
+        let mut rates = self.rates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rates.len() >= MAX_TRACKED_SENDERS {
+            rates.retain(|_, b| !b.full(now));
+        }
+        if rates.len() >= MAX_TRACKED_SENDERS && !rates.contains_key(user) {
+            // Every tracked sender is mid-burst: refuse newcomers rather
+            // than grow without bound.
+            return false;
+        }
+        rates.entry(user.into()).or_insert_with(|| Bucket::new(self.per_user_per_sec)).take(now)
+    }
+}
+
+/// A token bucket with a burst of one second's worth.
+#[derive(Debug, Clone)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+    fresh: bool,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Self {
+        Self { rate, tokens: rate.max(1.0), last: Instant::now(), fresh: true }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if !self.fresh {
+            let dt = now.saturating_duration_since(self.last).as_secs_f64();
+            self.tokens = (self.tokens + dt * self.rate).min(self.rate.max(1.0));
+        }
+        self.fresh = false;
+        self.last = now;
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn full(&self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + dt * self.rate >= self.rate.max(1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gift_cap_refuses_beyond_its_rate_and_refills() {
+        let config = GiftsConfig { per_user_per_sec: 30.0, ..GiftsConfig::default() };
+        let dir = std::env::temp_dir().join(format!("roomcast-gifts-cap-{}", std::process::id()));
+        let gifts = Gifts::open(&config, &dir, 0).unwrap();
+        let now = Instant::now();
+        assert_eq!((0..40).filter(|_| gifts.admit("u", now)).count(), 30);
+        assert!(gifts.admit("v", now), "the cap is per user");
+        assert_eq!((0..40).filter(|_| gifts.admit("u", now + Duration::from_millis(100))).count(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_catalogue_with_a_price_that_could_overflow_or_a_repeated_id_is_refused() {
+        let dir = std::env::temp_dir().join(format!("roomcast-gifts-catalogue-{}", std::process::id()));
+        let item = |id: &str, price| GiftItem { id: id.into(), name: id.into(), price, tier: 0 };
+        let huge = GiftsConfig { catalogue: vec![item("gold", MAX_PRICE + 1)], ..GiftsConfig::default() };
+        assert!(Gifts::open(&huge, &dir, 0).is_err());
+        let twice = GiftsConfig { catalogue: vec![item("a", 1), item("a", 2)], ..GiftsConfig::default() };
+        assert!(Gifts::open(&twice, &dir, 0).is_err());
+        let top = GiftsConfig { catalogue: vec![item("gold", MAX_PRICE)], ..GiftsConfig::default() };
+        let gifts = Gifts::open(&top, &dir, 0).unwrap();
+        let gold = gifts.item("gold").unwrap();
+        assert_eq!(Gifts::value(gold, MAX_GIFT_COUNT), MAX_PRICE * u64::from(MAX_GIFT_COUNT));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
