@@ -1,0 +1,257 @@
+//! The session's request handlers: joins and leaves, chat, recalls,
+//! gifts and history reads.
+
+use super::writer::write_room;
+use super::*;
+
+impl Session {
+    pub(super) async fn join(&mut self, j: v1::Join) -> Result<v1::Joined, (ErrorCode, String)> {
+        let room = RoomId::new(&j.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
+        self.touch();
+        // A refused join changes nothing: a rejoin leaves the room only once
+        // the request is known to be good.
+        let filter = match v1::JoinFilter::try_from(j.filter) {
+            Ok(v1::JoinFilter::All) => Filter::All,
+            Ok(v1::JoinFilter::HostOnly) => Filter::HostOnly,
+            Err(_) => {
+                return Err((ErrorCode::ProtocolViolation, format!("unknown join filter {}", j.filter)));
+            }
+        };
+        if self.rooms.contains_key(&room) {
+            self.leave_room(&room).await;
+        }
+        let max = self.shared.config.limits.max_rooms_per_conn as usize;
+        if self.rooms.len() >= max {
+            return Err((ErrorCode::TooManyRooms, format!("at most {max} rooms per connection")));
+        }
+        let resume = j.last_seq.map(|last_seq| Resume { last_seq, epoch: j.epoch });
+        let now_ms = unix_ms(SystemTime::now());
+        if self.shared.moderation.applies(&room, &self.identity.user_id, SanctionKind::Ban, now_ms) {
+            return Err((ErrorCode::Banned, format!("banned from room {room}")));
+        }
+        let request = JoinRequest { conn: self.id, identity: self.identity.clone(), resume, filter };
+        let Joined { answer, handle, feed } = self
+            .shared
+            .rooms
+            .join(&room, request)
+            .await
+            .map_err(|code| (code, "room unavailable".to_string()))?;
+        // The stream's start frame is written here, before the answer, so
+        // that both (and the first events) usually leave in one packet.
+        let start = encode_frame(&v1::RoomFrame {
+            body: Some(v1::room_frame::Body::Start(v1::RoomStreamStart { room: room.to_string() })),
+        });
+        let stream = match self.conn.open_uni().await {
+            Ok(mut s) => s.write_all(&start).await.map(|()| s).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                handle.leave(self.id, LeaveReason::Disconnect).await;
+                return Err((ErrorCode::Internal, format!("cannot open room stream: {e}")));
+            }
+        };
+        let metrics = self.shared.metrics.clone();
+        self.writers.retain(|w| !w.is_finished());
+        let writer = write_room(stream, feed, self.conn.clone(), room.clone(), metrics);
+        self.writers.push(tokio::spawn(writer.in_current_span()));
+        debug!(room = %room, seq = answer.current_seq, resumed = answer.resumed, "joined");
+        self.rooms.insert(room, handle);
+        Ok(answer)
+    }
+
+    pub(super) async fn leave_room(&mut self, room: &RoomId) -> bool {
+        match self.rooms.remove(room) {
+            Some(handle) => {
+                handle.leave(self.id, LeaveReason::Left).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) async fn leave(&mut self, room: &str) -> Result<(), (ErrorCode, String)> {
+        let room = RoomId::new(room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
+        if self.leave_room(&room).await {
+            Ok(())
+        } else {
+            Err((ErrorCode::NotJoined, format!("not in room {room}")))
+        }
+    }
+
+    pub(super) fn joined_room(&self, room: &str) -> Result<(RoomId, RoomHandle), (ErrorCode, String)> {
+        let room = RoomId::new(room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
+        match self.rooms.get(&room) {
+            Some(handle) => Ok((room, handle.clone())),
+            None => Err((ErrorCode::NotJoined, format!("not in room {room}"))),
+        }
+    }
+
+    pub(super) async fn recall(&mut self, r: v1::Recall) -> Result<Answer, (ErrorCode, String)> {
+        let (room, handle) = self.joined_room(&r.room)?;
+        if r.message_id.is_empty() || r.message_id.len() > MAX_MESSAGE_ID_BYTES {
+            return Err((ErrorCode::NotFound, "no such message".into()));
+        }
+        let Ok(reply) = handle.recall(self.id, r.message_id).await else {
+            warn!(room = %room, "room task gone while joined");
+            return Err((ErrorCode::Internal, "room unavailable".into()));
+        };
+        Ok(room_answer(reply, "recall refused", Resp::Recalled))
+    }
+
+    /// Reads history straight from the room's log, without joining and
+    /// without queueing behind the room's live traffic.
+    pub(super) fn fetch_history(&mut self, f: v1::FetchHistory) -> Result<v1::History, (ErrorCode, String)> {
+        let room = RoomId::new(&f.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
+        let range = HistoryRange::from_proto(f.range);
+        self.shared
+            .rooms
+            .history(&room, range, f.limit)
+            .map_err(|code| (code, format!("room {room} is not live here")))
+    }
+
+    pub(super) async fn chat(&mut self, c: v1::SendChat) -> Result<Answer, (ErrorCode, String)> {
+        let (room, handle) = self.joined_room(&c.room)?;
+        let max = self.shared.config.limits.max_message_bytes as usize;
+        if c.text.is_empty() || c.text.len() > max {
+            return Err((ErrorCode::MessageTooLong, format!("text must be 1..={max} bytes")));
+        }
+        if c.client_msg_id.len() > MAX_MESSAGE_ID_BYTES {
+            let why = format!("client_msg_id longer than {MAX_MESSAGE_ID_BYTES} bytes");
+            return Err((ErrorCode::ProtocolViolation, why));
+        }
+        self.touch();
+        let moderation = &self.shared.moderation;
+        if moderation.applies(&room, &self.identity.user_id, SanctionKind::Mute, unix_ms(SystemTime::now())) {
+            return Err((ErrorCode::Muted, format!("muted in room {room}")));
+        }
+        let (text, flagged) = match moderation.words().check(&c.text) {
+            Verdict::Clean => (c.text, None),
+            Verdict::Masked(masked) => (masked, Some(FlagAction::Masked)),
+            Verdict::Refused(_) => (c.text, Some(FlagAction::Refused)),
+        };
+        if let Some(action) = flagged {
+            let user = Box::from(&*self.identity.user_id);
+            let flagged =
+                HookEvent::MessageFlagged { room: room.clone(), user, text: text.as_str().into(), action };
+            self.shared.hooks.emit(flagged);
+            if action == FlagAction::Refused {
+                return Err((ErrorCode::MessageRefused, "the message has a banned word".into()));
+            }
+        }
+        let chat = ChatRequest { text, client_msg_id: c.client_msg_id, media_ts_ms: c.media_ts_ms };
+        let Ok(reply) = handle.publish(self.id, chat).await else {
+            warn!(room = %room, "room task gone while joined");
+            return Err((ErrorCode::Internal, "room unavailable".into()));
+        };
+        Ok(room_answer(reply, "chat refused", Resp::ChatAck))
+    }
+
+    /// Checks a gift, then answers it later: the charge runs in the answer's
+    /// future (on this session's task, the ledger's sync on the blocking
+    /// pool), and only a charged gift reaches the room. A gift the room
+    /// cannot take after all (the sender left it) is refunded.
+    pub(super) fn gift(&mut self, g: v1::SendGift) -> Result<Answer, (ErrorCode, String)> {
+        let (room, handle) = self.joined_room(&g.room)?;
+        if g.idempotency_key.is_empty() || g.idempotency_key.len() > MAX_MESSAGE_ID_BYTES {
+            let why = format!("idempotency_key must be 1..={MAX_MESSAGE_ID_BYTES} bytes");
+            return Err((ErrorCode::ProtocolViolation, why));
+        }
+        if g.count == 0 || g.count > MAX_GIFT_COUNT {
+            return Err((ErrorCode::ProtocolViolation, format!("count must be 1..={MAX_GIFT_COUNT}")));
+        }
+        if g.combo_id.len() > MAX_MESSAGE_ID_BYTES {
+            let why = format!("combo_id longer than {MAX_MESSAGE_ID_BYTES} bytes");
+            return Err((ErrorCode::ProtocolViolation, why));
+        }
+        self.touch();
+        let gifts = self.shared.gifts.clone();
+        let metrics = self.shared.metrics.clone();
+        let now_ms = unix_ms(SystemTime::now());
+        let ack = v1::GiftAck { room: room.to_string(), server_time_ms: now_ms, ..Default::default() };
+        let answer = |ack: v1::GiftAck, outcome: v1::GiftOutcome, label: &'static str| -> Answer {
+            metrics.gift(label);
+            let ack = v1::GiftAck { outcome: outcome as i32, ..ack };
+            Box::pin(std::future::ready(Ok(Resp::GiftAck(ack))))
+        };
+        let Some(item) = gifts.item(&g.gift_id).cloned() else {
+            return Ok(answer(ack, v1::GiftOutcome::UnknownGift, "unknown_gift"));
+        };
+        let user = self.identity.user_id.clone();
+        if !gifts.admit(&user, Instant::now()) {
+            return Ok(answer(ack, v1::GiftOutcome::RateLimited, "rate_limited"));
+        }
+        let value = Gifts::value(&item, g.count);
+        let conn = self.id;
+        Ok(Box::pin(async move {
+            let mut ack = ack;
+            let key = g.idempotency_key;
+            let (outcome, label) = match gifts.ledger.debit(&user, value, &key, now_ms).await {
+                Err(e) => {
+                    warn!(error = %e, "gift ledger unavailable");
+                    (v1::GiftOutcome::LedgerUnavailable, "ledger_unavailable")
+                }
+                Ok(DebitOutcome::Insufficient { balance }) => {
+                    ack.balance = balance;
+                    (v1::GiftOutcome::InsufficientBalance, "insufficient_balance")
+                }
+                Ok(DebitOutcome::Repeat { balance, receipt }) => {
+                    let r = receipt.unwrap_or_default();
+                    ack = v1::GiftAck {
+                        balance,
+                        seq: r.seq,
+                        message_id: r.message_id,
+                        combo_id: r.combo_id,
+                        combo_count: r.combo_count,
+                        ..ack
+                    };
+                    (v1::GiftOutcome::Accepted, "repeat")
+                }
+                Ok(DebitOutcome::Charged { balance }) => {
+                    let request = GiftRequest {
+                        gift_id: item.id,
+                        name: item.name,
+                        count: g.count,
+                        value,
+                        combo_id: g.combo_id,
+                        media_ts_ms: g.media_ts_ms,
+                    };
+                    let sequenced = match handle.gift(conn, request).await {
+                        Ok(reply) => reply.await,
+                        Err(code) => Err(code),
+                    };
+                    match sequenced {
+                        Ok(s) => {
+                            let receipt = Receipt {
+                                seq: s.seq,
+                                message_id: s.message_id.clone(),
+                                combo_id: s.combo_id.clone(),
+                                combo_count: s.combo_count,
+                            };
+                            gifts.ledger.settle(&user, &key, receipt).await;
+                            ack = v1::GiftAck {
+                                balance,
+                                seq: s.seq,
+                                message_id: s.message_id,
+                                combo_id: s.combo_id,
+                                combo_count: s.combo_count,
+                                ..ack
+                            };
+                            (v1::GiftOutcome::Accepted, "accepted")
+                        }
+                        Err(code) => {
+                            if let Err(e) = gifts.ledger.refund(&user, &key, now_ms).await {
+                                warn!(error = %e, room = %room, "charged gift not sequenced and not refunded");
+                            }
+                            metrics.gift("refunded");
+                            return Err((code, "gift not sequenced; the charge was refunded".to_string()));
+                        }
+                    }
+                }
+            };
+            metrics.gift(label);
+            Ok(Resp::GiftAck(v1::GiftAck { outcome: outcome as i32, ..ack }))
+        }))
+    }
+}
