@@ -312,6 +312,14 @@ fn format_event(e: &v1::RoomEvent) -> String {
             g.combo_id,
             g.combo_count
         ),
+        Some(Kind::Ranking(r)) => {
+            let top: Vec<String> = r
+                .entries
+                .iter()
+                .map(|e| format!("{} {}", e.user.as_ref().map_or("?", |u| u.user_id.as_str()), e.value))
+                .collect();
+            format!("{seq} [ranking] {}", top.join(", "))
+        }
         None => format!("{seq} [unknown event]"),
     }
 }

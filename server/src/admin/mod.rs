@@ -103,6 +103,7 @@ fn routes() -> (OpenApiRouter<AdminState>, OpenApiRouter<AdminState>) {
         .routes(routes!(rooms::list))
         .routes(routes!(rooms::info))
         .routes(routes!(rooms::history))
+        .routes(routes!(rooms::ranking))
         .routes(routes!(rooms::open))
         .routes(routes!(rooms::close))
         .routes(routes!(messages::publish))

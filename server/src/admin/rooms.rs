@@ -180,6 +180,45 @@ pub struct InfoQuery {
     limit: Option<usize>,
 }
 
+/// One gifter in a room's ranking.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RankEntry {
+    pub user: Option<User>,
+    /// Value given in the room during this live.
+    pub value: u64,
+}
+
+/// A room's gift ranking.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Ranking {
+    pub room: String,
+    /// Highest value first; every gifter of this live.
+    pub entries: Vec<RankEntry>,
+}
+
+/// A live room's whole gift ranking for the current live (members see the
+/// top 10, at most every 2 s).
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room}/ranking",
+    tag = "rooms",
+    params(("room" = String, Path, description = "Room id")),
+    responses(
+        (status = 200, description = "The ranking", body = Ranking),
+        (status = 404, description = "No such room on this node (`NOT_FOUND`)", body = ErrorBody)
+    )
+)]
+pub(super) async fn ranking(
+    State(state): State<AdminState>,
+    PathParams(room): PathParams<String>,
+) -> ApiResult<Json<Ranking>> {
+    let room = room_id(&room)?;
+    let entries = state.rooms.ranking(&room).await?;
+    let entries =
+        entries.iter().map(|e| RankEntry { user: e.user.as_ref().map(User::from), value: e.value }).collect();
+    Ok(Json(Ranking { room: room.to_string(), entries }))
+}
+
 /// A live room's online count, members per role, sequence, state and a
 /// page of its viewer list.
 #[utoipa::path(
@@ -296,7 +335,8 @@ impl From<&v1::RoomEvent> for Event {
                 combo_id: g.combo_id.clone(),
                 combo_count: g.combo_count,
             },
-            None => EventBody::Unknown,
+            // Rankings are ephemeral and never kept in history.
+            Some(Kind::Ranking(_)) | None => EventBody::Unknown,
         };
         Self {
             seq: e.seq,

@@ -67,6 +67,9 @@ pub(super) enum Command {
         reason: String,
         reply: oneshot::Sender<u64>,
     },
+    Ranking {
+        reply: oneshot::Sender<Vec<v1::RankEntry>>,
+    },
     Info {
         offset: usize,
         limit: usize,

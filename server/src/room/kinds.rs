@@ -16,7 +16,7 @@ pub(crate) fn priority(kind: &Kind) -> v1::Priority {
         // Gifts are money: never sampled by the chat budget and, being High
         // and sequenced, never shed (an outbox lags before it drops one).
         Kind::Chat(_) | Kind::HostMessage(_) | Kind::Recall(_) | Kind::Gift(_) => v1::Priority::High,
-        Kind::SystemNotice(_) | Kind::RoomStatus(_) => v1::Priority::Normal,
+        Kind::SystemNotice(_) | Kind::RoomStatus(_) | Kind::Ranking(_) => v1::Priority::Normal,
         Kind::UserEntered(_) => v1::Priority::Low,
     }
 }
@@ -30,16 +30,16 @@ pub(crate) fn host_visible(kind: &Kind) -> bool {
         | Kind::Recall(_)
         | Kind::RoomStatus(_)
         | Kind::Gift(_) => true,
-        Kind::Chat(_) | Kind::UserEntered(_) => false,
+        Kind::Chat(_) | Kind::UserEntered(_) | Kind::Ranking(_) => false,
     }
 }
 
 /// Every kind's name, for metrics, in the order of [`index`].
 pub(crate) const NAMES: [&str; KINDS] =
-    ["chat", "host_message", "system_notice", "user_entered", "recall", "room_status", "gift"];
+    ["chat", "host_message", "system_notice", "user_entered", "recall", "room_status", "gift", "ranking"];
 
 /// How many kinds there are.
-pub(crate) const KINDS: usize = 7;
+pub(crate) const KINDS: usize = 8;
 
 /// A kind's place in [`NAMES`].
 pub(crate) fn index(kind: &Kind) -> usize {
@@ -51,6 +51,7 @@ pub(crate) fn index(kind: &Kind) -> usize {
         Kind::Recall(_) => 4,
         Kind::RoomStatus(_) => 5,
         Kind::Gift(_) => 6,
+        Kind::Ranking(_) => 7,
     }
 }
 

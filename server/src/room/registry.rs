@@ -195,6 +195,14 @@ impl Rooms {
         Ok((info, self.lifecycle_of(id)))
     }
 
+    /// A live room's whole gift ranking, highest first.
+    pub async fn ranking(&self, id: &RoomId) -> Result<Vec<v1::RankEntry>, ErrorCode> {
+        let e = self.live(id)?;
+        let (reply, rx) = oneshot::channel();
+        e.handle.tx.send(Command::Ranking { reply }).await.map_err(|_| ErrorCode::NotFound)?;
+        rx.await.map_err(|_| ErrorCode::NotFound)
+    }
+
     /// Publishes a message from the platform into a live room.
     pub async fn publish(&self, id: &RoomId, msg: AdminMessage) -> Result<v1::ChatAck, ErrorCode> {
         if self.lifecycle_of(id) == Lifecycle::Closed {

@@ -61,6 +61,7 @@ pub(super) async fn run_room(
         let now = Instant::now();
         let flush_at = state.flush_due(now);
         let online_at = state.online_due(now);
+        let ranking_at = state.ranking_due(now);
         let expiry = empty_since.map(|t| t + empty_ttl);
         tokio::select! {
             biased;
@@ -79,6 +80,9 @@ pub(super) async fn run_room(
                     (true, since) => since,
                     (false, _) => None,
                 };
+            }
+            () = sleep_until(ranking_at.unwrap_or_else(far_future)), if ranking_at.is_some() => {
+                state.push_ranking(Instant::now(), unix_ms(SystemTime::now()));
             }
             () = sleep_until(online_at.unwrap_or_else(far_future)), if online_at.is_some() => {
                 state.push_online(Instant::now(), unix_ms(SystemTime::now()));
@@ -208,6 +212,9 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
             }
             *closed = true;
             let _ = reply.send(seq);
+        }
+        Command::Ranking { reply } => {
+            let _ = reply.send(state.ranking());
         }
         Command::Info { offset, limit, reply } => {
             let _ = reply.send(state.info(offset, limit));

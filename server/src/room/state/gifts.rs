@@ -118,7 +118,9 @@ impl RoomState {
             combo_id: combo_id.clone(),
             combo_count,
         });
-        let event = self.sequence(kind, Some(identity.to_proto()), gift.media_ts_ms, now, now_ms);
+        let sender = identity.to_proto();
+        self.ranking.add(sender.clone(), gift.value);
+        let event = self.sequence(kind, Some(sender), gift.media_ts_ms, now, now_ms);
         Ok(GiftSequenced { seq: event.seq, message_id: event.message_id, combo_id, combo_count })
     }
 }

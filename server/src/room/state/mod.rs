@@ -28,6 +28,7 @@ mod gifts;
 mod log;
 mod online;
 mod platform;
+mod ranking;
 mod roster;
 mod rounds;
 
@@ -137,6 +138,7 @@ pub struct RoomState {
     online: OnlinePacer,
     rounds: Rounds,
     combos: gifts::Combos,
+    ranking: ranking::Ranking,
     /// Fan-out counts since the last `take_stats`.
     stats: FlushStats,
 }
@@ -152,6 +154,7 @@ impl RoomState {
             online: OnlinePacer::default(),
             rounds: Rounds::default(),
             combos: gifts::Combos::default(),
+            ranking: ranking::Ranking::default(),
             stats: FlushStats::default(),
         }
     }
