@@ -417,6 +417,16 @@ impl Client {
         }
     }
 
+    /// The node's gift catalogue: every gift `send_gift` may name, with its
+    /// display name, price and tier, cheapest first.
+    pub async fn gift_catalogue(&self) -> Result<v1::Catalogue, Error> {
+        let body = v1::client_frame::Body::FetchCatalogue(v1::FetchCatalogue {});
+        match self.request(body).await? {
+            v1::server_frame::Body::Catalogue(c) => Ok(c),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Sends a gift: the node charges the sender's balance, then broadcasts
     /// it as a `Gift` event ([`Event::Message`] with
     /// `v1::room_event::Kind::Gift`). The ack's `outcome` says whether it was

@@ -315,3 +315,14 @@ async fn members_see_the_top_gifters_and_the_platform_reads_the_whole_ranking() 
     assert_eq!(entries, expected.map(|(u, v)| (u.to_owned(), v)));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_read_the_catalogue_cheapest_first_without_joining() {
+    let server = TestServer::start().await;
+    let (client, _events) = server.connect("cora", Role::Viewer).await;
+    let catalogue = client.gift_catalogue().await.unwrap();
+    let got: Vec<(&str, u64)> = catalogue.gifts.iter().map(|g| (g.id.as_str(), g.price)).collect();
+    assert_eq!(got, [("rose", 1), ("heart", 10), ("rocket", 500)], "the default catalogue");
+    assert!(catalogue.gifts.iter().all(|g| !g.name.is_empty()));
+    server.stop().await;
+}

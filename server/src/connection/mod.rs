@@ -443,6 +443,7 @@ impl Session {
             Some(Req::Recall(r)) => later(self.recall(r).await),
             Some(Req::FetchHistory(f)) => now(self.fetch_history(f).map(Resp::History)),
             Some(Req::SendGift(g)) => later(self.gift(g)),
+            Some(Req::FetchCatalogue(_)) => now(Ok(Resp::Catalogue(self.shared.gifts.catalogue()))),
         };
         match outcome {
             Outcome::Now(result) => self.answer(rid, result).await,

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use roomcast_protocol::v1;
 use tokio::time::Instant;
 
 use crate::config::{GiftItem, GiftsConfig};
@@ -69,6 +70,22 @@ impl Gifts {
     /// it cannot overflow for a count up to [`MAX_GIFT_COUNT`].
     pub fn value(item: &GiftItem, count: u32) -> u64 {
         item.price.saturating_mul(u64::from(count.min(MAX_GIFT_COUNT)))
+    }
+
+    /// The whole catalogue, cheapest first (ties by id), as clients get it.
+    pub fn catalogue(&self) -> v1::Catalogue {
+        let mut items: Vec<&GiftItem> = self.catalogue.values().collect();
+        items.sort_by(|a, b| (a.price, &a.id).cmp(&(b.price, &b.id)));
+        let gifts = items
+            .into_iter()
+            .map(|g| v1::CatalogueItem {
+                id: g.id.clone(),
+                name: g.name.clone(),
+                price: g.price,
+                tier: g.tier,
+            })
+            .collect();
+        v1::Catalogue { gifts }
     }
 
     /// The catalogue entry for `id`.
