@@ -139,6 +139,23 @@ impl TestServer {
         Client::connect(config).await.unwrap()
     }
 
+    /// A viewer `user` behind `relay` (a network that can drop out), with a
+    /// short idle timeout and quick reconnects, so a dropout is noticed and
+    /// healed within a test's patience.
+    pub async fn connect_behind(&self, relay: &relay::Relay, user: &str) -> (Client, Events) {
+        self.connect_with(user, Role::Viewer, |c| {
+            c.server = relay.addr();
+            c.idle_timeout = Duration::from_secs(1);
+            c.connect_timeout = Duration::from_secs(1);
+            c.reconnect = Some(roomcast_client::Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_millis(400),
+                max_attempts: None,
+            });
+        })
+        .await
+    }
+
     /// The Prometheus exposition from the node's metrics endpoint.
     pub async fn scrape(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -326,3 +326,29 @@ async fn clients_read_the_catalogue_cheapest_first_without_joining() {
     assert!(catalogue.gifts.iter().all(|g| !g.name.is_empty()));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_whose_network_drops_out_gets_every_gift_on_resume() {
+    let server = TestServer::start().await;
+    let relay = roomcast_tests::relay::Relay::start(server.addr).await;
+    credit(&server, "gus", 1_000).await;
+    let (gifter, _g) = server.connect("gus", Role::Viewer).await;
+    gifter.join("show").await.unwrap();
+    let (viewer, mut events) = server.connect_behind(&relay, "mo").await;
+    viewer.join("show").await.unwrap();
+    let first = gifter.send_gift("show", "rose", 1, "gus-0").await.unwrap();
+    assert_eq!(next_gift(&mut events).await.0.seq, first.seq);
+    relay.block(true);
+    let mut acks = Vec::new();
+    for i in 1..=5 {
+        acks.push(gifter.send_gift("show", "heart", 1, &format!("gus-{i}")).await.unwrap().seq);
+    }
+    wait_for(&mut events, |e| matches!(e, Event::Reconnecting { .. }).then_some(())).await;
+    relay.block(false);
+    let mut got = Vec::new();
+    while got.len() < acks.len() {
+        got.push(next_gift(&mut events).await.0.seq);
+    }
+    assert_eq!(got, acks, "every gift sent while away, once, in order");
+    server.stop().await;
+}

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use roomcast_client::{Backoff, ChatMessage, Event, Events, HistoryRange, JoinOptions, v1};
+use roomcast_client::{ChatMessage, Event, Events, HistoryRange, JoinOptions, v1};
 use roomcast_protocol::ErrorCode;
 use roomcast_server::auth::Role;
 use roomcast_tests::relay::Relay;
@@ -260,18 +260,7 @@ async fn one_senders_many_chats_in_flight_are_each_answered_with_their_own_seq()
 
 /// A viewer behind a relay that will drop out, reconnecting quickly.
 async fn viewer_behind(server: &TestServer, relay: &Relay) -> (roomcast_client::Client, Events) {
-    server
-        .connect_with("mobile", Role::Viewer, |c| {
-            c.server = relay.addr();
-            c.idle_timeout = Duration::from_secs(1);
-            c.connect_timeout = Duration::from_secs(1);
-            c.reconnect = Some(Backoff {
-                initial: Duration::from_millis(100),
-                max: Duration::from_millis(400),
-                max_attempts: None,
-            });
-        })
-        .await
+    server.connect_behind(relay, "mobile").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
