@@ -144,6 +144,14 @@ impl RoomHandle {
         self.ask(|reply| Command::Gift { conn, gift, reply }).await
     }
 
+    /// Sends the command `make` builds around a reply channel and waits for
+    /// the answer; `None` when the room went away first.
+    pub(super) async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
     async fn ask<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<Result<T, ErrorCode>>) -> Command,

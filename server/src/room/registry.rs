@@ -189,18 +189,15 @@ impl Rooms {
         limit: usize,
     ) -> Result<(RoomInfo, Lifecycle), ErrorCode> {
         let e = self.live(id)?;
-        let (reply, rx) = oneshot::channel();
-        e.handle.tx.send(Command::Info { offset, limit, reply }).await.map_err(|_| ErrorCode::NotFound)?;
-        let info = rx.await.map_err(|_| ErrorCode::NotFound)?;
+        let info =
+            e.handle.call(|reply| Command::Info { offset, limit, reply }).await.ok_or(ErrorCode::NotFound)?;
         Ok((info, self.lifecycle_of(id)))
     }
 
     /// A live room's whole gift ranking, highest first.
     pub async fn ranking(&self, id: &RoomId) -> Result<Vec<v1::RankEntry>, ErrorCode> {
         let e = self.live(id)?;
-        let (reply, rx) = oneshot::channel();
-        e.handle.tx.send(Command::Ranking { reply }).await.map_err(|_| ErrorCode::NotFound)?;
-        rx.await.map_err(|_| ErrorCode::NotFound)
+        e.handle.call(|reply| Command::Ranking { reply }).await.ok_or(ErrorCode::NotFound)
     }
 
     /// Publishes a message from the platform into a live room.
@@ -246,11 +243,7 @@ impl Rooms {
         self.set_lifecycle(id, Lifecycle::Closed);
         self.hooks.emit(HookEvent::RoomClosed { room: id.clone(), by: "admin".into() });
         let Ok(e) = self.live(id) else { return 0 };
-        let (reply, rx) = oneshot::channel();
-        if e.handle.tx.send(Command::Close { reason: reason.to_string(), reply }).await.is_err() {
-            return 0;
-        }
-        rx.await.unwrap_or(0)
+        e.handle.call(|reply| Command::Close { reason: reason.to_string(), reply }).await.unwrap_or(0)
     }
 
     /// Removes every connection of `user` from one room or from every room,
@@ -286,12 +279,9 @@ impl Rooms {
         };
         let mut removed = 0;
         for h in handles {
-            let (reply, rx) = oneshot::channel();
             let (user, reason) = (user.to_string(), reason.to_string());
-            let cmd = Command::RemoveUser { user, code, reason, leave, reply };
-            if h.tx.send(cmd).await.is_ok() {
-                removed += rx.await.unwrap_or(0);
-            }
+            removed +=
+                h.call(|reply| Command::RemoveUser { user, code, reason, leave, reply }).await.unwrap_or(0);
         }
         removed
     }
