@@ -211,8 +211,9 @@ pub struct WebhooksConfig {
     pub batch_max: usize,
 }
 
-/// Gifts: the catalogue, the per-user cap and combos. Balances are kept by
-/// the embedded ledger in `data_dir` (`gift-ledger.jsonl`).
+/// Gifts: the catalogue, the per-user cap and combos, and the ledger that
+/// charges them: by default the embedded one in `data_dir`
+/// (`gift-ledger.jsonl`); with `[gifts.ledger] url`, the platform's backend.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GiftsConfig {
@@ -224,6 +225,37 @@ pub struct GiftsConfig {
     pub per_user_per_sec: f64,
     /// How long an accepted idempotency key is remembered, in seconds.
     pub key_ttl_secs: u64,
+    /// Where gifts are charged.
+    pub ledger: LedgerConfig,
+}
+
+/// The gift ledger: embedded (no `url`), or the platform's backend charging
+/// each gift over a signed webhook (README.md, "Charging gifts through the
+/// backend").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// The backend's charging endpoint (`http://` only for now). None: the
+    /// embedded ledger.
+    pub url: Option<String>,
+    /// HMAC-SHA256 key the backend verifies `X-Roomcast-Signature` with.
+    pub secret: String,
+    /// Time one charging POST may take, connecting and reading the answer
+    /// included.
+    pub timeout_ms: u64,
+    /// Attempts per charge, the first included, all with the same
+    /// idempotency key; after the last the gift is answered
+    /// LEDGER_UNAVAILABLE.
+    pub max_attempts: u32,
+    /// Delay before the first retry; each further retry doubles it, with
+    /// jitter.
+    pub backoff_base_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self { url: None, secret: String::new(), timeout_ms: 2_000, max_attempts: 3, backoff_base_ms: 100 }
+    }
 }
 
 /// One gift of the catalogue.
@@ -253,6 +285,7 @@ impl Default for GiftsConfig {
             ],
             per_user_per_sec: 30.0,
             key_ttl_secs: 86_400,
+            ledger: LedgerConfig::default(),
         }
     }
 }

@@ -157,6 +157,10 @@ async fn main() -> Result<()> {
         }
         Some(Command::Credit { user, amount }) => {
             anyhow::ensure!(amount > 0, "--amount must be at least 1");
+            anyhow::ensure!(
+                config.gifts.ledger.url.is_none(),
+                "gifts.ledger.url is set: balances are kept by the backend; credit users there"
+            );
             let now = roomcast_protocol::unix_ms(std::time::SystemTime::now());
             let ttl = Duration::from_secs(config.gifts.key_ttl_secs);
             let ledger = roomcast_server::gifts::EmbeddedLedger::open(&config.data_dir, ttl, now)

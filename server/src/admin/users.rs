@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use super::AdminState;
 use super::errors::{ApiError, ApiResult, JsonBody, PathParams, user_id};
+use crate::gifts::LedgerError;
 
 /// Most one credit may add: a guard against a typo of a few extra digits.
 pub const MAX_CREDIT: u64 = 1_000_000_000_000;
@@ -44,6 +45,7 @@ pub struct Balance {
     request_body(content = CreditRequest),
     responses(
         (status = 200, description = "Credited; the new balance", body = Balance),
+        (status = 409, description = "Balances are kept by the platform's backend (`LEDGER_REMOTE`): the node has a webhook ledger", body = super::errors::ErrorBody),
         (status = 503, description = "The ledger could not record it (`LEDGER_UNAVAILABLE`)", body = super::errors::ErrorBody)
     )
 )]
@@ -56,9 +58,17 @@ pub(super) async fn credit(
     if req.amount == 0 || req.amount > MAX_CREDIT {
         return Err(ApiError::invalid(format!("amount must be 1 to {MAX_CREDIT}")));
     }
-    let balance =
-        state.gifts.ledger.credit(user, req.amount, unix_ms(SystemTime::now())).await.map_err(|e| {
-            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "LEDGER_UNAVAILABLE", e.to_string())
-        })?;
+    let balance = state.gifts.ledger.credit(user, req.amount, unix_ms(SystemTime::now())).await.map_err(
+        |e| match e {
+            LedgerError::Remote => {
+                ApiError::new(axum::http::StatusCode::CONFLICT, "LEDGER_REMOTE", e.to_string())
+            }
+            e => ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "LEDGER_UNAVAILABLE",
+                e.to_string(),
+            ),
+        },
+    )?;
     Ok(Json(Balance { user: user.to_string(), balance }))
 }

@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::Shared;
 use crate::auth::Identity;
 use crate::gate::Permit;
-use crate::gifts::{DebitOutcome, Gifts, MAX_GIFT_COUNT, Receipt};
+use crate::gifts::{Charge, DebitOutcome, Gifts, MAX_GIFT_COUNT, Receipt};
 use crate::moderation::{SanctionKind, Verdict};
 use crate::room::{
     ChatRequest, ConnId, Feed, Filter, GiftRequest, HistoryRange, JoinRequest, Joined, Reply, Resume,

@@ -184,10 +184,18 @@ impl Session {
         }
         let value = Gifts::value(&item, g.count);
         let conn = self.id;
+        let charge = Charge {
+            user: user.to_string(),
+            key: g.idempotency_key,
+            amount: value,
+            room: room.to_string(),
+            gift_id: item.id.clone(),
+            count: g.count,
+            now_ms,
+        };
         Ok(Box::pin(async move {
             let mut ack = ack;
-            let key = g.idempotency_key;
-            let (outcome, label) = match gifts.ledger.debit(&user, value, &key, now_ms).await {
+            let (outcome, label) = match gifts.ledger.debit(charge.clone()).await {
                 Err(e) => {
                     warn!(error = %e, "gift ledger unavailable");
                     (v1::GiftOutcome::LedgerUnavailable, "ledger_unavailable")
@@ -209,10 +217,13 @@ impl Session {
                     (v1::GiftOutcome::Accepted, "repeat")
                 }
                 Ok(DebitOutcome::Charged { balance }) => {
+                    // Whatever ends this future — an answer, or the session
+                    // going away first — ends the charge's time in flight.
+                    let _in_flight = InFlight { ledger: &gifts.ledger, charge: &charge };
                     let request = GiftRequest {
                         gift_id: item.id,
                         name: item.name,
-                        count: g.count,
+                        count: charge.count,
                         value,
                         combo_id: g.combo_id,
                         media_ts_ms: g.media_ts_ms,
@@ -229,7 +240,7 @@ impl Session {
                                 combo_id: s.combo_id.clone(),
                                 combo_count: s.combo_count,
                             };
-                            gifts.ledger.settle(&user, &key, receipt).await;
+                            gifts.ledger.settle(&charge.user, &charge.key, receipt).await;
                             ack = v1::GiftAck {
                                 balance,
                                 seq: s.seq,
@@ -241,7 +252,7 @@ impl Session {
                             (v1::GiftOutcome::Accepted, "accepted")
                         }
                         Err(code) => {
-                            if let Err(e) = gifts.ledger.refund(&user, &key, now_ms).await {
+                            if let Err(e) = gifts.ledger.refund(charge.clone()).await {
                                 warn!(error = %e, room = %room, "charged gift not sequenced and not refunded");
                             }
                             metrics.gift("refunded");
@@ -253,5 +264,18 @@ impl Session {
             metrics.gift(label);
             Ok(Resp::GiftAck(v1::GiftAck { outcome: outcome as i32, ..ack }))
         }))
+    }
+}
+
+/// A charge being sequenced; dropping it releases the key (see
+/// [`crate::gifts::ledger`], "Charged, not yet sequenced").
+struct InFlight<'a> {
+    ledger: &'a crate::gifts::Ledger,
+    charge: &'a Charge,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ledger.release(&self.charge.user, &self.charge.key);
     }
 }

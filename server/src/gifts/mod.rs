@@ -18,7 +18,7 @@ use roomcast_protocol::v1;
 use tokio::time::Instant;
 
 use crate::config::{GiftItem, GiftsConfig};
-pub use ledger::{DebitOutcome, EmbeddedLedger, Ledger, LedgerError, Receipt};
+pub use ledger::{Charge, DebitOutcome, EmbeddedLedger, Ledger, LedgerError, Receipt, WebhookLedger};
 
 /// Most gifts of one kind in one send.
 pub const MAX_GIFT_COUNT: u32 = 10_000;
@@ -43,11 +43,17 @@ pub struct Gifts {
 }
 
 impl Gifts {
-    /// The gift service of a node: the catalogue from `config`, the embedded
-    /// ledger journaled in `data_dir`.
+    /// The gift service of a node: the catalogue from `config`, and the
+    /// ledger it names (the embedded one journaled in `data_dir` unless a
+    /// backend URL is set).
     pub fn open(config: &GiftsConfig, data_dir: &std::path::Path, now_ms: u64) -> anyhow::Result<Self> {
-        let ledger = EmbeddedLedger::open(data_dir, Duration::from_secs(config.key_ttl_secs), now_ms)?;
-        Self::new(config, Ledger::Embedded(Arc::new(ledger)))
+        let ttl = Duration::from_secs(config.key_ttl_secs);
+        let ledger = if config.ledger.url.is_some() {
+            Ledger::Webhook(Arc::new(WebhookLedger::open(&config.ledger, data_dir, ttl, now_ms)?))
+        } else {
+            Ledger::Embedded(Arc::new(EmbeddedLedger::open(data_dir, ttl, now_ms)?))
+        };
+        Self::new(config, ledger)
     }
 
     /// The gift service over `ledger`. Refuses a catalogue with a price

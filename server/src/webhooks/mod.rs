@@ -34,10 +34,11 @@ use crate::auth::Role;
 use crate::config::WebhooksConfig;
 use crate::metrics::{Metrics, WebhookMetrics};
 
+pub(crate) mod client;
 mod delivery;
 mod signature;
 
-pub use delivery::MAX_BACKOFF;
+pub use client::MAX_BACKOFF;
 pub use signature::{fresh, verify};
 
 /// Header carrying the unix time (seconds) the signature was made at.

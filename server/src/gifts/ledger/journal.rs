@@ -1,0 +1,643 @@
+//! The embedded ledger: balances in memory, every change in an append-only
+//! journal.
+//!
+//! **Journal.** `gift-ledger.jsonl` in `data_dir`: one JSON object per line,
+//! each carrying the user's balance *after* the operation, so replay sets
+//! balances rather than adding them up:
+//!
+//! ```text
+//! {"op":"credit","user":"u1","amount":500,"balance":500,"at":1764370000000}
+//! {"op":"debit","user":"u1","key":"k-1","amount":10,"balance":490,"at":1764370001000}
+//! {"op":"settle","user":"u1","key":"k-1","seq":7,"message_id":"7-ab","combo_id":"c7","combo_count":1}
+//! {"op":"refund","user":"u1","key":"k-2","amount":10,"balance":490,"at":1764370002000}
+//! ```
+//!
+//! **Durability.** A credit, a debit or a refund is written and `fsync`ed
+//! (`sync_data`) before it is answered, one record per sync: a charge that
+//! was acknowledged survives a crash. A `settle` (the room's sequence number
+//! for an accepted key) is written without a sync of its own and reaches the
+//! disk with the next record's. A torn last line (a crash mid-write) is cut
+//! off at start; any other unreadable line refuses the start rather than
+//! guess at balances.
+//!
+//! **Compaction.** When the journal holds many more lines than the state it
+//! describes (expired keys, superseded balances), it is rewritten as that
+//! state — the live keys with their receipts, then each balance — into a
+//! temporary file that is synced and renamed over the journal. A crash
+//! leaves either the old journal or the new one, both whole.
+//!
+//! **No overdraft.** All state sits behind one `std::sync::Mutex`, held for
+//! the check, the write and the sync of one operation and never across an
+//! `.await`; [`super::Ledger`] runs each operation on tokio's blocking pool,
+//! so the sync never stalls a runtime thread, a room or another user's chat.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{DebitOutcome, LedgerError, Receipt};
+
+/// The embedded ledger's journal file name in the data directory.
+pub const JOURNAL_FILE: &str = "gift-ledger.jsonl";
+
+/// A journal shorter than this is never compacted.
+const COMPACT_MIN_LINES: usize = 50_000;
+
+/// One journal line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum Record {
+    Credit { user: String, amount: u64, balance: u64, at: u64 },
+    Debit { user: String, key: String, amount: u64, balance: u64, at: u64 },
+    Settle { user: String, key: String, seq: u64, message_id: String, combo_id: String, combo_count: u32 },
+    Refund { user: String, key: String, amount: u64, balance: u64, at: u64 },
+}
+
+/// An accepted key.
+#[derive(Debug, Clone)]
+struct Accepted {
+    at_ms: u64,
+    amount: u64,
+    balance: u64,
+    receipt: Option<Receipt>,
+    /// Charged and being sequenced by a session of this process (never
+    /// journaled: after a restart nothing is in flight).
+    in_flight: bool,
+}
+
+type KeyId = (Box<str>, Box<str>);
+
+#[derive(Debug, Default)]
+struct Book {
+    balances: HashMap<Box<str>, u64>,
+    keys: HashMap<KeyId, Accepted>,
+    /// Keys in the order they were accepted, for expiry.
+    order: VecDeque<(u64, KeyId)>,
+}
+
+impl Book {
+    fn balance(&self, user: &str) -> u64 {
+        self.balances.get(user).copied().unwrap_or(0)
+    }
+
+    fn expire(&mut self, now_ms: u64, ttl_ms: u64) {
+        while let Some((at, _)) = self.order.front() {
+            if now_ms.saturating_sub(*at) < ttl_ms {
+                break;
+            }
+            if let Some((at, id)) = self.order.pop_front()
+                && self.keys.get(&id).is_some_and(|a| a.at_ms == at)
+            {
+                self.keys.remove(&id);
+            }
+        }
+    }
+
+    /// The answer for a key accepted before, if it was: a repeat, or — for a
+    /// charge that was never sequenced and is not in flight — the charge
+    /// again, now in flight for the caller to sequence.
+    fn repeat(&mut self, user: &str, key: &str) -> Option<DebitOutcome> {
+        let balance = self.balance(user);
+        let a = self.keys.get_mut(&(user.into(), key.into()))?;
+        if a.receipt.is_none() && !a.in_flight {
+            a.in_flight = true;
+            return Some(DebitOutcome::Charged { balance });
+        }
+        Some(DebitOutcome::Repeat { balance: a.balance, receipt: a.receipt.clone() })
+    }
+
+    fn apply(&mut self, record: Record) {
+        match record {
+            Record::Credit { user, balance, .. } => {
+                self.balances.insert(user.into(), balance);
+            }
+            Record::Debit { user, key, amount, balance, at } => {
+                let id: KeyId = (user.as_str().into(), key.into());
+                self.balances.insert(user.into(), balance);
+                self.order.push_back((at, id.clone()));
+                let accepted = Accepted { at_ms: at, amount, balance, receipt: None, in_flight: true };
+                self.keys.insert(id, accepted);
+            }
+            Record::Settle { user, key, seq, message_id, combo_id, combo_count } => {
+                if let Some(a) = self.keys.get_mut(&(user.into(), key.into())) {
+                    a.receipt = Some(Receipt { seq, message_id, combo_id, combo_count });
+                    a.in_flight = false;
+                }
+            }
+            Record::Refund { user, key, balance, .. } => {
+                self.keys.remove(&(user.as_str().into(), key.into()));
+                self.balances.insert(user.into(), balance);
+            }
+        }
+    }
+
+    /// The records that rebuild this state: each live key (with its receipt)
+    /// in acceptance order, then each balance, which the keys' records would
+    /// otherwise leave at older values.
+    fn snapshot(&self, now_ms: u64) -> Vec<Record> {
+        let mut out = Vec::with_capacity(self.keys.len() * 2 + self.balances.len());
+        for (at, id) in &self.order {
+            let Some(a) = self.keys.get(id).filter(|a| a.at_ms == *at) else { continue };
+            let (user, key) = (id.0.to_string(), id.1.to_string());
+            out.push(Record::Debit {
+                user: user.clone(),
+                key: key.clone(),
+                amount: a.amount,
+                balance: a.balance,
+                at: *at,
+            });
+            if let Some(r) = &a.receipt {
+                let r = r.clone();
+                out.push(Record::Settle {
+                    user,
+                    key,
+                    seq: r.seq,
+                    message_id: r.message_id,
+                    combo_id: r.combo_id,
+                    combo_count: r.combo_count,
+                });
+            }
+        }
+        let mut users: Vec<_> = self.balances.iter().collect();
+        users.sort();
+        for (user, balance) in users {
+            out.push(Record::Credit { user: user.to_string(), amount: 0, balance: *balance, at: now_ms });
+        }
+        out
+    }
+}
+
+/// The book, its journal, and how many lines the journal holds.
+#[derive(Debug)]
+struct Inner {
+    book: Book,
+    file: File,
+    lines: usize,
+}
+
+/// Balances in memory, every change journaled (see the module docs).
+#[derive(Debug)]
+pub struct EmbeddedLedger {
+    path: PathBuf,
+    key_ttl_ms: u64,
+    /// A journal shorter than this is never compacted.
+    compact_min_lines: usize,
+    inner: Mutex<Inner>,
+}
+
+impl EmbeddedLedger {
+    /// Opens (or creates) the journal in `dir` and replays it. Keys older
+    /// than `key_ttl` at `now_ms` are forgotten.
+    pub fn open(dir: &Path, key_ttl: Duration, now_ms: u64) -> Result<Self, LedgerError> {
+        Self::open_file(dir, JOURNAL_FILE, key_ttl, now_ms)
+    }
+
+    /// [`EmbeddedLedger::open`] with another file name in `dir`.
+    pub fn open_file(dir: &Path, name: &str, key_ttl: Duration, now_ms: u64) -> Result<Self, LedgerError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(name);
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let mut book = Book::default();
+        // Only whole lines count: a last line without its newline was torn
+        // by a crash before it was synced, so it was never acknowledged.
+        let whole = text.rfind('\n').map_or(0, |i| i + 1);
+        let mut lines = 0;
+        for (n, line) in text[..whole].lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: Record = serde_json::from_str(line)
+                .map_err(|e| LedgerError::Corrupt { line: n + 1, why: e.to_string() })?;
+            book.apply(record);
+            lines += 1;
+        }
+        if whole < text.len() {
+            tracing::warn!(bytes = text.len() - whole, "cutting a torn last line off the gift ledger");
+            file.set_len(whole as u64)?;
+            file.seek(SeekFrom::End(0))?;
+            file.sync_data()?;
+        }
+        drop(text);
+        // Nothing is in flight in a process that just started.
+        book.keys.values_mut().for_each(|a| a.in_flight = false);
+        let key_ttl_ms = key_ttl.as_millis().min(u128::from(u64::MAX)) as u64;
+        book.expire(now_ms, key_ttl_ms);
+        let ledger = Self {
+            path,
+            key_ttl_ms,
+            compact_min_lines: COMPACT_MIN_LINES,
+            inner: Mutex::new(Inner { book, file, lines }),
+        };
+        ledger.compact_if_due(&mut ledger.lock(), now_ms, 2)?;
+        Ok(ledger)
+    }
+
+    /// Where the journal is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied record:
+        // memory changes only after the journal write succeeded.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn balance(&self, user: &str) -> u64 {
+        self.lock().book.balance(user)
+    }
+
+    /// Charges `amount` once per (`user`, `key`); never below zero.
+    pub fn debit(
+        &self,
+        user: &str,
+        amount: u64,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<DebitOutcome, LedgerError> {
+        let mut inner = self.lock();
+        inner.book.expire(now_ms, self.key_ttl_ms);
+        if let Some(outcome) = inner.book.repeat(user, key) {
+            return Ok(outcome);
+        }
+        let have = inner.book.balance(user);
+        let Some(balance) = have.checked_sub(amount) else {
+            return Ok(DebitOutcome::Insufficient { balance: have });
+        };
+        let record = Record::Debit { user: user.into(), key: key.into(), amount, balance, at: now_ms };
+        self.append(&mut inner, record, true, now_ms)?;
+        Ok(DebitOutcome::Charged { balance })
+    }
+
+    /// The answer for a key accepted before (see [`DebitOutcome`]), without
+    /// charging anything when it was not.
+    pub fn lookup(&self, user: &str, key: &str, now_ms: u64) -> Option<DebitOutcome> {
+        let mut inner = self.lock();
+        inner.book.expire(now_ms, self.key_ttl_ms);
+        inner.book.repeat(user, key)
+    }
+
+    /// Journals a charge someone else made (the backend's ledger), with the
+    /// balance it reported. A key recorded meanwhile by a concurrent send is
+    /// answered as a repeat.
+    pub fn record(
+        &self,
+        user: &str,
+        key: &str,
+        amount: u64,
+        balance: u64,
+        now_ms: u64,
+    ) -> Result<DebitOutcome, LedgerError> {
+        let mut inner = self.lock();
+        inner.book.expire(now_ms, self.key_ttl_ms);
+        if let Some(outcome) = inner.book.repeat(user, key) {
+            return Ok(outcome);
+        }
+        let record = Record::Debit { user: user.into(), key: key.into(), amount, balance, at: now_ms };
+        self.append(&mut inner, record, true, now_ms)?;
+        Ok(DebitOutcome::Charged { balance })
+    }
+
+    /// Adds `amount` to `user`'s balance.
+    pub fn credit(&self, user: &str, amount: u64, now_ms: u64) -> Result<u64, LedgerError> {
+        let mut inner = self.lock();
+        let balance = inner.book.balance(user).checked_add(amount).ok_or(LedgerError::Overflow)?;
+        let record = Record::Credit { user: user.into(), amount, balance, at: now_ms };
+        self.append(&mut inner, record, true, now_ms)?;
+        Ok(balance)
+    }
+
+    /// Gives back the charge of an accepted key and forgets the key.
+    pub fn refund(&self, user: &str, key: &str, now_ms: u64) -> Result<u64, LedgerError> {
+        let balance = self.lock().book.balance(user);
+        self.forget(user, key, None, now_ms).map(|b| b.unwrap_or(balance))
+    }
+
+    /// Forgets an accepted key and gives its amount back: onto the balance,
+    /// or to `balance` when someone else (the backend) refunded it. The new
+    /// balance, or `None` when the key was not accepted.
+    pub fn forget(
+        &self,
+        user: &str,
+        key: &str,
+        balance: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Option<u64>, LedgerError> {
+        let mut inner = self.lock();
+        let Some(a) = inner.book.keys.get(&(user.into(), key.into())) else {
+            return Ok(None);
+        };
+        let amount = a.amount;
+        let balance = balance.unwrap_or_else(|| inner.book.balance(user).saturating_add(amount));
+        let record = Record::Refund { user: user.into(), key: key.into(), amount, balance, at: now_ms };
+        self.append(&mut inner, record, true, now_ms)?;
+        Ok(Some(balance))
+    }
+
+    /// The amount an accepted key charged.
+    pub fn amount(&self, user: &str, key: &str) -> Option<u64> {
+        self.lock().book.keys.get(&(user.into(), key.into())).map(|a| a.amount)
+    }
+
+    /// Records the room's receipt for an accepted key (not synced by itself).
+    pub fn settle(&self, user: &str, key: &str, receipt: Receipt) -> Result<(), LedgerError> {
+        let mut inner = self.lock();
+        if !inner.book.keys.contains_key(&(user.into(), key.into())) {
+            return Ok(());
+        }
+        let Receipt { seq, message_id, combo_id, combo_count } = receipt;
+        let record =
+            Record::Settle { user: user.into(), key: key.into(), seq, message_id, combo_id, combo_count };
+        let now_ms = roomcast_protocol::unix_ms(std::time::SystemTime::now());
+        self.append(&mut inner, record, false, now_ms)
+    }
+
+    /// Ends a charge's time in flight; the next send of its key sequences it
+    /// unless a receipt was recorded.
+    pub fn release(&self, user: &str, key: &str) {
+        if let Some(a) = self.lock().book.keys.get_mut(&(user.into(), key.into())) {
+            a.in_flight = false;
+        }
+    }
+
+    /// Writes `record`, applies it, and compacts the journal if it has grown
+    /// well past the state it describes.
+    fn append(&self, inner: &mut Inner, record: Record, sync: bool, now_ms: u64) -> Result<(), LedgerError> {
+        write(&mut inner.file, &record, sync)?;
+        inner.book.apply(record);
+        inner.lines += 1;
+        if let Err(e) = self.compact_if_due(inner, now_ms, 4) {
+            // The journal as it was is still whole and appended to.
+            tracing::warn!(error = %e, "gift ledger not compacted");
+        }
+        Ok(())
+    }
+
+    /// Rewrites the journal as its state when it holds more than `factor`
+    /// times the lines that state needs (and at least `compact_min_lines`).
+    fn compact_if_due(&self, inner: &mut Inner, now_ms: u64, factor: usize) -> Result<(), LedgerError> {
+        if inner.lines < self.compact_min_lines {
+            return Ok(());
+        }
+        inner.book.expire(now_ms, self.key_ttl_ms);
+        let live = inner.book.keys.len() * 2 + inner.book.balances.len();
+        if inner.lines < live.saturating_mul(factor) {
+            return Ok(());
+        }
+        let records = inner.book.snapshot(now_ms);
+        let tmp = self.path.with_extension("jsonl.tmp");
+        {
+            let mut out = BufWriter::new(File::create(&tmp)?);
+            for record in &records {
+                serde_json::to_writer(&mut out, record).map_err(io::Error::other)?;
+                out.write_all(b"\n")?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        inner.file = OpenOptions::new().append(true).open(&self.path)?;
+        tracing::info!(from = inner.lines, to = records.len(), "gift ledger journal compacted");
+        inner.lines = records.len();
+        Ok(())
+    }
+}
+
+/// Appends one record as a line, synced to disk if `sync`.
+fn write(file: &mut File, record: &Record, sync: bool) -> Result<(), LedgerError> {
+    let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
+    line.push(b'\n');
+    file.write_all(&line)?;
+    if sync {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("roomcast-ledger-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn a_debit_never_takes_a_balance_below_zero() {
+        let d = dir("negative");
+        let l = EmbeddedLedger::open(&d, DAY, 0).unwrap();
+        l.credit("u", 25, 0).unwrap();
+        assert_eq!(l.debit("u", 10, "a", 1).unwrap(), DebitOutcome::Charged { balance: 15 });
+        assert_eq!(l.debit("u", 10, "b", 2).unwrap(), DebitOutcome::Charged { balance: 5 });
+        assert_eq!(l.debit("u", 10, "c", 3).unwrap(), DebitOutcome::Insufficient { balance: 5 });
+        assert_eq!(l.debit("nobody", 1, "a", 3).unwrap(), DebitOutcome::Insufficient { balance: 0 });
+        assert_eq!(l.balance("u"), 5);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_same_key_charges_once_and_answers_the_first_outcome() {
+        let d = dir("idempotent");
+        let l = EmbeddedLedger::open(&d, DAY, 0).unwrap();
+        l.credit("u", 100, 0).unwrap();
+        assert_eq!(l.debit("u", 30, "k", 1).unwrap(), DebitOutcome::Charged { balance: 70 });
+        assert_eq!(l.debit("u", 30, "k", 2).unwrap(), DebitOutcome::Repeat { balance: 70, receipt: None });
+        let receipt = Receipt { seq: 4, message_id: "m".into(), combo_id: "c".into(), combo_count: 1 };
+        l.settle("u", "k", receipt.clone()).unwrap();
+        assert_eq!(
+            l.debit("u", 30, "k", 3).unwrap(),
+            DebitOutcome::Repeat { balance: 70, receipt: Some(receipt) }
+        );
+        // Keys are per user.
+        l.credit("v", 30, 0).unwrap();
+        assert_eq!(l.debit("v", 30, "k", 3).unwrap(), DebitOutcome::Charged { balance: 0 });
+        assert_eq!(l.balance("u"), 70);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn replay_restores_balances_keys_and_receipts() {
+        let d = dir("replay");
+        let receipt = Receipt { seq: 9, message_id: "m9".into(), combo_id: "c9".into(), combo_count: 2 };
+        {
+            let l = EmbeddedLedger::open(&d, DAY, 0).unwrap();
+            l.credit("u", 100, 0).unwrap();
+            l.debit("u", 40, "k1", 1).unwrap();
+            l.settle("u", "k1", receipt.clone()).unwrap();
+            l.debit("u", 10, "k2", 2).unwrap();
+            l.refund("u", "k2", 3).unwrap();
+        }
+        let l = EmbeddedLedger::open(&d, DAY, 10).unwrap();
+        assert_eq!(l.balance("u"), 60);
+        assert_eq!(
+            l.debit("u", 40, "k1", 11).unwrap(),
+            DebitOutcome::Repeat { balance: 60, receipt: Some(receipt) }
+        );
+        // A refunded key is forgotten: sending it again charges.
+        assert_eq!(l.debit("u", 10, "k2", 12).unwrap(), DebitOutcome::Charged { balance: 50 });
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn keys_expire_after_their_time_to_live() {
+        let d = dir("expiry");
+        let ttl = Duration::from_secs(10);
+        {
+            let l = EmbeddedLedger::open(&d, ttl, 0).unwrap();
+            l.credit("u", 100, 0).unwrap();
+            l.debit("u", 10, "k", 1_000).unwrap();
+            assert!(matches!(l.debit("u", 10, "k", 5_000).unwrap(), DebitOutcome::Repeat { .. }));
+        }
+        let l = EmbeddedLedger::open(&d, ttl, 11_000).unwrap();
+        assert_eq!(l.debit("u", 10, "k", 11_000).unwrap(), DebitOutcome::Charged { balance: 80 });
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_a_corrupt_one_refuses_the_start() {
+        let d = dir("torn");
+        {
+            let l = EmbeddedLedger::open(&d, DAY, 0).unwrap();
+            l.credit("u", 100, 0).unwrap();
+        }
+        let path = d.join(JOURNAL_FILE);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"op":"debit","user":"u","ke"#).unwrap();
+        drop(f);
+        let l = EmbeddedLedger::open(&d, DAY, 0).unwrap();
+        assert_eq!(l.balance("u"), 100);
+        l.debit("u", 1, "k", 1).unwrap();
+        drop(l);
+        let l = EmbeddedLedger::open(&d, DAY, 2).unwrap();
+        assert_eq!(l.balance("u"), 99);
+        drop(l);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"not json\n").unwrap();
+        drop(f);
+        assert!(matches!(EmbeddedLedger::open(&d, DAY, 3), Err(LedgerError::Corrupt { line: 3, .. })));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn concurrent_debits_never_overdraw() {
+        let d = dir("concurrent");
+        let l = Arc::new(EmbeddedLedger::open(&d, DAY, 0).unwrap());
+        l.credit("u", 50, 0).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    (0..5)
+                        .filter(|i| {
+                            matches!(
+                                l.debit("u", 3, &format!("{t}-{i}"), 1),
+                                Ok(DebitOutcome::Charged { .. })
+                            )
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let charged: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(charged, 16);
+        assert_eq!(l.balance("u"), 2);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_charge_never_sequenced_is_handed_back_once_to_be_sequenced() {
+        let d = dir("unsequenced");
+        {
+            let l = EmbeddedLedger::open(&d, DAY, 0).unwrap();
+            l.credit("u", 100, 0).unwrap();
+            assert_eq!(l.debit("u", 30, "k", 1).unwrap(), DebitOutcome::Charged { balance: 70 });
+            // The node stops before the room sequenced it.
+        }
+        let l = EmbeddedLedger::open(&d, DAY, 2).unwrap();
+        assert_eq!(
+            l.debit("u", 30, "k", 3).unwrap(),
+            DebitOutcome::Charged { balance: 70 },
+            "not charged again"
+        );
+        assert_eq!(l.balance("u"), 70);
+        assert_eq!(l.debit("u", 30, "k", 4).unwrap(), DebitOutcome::Repeat { balance: 70, receipt: None });
+        // Its session went away before the room answered.
+        l.release("u", "k");
+        assert_eq!(l.debit("u", 30, "k", 5).unwrap(), DebitOutcome::Charged { balance: 70 });
+        let receipt = Receipt { seq: 3, message_id: "m".into(), combo_id: "c".into(), combo_count: 1 };
+        l.settle("u", "k", receipt.clone()).unwrap();
+        l.release("u", "k");
+        assert_eq!(
+            l.debit("u", 30, "k", 6).unwrap(),
+            DebitOutcome::Repeat { balance: 70, receipt: Some(receipt) }
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn compaction_keeps_balances_keys_and_receipts_in_fewer_lines() {
+        let d = dir("compact");
+        let ttl = Duration::from_secs(100);
+        let receipt = Receipt { seq: 8, message_id: "m8".into(), combo_id: "c8".into(), combo_count: 2 };
+        {
+            let mut l = EmbeddedLedger::open(&d, ttl, 0).unwrap();
+            l.compact_min_lines = 40;
+            l.credit("u", 1_000, 0).unwrap();
+            l.credit("v", 5, 0).unwrap();
+            // Old keys that expire by the time the journal is compacted.
+            for i in 0..30 {
+                l.debit("u", 1, &format!("old-{i}"), 1_000).unwrap();
+            }
+            l.debit("u", 10, "live", 150_000).unwrap();
+            l.settle("u", "live", receipt.clone()).unwrap();
+            l.debit("u", 10, "pending", 150_001).unwrap();
+            for _ in 0..10 {
+                l.credit("w", 1, 150_002).unwrap();
+            }
+            let lines = std::fs::read_to_string(l.path()).unwrap().lines().count();
+            assert!(lines < 20, "compacted to {lines} lines");
+            l.credit("v", 1, 150_003).unwrap();
+        }
+        let l = EmbeddedLedger::open(&d, ttl, 150_004).unwrap();
+        assert_eq!((l.balance("u"), l.balance("v"), l.balance("w")), (950, 6, 10));
+        assert_eq!(
+            l.debit("u", 10, "live", 150_005).unwrap(),
+            DebitOutcome::Repeat { balance: 960, receipt: Some(receipt) }
+        );
+        assert_eq!(l.debit("u", 10, "pending", 150_006).unwrap(), DebitOutcome::Charged { balance: 950 });
+        assert_eq!(l.debit("u", 1, "old-0", 150_007).unwrap(), DebitOutcome::Charged { balance: 949 });
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_charge_recorded_for_the_backend_answers_repeats_and_concurrent_records() {
+        let d = dir("record");
+        let l = EmbeddedLedger::open_file(&d, "keys.jsonl", DAY, 0).unwrap();
+        assert_eq!(l.lookup("u", "k", 1), None);
+        assert_eq!(l.record("u", "k", 10, 90, 1).unwrap(), DebitOutcome::Charged { balance: 90 });
+        assert_eq!(
+            l.record("u", "k", 10, 80, 2).unwrap(),
+            DebitOutcome::Repeat { balance: 90, receipt: None }
+        );
+        assert_eq!(l.lookup("u", "k", 3), Some(DebitOutcome::Repeat { balance: 90, receipt: None }));
+        assert_eq!(l.forget("u", "k", Some(100), 4).unwrap(), Some(100));
+        assert_eq!(l.lookup("u", "k", 5), None);
+        assert_eq!(l.balance("u"), 100);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
