@@ -12,6 +12,7 @@ mod bench;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -77,6 +78,15 @@ enum Command {
         /// to see a retry answered without a second charge.
         #[arg(long)]
         key: Option<String>,
+    },
+    /// Tap likes in ROOM, then print the room's like total once it comes back.
+    /// The node counts about 20 taps a second per user (two seconds' worth
+    /// at once) and flags the rest.
+    Like {
+        room: String,
+        /// How many taps.
+        #[arg(long, default_value_t = 1)]
+        taps: u32,
     },
     /// Recall a message by its id (as printed by `chat`); sender, host or admin.
     Recall { room: String, message_id: String },
@@ -177,6 +187,7 @@ async fn main() -> Result<()> {
                 match event {
                     Event::Message(e) => println!("{}", format_event(&e)),
                     Event::OnlineCount { room, count } => println!("   [{room}] {count} online"),
+                    Event::LikeTotal { room, total } => println!("   [{room}] {total} likes"),
                     Event::Gap { room, from, to } => println!("!! [{room}] missed seq {from}..={to}"),
                     Event::Lagged { room, from, to } => {
                         println!("!! [{room}] fell behind at seq {from}..={to}; resuming")
@@ -242,6 +253,29 @@ async fn main() -> Result<()> {
                     println!("refused: the ledger is unavailable; retry with --key {key}")
                 }
                 _ => println!("unknown outcome {}", ack.outcome),
+            }
+            let _ = client.leave(&room).await;
+            client.close();
+            client.closed().await;
+            Ok(())
+        }
+        Command::Like { room, taps } => {
+            let joined = client.join(&room).await.context("joining")?;
+            client.like(&room, taps);
+            let total = tokio::time::timeout(Duration::from_secs(3), async {
+                while let Some(event) = events.recv().await {
+                    if let Event::LikeTotal { room: r, total } = event
+                        && r == room
+                    {
+                        return Some(total);
+                    }
+                }
+                None
+            })
+            .await;
+            match total {
+                Ok(Some(total)) => println!("tapped {taps}; room total {total} (was {})", joined.like_total),
+                _ => println!("tapped {taps}; no new total within 3 s (was {})", joined.like_total),
             }
             let _ = client.leave(&room).await;
             client.close();

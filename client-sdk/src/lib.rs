@@ -38,6 +38,7 @@
 //! ```
 
 mod driver;
+pub mod likes;
 mod reconnect;
 mod requests;
 mod room_stream;
@@ -53,6 +54,7 @@ use std::time::Duration;
 
 use roomcast_protocol::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
 
 pub use roomcast_protocol::v1;
 pub use tls::Trust;
@@ -154,6 +156,9 @@ pub enum Event {
     Gap { room: String, from: u64, to: u64 },
     /// A room's online count (latest value wins).
     OnlineCount { room: String, count: u64 },
+    /// A room's total like count (latest value wins; `Joined.like_total`
+    /// has it at the join).
+    LikeTotal { room: String, total: u64 },
     /// The server could not keep up with this client (it read too slowly) and
     /// dropped `from..=to`; the SDK is resuming the room, and
     /// [`Event::Resumed`] follows.
@@ -304,6 +309,7 @@ pub struct Client {
     commands: mpsc::Sender<requests::Command>,
     shared: Arc<driver::Shared>,
     request_timeout: Duration,
+    likes: Arc<likes::Likes>,
 }
 
 impl Client {
@@ -312,7 +318,9 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), Error> {
         let request_timeout = config.request_timeout;
         let (shared, commands, rx) = driver::start(config).await?;
-        Ok((Client { commands, shared, request_timeout }, Events { rx }))
+        let likes = Arc::new(likes::Likes::default());
+        tokio::spawn(likes::report(likes.clone(), Arc::downgrade(&shared)));
+        Ok((Client { commands, shared, request_timeout, likes }, Events { rx }))
     }
 
     /// The current connection's `Welcome`: session id, limits, heartbeat
@@ -448,6 +456,18 @@ impl Client {
             ..GiftMessage::default()
         };
         self.send_gift_with(gift).await
+    }
+
+    /// Counts `taps` likes in `room` (call it per tap, or with a few). The
+    /// SDK adds them up and sends at most one report a second per room, as a
+    /// datagram: never waits, never fails; a report lost on the network
+    /// loses at most that second's taps. The room's total comes back as
+    /// [`Event::LikeTotal`]. The node counts a user's taps up to a cap (about
+    /// 20 a second) and flags the rest as fake.
+    pub fn like(&self, room: &str, taps: u32) {
+        if !self.likes.add(room, taps) {
+            debug!(room, "likes for too many rooms at once; dropped");
+        }
     }
 
     /// Sends a gift with options (a media timestamp, a combo id).

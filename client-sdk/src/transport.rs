@@ -147,6 +147,9 @@ async fn read_datagrams(conn: quinn::Connection, events: mpsc::Sender<Event>) {
             Ok(ServerDatagram::OnlineCount { room, count, .. }) => {
                 let _ = events.try_send(Event::OnlineCount { room, count });
             }
+            Ok(ServerDatagram::LikeTotal { room, total, .. }) => {
+                let _ = events.try_send(Event::LikeTotal { room, total });
+            }
             Err(e) => debug!(error = %e, "ignoring malformed datagram"),
         }
     }

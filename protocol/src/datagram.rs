@@ -1,4 +1,5 @@
-//! QUIC datagrams: client heartbeats and server online counts.
+//! QUIC datagrams: client heartbeats and like reports; server online counts
+//! and like totals.
 //!
 //! A datagram is one encoded `ClientDatagram` or `ServerDatagram` per QUIC
 //! DATAGRAM frame, with no prefix; QUIC already delimits it. Both sides refuse
@@ -38,13 +39,21 @@ impl DatagramError {
 /// What a client may send as a datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientDatagram {
-    Heartbeat { client_time_ms: u64 },
+    Heartbeat {
+        client_time_ms: u64,
+    },
+    /// Taps since the last report in `room`.
+    LikeReport {
+        room: String,
+        taps: u32,
+    },
 }
 
 /// What the server sends as a datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerDatagram {
     OnlineCount { room: String, count: u64, server_time_ms: u64 },
+    LikeTotal { room: String, total: u64, server_time_ms: u64 },
 }
 
 fn check(data: &[u8]) -> Result<(), DatagramError> {
@@ -53,9 +62,12 @@ fn check(data: &[u8]) -> Result<(), DatagramError> {
 
 impl ClientDatagram {
     pub fn encode(&self) -> Bytes {
-        let body = match *self {
+        let body = match self {
             Self::Heartbeat { client_time_ms } => {
-                v1::client_datagram::Body::Heartbeat(v1::Heartbeat { client_time_ms })
+                v1::client_datagram::Body::Heartbeat(v1::Heartbeat { client_time_ms: *client_time_ms })
+            }
+            Self::LikeReport { room, taps } => {
+                v1::client_datagram::Body::LikeReport(v1::LikeReport { room: room.clone(), taps: *taps })
             }
         };
         v1::ClientDatagram { body: Some(body) }.encode_to_vec().into()
@@ -68,6 +80,7 @@ impl ClientDatagram {
             v1::client_datagram::Body::Heartbeat(h) => {
                 Ok(Self::Heartbeat { client_time_ms: h.client_time_ms })
             }
+            v1::client_datagram::Body::LikeReport(l) => Ok(Self::LikeReport { room: l.room, taps: l.taps }),
         }
     }
 }
@@ -82,6 +95,13 @@ impl ServerDatagram {
                     server_time_ms: *server_time_ms,
                 })
             }
+            Self::LikeTotal { room, total, server_time_ms } => {
+                v1::server_datagram::Body::LikeTotal(v1::LikeTotal {
+                    room: room.clone(),
+                    total: *total,
+                    server_time_ms: *server_time_ms,
+                })
+            }
         };
         v1::ServerDatagram { body: Some(body) }.encode_to_vec().into()
     }
@@ -92,6 +112,9 @@ impl ServerDatagram {
         match d.body.ok_or(DatagramError::Empty)? {
             v1::server_datagram::Body::OnlineCount(o) => {
                 Ok(Self::OnlineCount { room: o.room, count: o.count, server_time_ms: o.server_time_ms })
+            }
+            v1::server_datagram::Body::LikeTotal(l) => {
+                Ok(Self::LikeTotal { room: l.room, total: l.total, server_time_ms: l.server_time_ms })
             }
         }
     }
@@ -114,6 +137,18 @@ mod tests {
         let wire = o.encode();
         assert!(wire.len() <= MAX_DATAGRAM_BYTES);
         assert_eq!(ServerDatagram::decode(wire), Ok(o));
+        let like = ClientDatagram::LikeReport { room: "r".repeat(crate::MAX_ROOM_ID_BYTES), taps: u32::MAX };
+        let wire = like.encode();
+        assert!(wire.len() <= MAX_DATAGRAM_BYTES);
+        assert_eq!(ClientDatagram::decode(wire), Ok(like));
+        let total = ServerDatagram::LikeTotal {
+            room: "r".repeat(crate::MAX_ROOM_ID_BYTES),
+            total: u64::MAX,
+            server_time_ms: u64::MAX,
+        };
+        let wire = total.encode();
+        assert!(wire.len() <= MAX_DATAGRAM_BYTES);
+        assert_eq!(ServerDatagram::decode(wire), Ok(total));
     }
 
     #[test]

@@ -31,6 +31,14 @@ impl RoomId {
     }
 }
 
+/// Maps keyed by `RoomId` can be searched with a `&str` (hashing and
+/// equality are the string's).
+impl std::borrow::Borrow<str> for RoomId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for RoomId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

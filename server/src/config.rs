@@ -29,6 +29,26 @@ pub struct Config {
     pub drain: DrainConfig,
     pub webhooks: WebhooksConfig,
     pub gifts: GiftsConfig,
+    pub likes: LikesConfig,
+}
+
+/// Likes: clients report taps at most once a second per room; the node
+/// counts each user's taps up to a cap and keeps each room's total.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LikesConfig {
+    /// Taps per second one user may have counted; taps beyond it (and the
+    /// burst) are flagged as fake and not counted. 0: no cap.
+    pub per_user_per_sec: f64,
+    /// Seconds' worth of taps a user may save up, so that a report that
+    /// arrives late, or two that arrive together, still count.
+    pub burst_secs: f64,
+}
+
+impl Default for LikesConfig {
+    fn default() -> Self {
+        Self { per_user_per_sec: 20.0, burst_secs: 2.0 }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -370,6 +390,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             webhooks: WebhooksConfig::default(),
             gifts: GiftsConfig::default(),
+            likes: LikesConfig::default(),
         }
     }
 }

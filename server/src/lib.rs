@@ -27,6 +27,7 @@ pub mod gate;
 pub mod gifts;
 pub mod metrics;
 pub mod moderation;
+pub mod rate;
 pub mod room;
 pub mod tls;
 pub mod webhooks;
@@ -43,6 +44,9 @@ use tracing::info;
 
 pub use config::Config;
 pub use drain::{Drain, DrainState};
+
+/// Most users whose like rate is tracked at once (see [`rate::RateTable`]).
+const MAX_LIKERS: usize = 1_000_000;
 
 /// State shared by every connection of the node.
 #[derive(Debug)]
@@ -63,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) hooks: webhooks::Hooks,
     /// The gift catalogue, the per-user gift cap and the ledger.
     pub(crate) gifts: Arc<gifts::Gifts>,
+    /// Each user's like cap (taps counted per second).
+    pub(crate) likes: rate::RateTable,
 }
 
 /// Serves `endpoint` until `shutdown` resolves, with metrics on
@@ -130,6 +136,7 @@ pub async fn serve_with_drain(
         drain: drain.clone(),
         moderation: moderation::Moderation::new(&config.moderation),
         gifts,
+        likes: rate::RateTable::new(config.likes.per_user_per_sec, config.likes.burst_secs, MAX_LIKERS),
         config,
     });
     if let Some(path) = shared.config.moderation.banned_words_file.clone() {

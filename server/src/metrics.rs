@@ -69,6 +69,11 @@ pub struct Metrics {
     pub chat_rate_limited: Counter,
     /// Gift sends answered, by outcome.
     gifts: Family<ReasonLabel, Counter>,
+    /// Like taps reported: counted, or flagged (over the user's cap).
+    likes_counted: Counter,
+    likes_flagged: Counter,
+    /// Like reports for a room the session had not joined.
+    like_reports_ignored: Counter,
     pub subscribers_lagged: Counter,
     /// How long room events wait in a member's outbox for its writer: the
     /// node's own queueing after fan-out, before QUIC takes the bytes.
@@ -205,6 +210,20 @@ impl Metrics {
             "Gift sends answered, by outcome (repeat: an idempotency key seen before)",
             gifts.clone(),
         );
+        let likes = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "likes",
+            "Like taps reported by clients: counted, or flagged (beyond the user's cap, not counted)",
+            likes.clone(),
+        );
+        let likes_counted = likes.get_or_create(&ReasonLabel { reason: "counted" }).clone();
+        let likes_flagged = likes.get_or_create(&ReasonLabel { reason: "flagged" }).clone();
+        let like_reports_ignored = Counter::default();
+        registry.register(
+            "like_reports_ignored",
+            "Like reports for a room the session had not joined",
+            like_reports_ignored.clone(),
+        );
         let subscribers_lagged = Counter::default();
         registry.register(
             "subscribers_lagged",
@@ -261,6 +280,9 @@ impl Metrics {
             chat_sampled,
             chat_rate_limited,
             gifts,
+            likes_counted,
+            likes_flagged,
+            like_reports_ignored,
             subscribers_lagged,
             outbox_wait,
             tls_resumed,
@@ -280,6 +302,13 @@ impl Metrics {
     /// `ledger_unavailable` or `refunded`.
     pub fn gift(&self, outcome: &'static str) {
         self.gifts.get_or_create(&ReasonLabel { reason: outcome }).inc();
+    }
+
+    /// Counts a like report: taps counted, taps flagged, reports ignored.
+    pub fn likes(&self, counted: u64, flagged: u64, ignored: u64) {
+        self.likes_counted.inc_by(counted);
+        self.likes_flagged.inc_by(flagged);
+        self.like_reports_ignored.inc_by(ignored);
     }
 
     /// Counts a member leaving a room.

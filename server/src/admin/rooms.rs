@@ -162,6 +162,8 @@ pub struct RoomInfo {
     /// starts over.
     pub epoch: u64,
     pub state: RoomStateName,
+    /// Likes counted in the room while it has been live.
+    pub like_total: u64,
     /// The viewer list: users present, from `offset`, at most `limit`.
     pub users: Vec<User>,
     /// Users present, for paging.
@@ -248,6 +250,7 @@ pub(super) async fn info(
         current_seq: i.current_seq,
         epoch: i.epoch,
         state: lifecycle.into(),
+        like_total: i.like_total,
         users: i.page.iter().map(User::from).collect(),
         users_total: i.page_total,
         offset,

@@ -345,6 +345,7 @@ impl Session {
                 },
                 datagram = conn.read_datagram() => match datagram.map(ClientDatagram::decode) {
                     Ok(Ok(ClientDatagram::Heartbeat { .. })) => self.touch(),
+                    Ok(Ok(ClientDatagram::LikeReport { room, taps })) => self.like(&room, taps),
                     Ok(Err(e)) => {
                         close(&conn, None, e.code(), &format!("bad datagram: {e}")).await;
                         break;
@@ -420,6 +421,23 @@ impl Session {
                 room.set_present(self.id, present).await;
             }
         }
+    }
+
+    /// Counts a like report's taps in a joined room, up to the user's cap;
+    /// the rest are flagged. A report for a room not joined is ignored.
+    fn like(&mut self, room: &str, taps: u32) {
+        self.touch();
+        let Some(handle) = self.rooms.get(room) else {
+            self.shared.metrics.likes(0, 0, 1);
+            return;
+        };
+        let taps = u64::from(taps);
+        let counted = self.shared.likes.take_up_to(&self.identity.user_id, taps, Instant::now());
+        handle.like(counted);
+        if counted < taps {
+            debug!(taps, counted, room, "like rate over the cap flagged");
+        }
+        self.shared.metrics.likes(counted, taps - counted, 0);
     }
 
     fn touch(&mut self) {

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Writes one room's events to its unidirectional stream (whose start frame
-/// the session wrote), and its online count as a datagram. Everything
+/// the session wrote), and its online count and like total as datagrams. Everything
 /// pending is written with one vectored write.
 pub(super) async fn write_room(
     mut send: quinn::SendStream,
@@ -21,10 +21,10 @@ pub(super) async fn write_room(
         if let Some(at) = drained.sequenced_at {
             metrics.sequenced_to_write.observe(at.elapsed().as_secs_f64());
         }
-        if let Some(datagram) = drained.online
-            && let Err(e) = conn.send_datagram(datagram)
-        {
-            debug!(error = %e, "online count datagram not sent");
+        for datagram in [drained.online, drained.likes].into_iter().flatten() {
+            if let Err(e) = conn.send_datagram(datagram) {
+                debug!(error = %e, "room datagram not sent");
+            }
         }
         if let Some((from_seq, to_seq)) = drained.lagged {
             debug!(room = %room, from_seq, to_seq, "subscriber lagged");

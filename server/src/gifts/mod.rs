@@ -11,13 +11,14 @@
 pub mod ledger;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use roomcast_protocol::v1;
 use tokio::time::Instant;
 
 use crate::config::{GiftItem, GiftsConfig};
+use crate::rate::RateTable;
 pub use ledger::{Charge, DebitOutcome, EmbeddedLedger, Ledger, LedgerError, Receipt, WebhookLedger};
 
 /// Most gifts of one kind in one send.
@@ -36,10 +37,8 @@ const MAX_TRACKED_SENDERS: usize = 100_000;
 pub struct Gifts {
     catalogue: HashMap<String, GiftItem>,
     pub ledger: Ledger,
-    per_user_per_sec: f64,
-    /// Gift senders' token buckets. A `std::sync::Mutex`: the critical
-    /// section is a map lookup and a subtraction, and nothing awaits in it.
-    rates: Mutex<HashMap<Box<str>, Bucket>>,
+    /// Gift senders' token buckets, a second's worth of burst.
+    rates: RateTable,
 }
 
 impl Gifts {
@@ -67,8 +66,7 @@ impl Gifts {
         Ok(Self {
             catalogue: config.catalogue.iter().map(|g| (g.id.clone(), g.clone())).collect(),
             ledger,
-            per_user_per_sec: config.per_user_per_sec,
-            rates: Mutex::new(HashMap::new()),
+            rates: RateTable::new(config.per_user_per_sec, 1.0, MAX_TRACKED_SENDERS),
         })
     }
 
@@ -101,58 +99,7 @@ impl Gifts {
 
     /// Takes one send from `user`'s gift cap; false: over the cap.
     pub fn admit(&self, user: &str, now: Instant) -> bool {
-        if self.per_user_per_sec <= 0.0 {
-            return true;
-        }
-        let mut rates = self.rates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if rates.len() >= MAX_TRACKED_SENDERS {
-            rates.retain(|_, b| !b.full(now));
-        }
-        if rates.len() >= MAX_TRACKED_SENDERS && !rates.contains_key(user) {
-            // Every tracked sender is mid-burst: refuse newcomers rather
-            // than grow without bound.
-            return false;
-        }
-        rates.entry(user.into()).or_insert_with(|| Bucket::new(self.per_user_per_sec)).take(now)
-    }
-}
-
-/// A token bucket with a burst of one second's worth.
-#[derive(Debug, Clone)]
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-    fresh: bool,
-}
-
-impl Bucket {
-    fn new(rate: f64) -> Self {
-        Self { rate, tokens: rate.max(1.0), last: Instant::now(), fresh: true }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        if !self.fresh {
-            let dt = now.saturating_duration_since(self.last).as_secs_f64();
-            self.tokens = (self.tokens + dt * self.rate).min(self.rate.max(1.0));
-        }
-        self.fresh = false;
-        self.last = now;
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn full(&self, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens + dt * self.rate >= self.rate.max(1.0)
+        self.rates.take_up_to(user, 1, now) == 1
     }
 }
 

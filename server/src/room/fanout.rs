@@ -59,15 +59,15 @@ pub struct PushOutcome {
 }
 
 /// A bounded queue of encoded room frames for one (connection, room), plus
-/// the latest online-count datagram for that room.
+/// the latest online-count and like-total datagrams for that room.
 ///
 /// Overflow policy: capacity counts events. When a push would exceed it,
 /// queued ephemeral events are shed first, Low before Normal. A new ephemeral
 /// event that still does not fit is dropped. A sequenced batch that still does
 /// not fit is not queued: the outbox turns *lagged*. Its writer sends what is
 /// queued, then a `Lagged` frame naming the lost range, then ends the stream,
-/// and the client resumes from history. The online count is a single slot
-/// where the latest value replaces an unsent older one.
+/// and the client resumes from history. The online count and the like total
+/// are single slots where the latest value replaces an unsent older one.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
@@ -81,6 +81,7 @@ struct State {
     /// Sum of the queued items' weights.
     queued: usize,
     online: Option<Bytes>,
+    likes: Option<Bytes>,
     /// Sequenced events lost to overflow: `(from, to)`.
     lagged: Option<(u64, u64)>,
     closed: bool,
@@ -95,10 +96,18 @@ struct State {
     since: Option<Instant>,
 }
 
+impl State {
+    /// Nothing for the writer: no frame and no datagram.
+    fn is_idle(&self) -> bool {
+        self.items.is_empty() && self.online.is_none() && self.likes.is_none()
+    }
+}
+
 /// What a writer took out of an outbox in one drain.
 #[derive(Debug, Default)]
 pub struct Drained {
     pub online: Option<Bytes>,
+    pub likes: Option<Bytes>,
     /// How long the oldest drained item waited in the outbox.
     pub waited: Option<Duration>,
     /// When the oldest drained sequenced event was sequenced.
@@ -181,7 +190,7 @@ impl Outbox {
             }
             return out;
         }
-        let was_idle = s.items.is_empty() && s.online.is_none();
+        let was_idle = s.is_idle();
         if s.items.is_empty() {
             s.since = Some(now);
         }
@@ -204,8 +213,22 @@ impl Outbox {
         if s.closed {
             return;
         }
-        let was_idle = s.items.is_empty() && s.online.is_none();
+        let was_idle = s.is_idle();
         s.online = Some(datagram);
+        drop(s);
+        if was_idle {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Replaces the pending like-total datagram.
+    pub fn set_likes(&self, datagram: Bytes) {
+        let mut s = self.lock();
+        if s.closed {
+            return;
+        }
+        let was_idle = s.is_idle();
+        s.likes = Some(datagram);
         drop(s);
         if was_idle {
             self.notify.notify_one();
@@ -249,7 +272,7 @@ impl Outbox {
     /// rest, if anything is pending; `None` if there is nothing to write yet.
     pub fn try_drain(&self, frames: &mut Vec<Bytes>) -> Option<Drained> {
         let mut s = self.lock();
-        if s.items.is_empty() && s.online.is_none() && !s.closed && s.lagged.is_none() {
+        if s.is_idle() && !s.closed && s.lagged.is_none() {
             return None;
         }
         frames.extend(s.items.drain(..).map(|i| match i {
@@ -260,6 +283,7 @@ impl Outbox {
         let waited = s.since.take().map(|t| t.elapsed());
         Some(Drained {
             online: s.online.take(),
+            likes: s.likes.take(),
             waited,
             sequenced_at: s.sequenced_at.take(),
             lagged: s.lagged,

@@ -10,6 +10,7 @@ use roomcast_protocol::{ErrorCode, v1};
 use tokio::sync::{mpsc, oneshot};
 
 use super::feed::Feed;
+use super::likes::LikeCounter;
 use super::state::{AdminMessage, ChatRequest, ConnId, Filter, GiftRequest, GiftSequenced, Resume, RoomInfo};
 use crate::auth::Identity;
 use crate::webhooks::LeaveReason;
@@ -100,6 +101,7 @@ pub struct Joined {
 #[derive(Debug, Clone)]
 pub struct RoomHandle {
     pub(super) tx: mpsc::Sender<Command>,
+    pub(super) likes: Arc<LikeCounter>,
 }
 
 /// The room's answer to a request, still to come. A room that went away
@@ -126,6 +128,12 @@ impl RoomHandle {
     /// Marks the member present or absent (missed heartbeats).
     pub async fn set_present(&self, conn: ConnId, present: bool) {
         let _ = self.tx.send(Command::Presence { conn, present }).await;
+    }
+
+    /// Adds a member's counted likes to the room's total. Never waits: the
+    /// room pushes the new total to members within its pacing interval.
+    pub fn like(&self, taps: u64) {
+        self.likes.add(taps);
     }
 
     /// Hands a chat message to the room, and returns its answer to come.

@@ -4,12 +4,12 @@
 //! * [`Rooms`] is the node's registry: it creates a room on its first join
 //!   and drops it once it has been empty for a while.
 //! * [`RoomHandle`] is a connection's way into a joined room: leave,
-//!   presence, publish, recall, gift. Each call is a command to the room's task;
+//!   presence, publish, recall, gift, like. Each call is a command to the room's task;
 //!   answers come back as a [`Reply`], so a session can keep several in
 //!   flight.
 //! * [`Feed`] is a member's receiving end: the frames its room stream
 //!   carries, in order (history a resume did not fit in its answer first,
-//!   then the live events), and the room's online count.
+//!   then the live events), and the room's online count and like total.
 //!
 //! Inside, `state` is the room as a plain state machine (split by concern),
 //! `task` the only place it meets channels and timers, `fanout` the bounded
@@ -26,6 +26,7 @@ mod feed;
 mod handle;
 mod history;
 mod kinds;
+mod likes;
 mod registry;
 mod state;
 mod task;

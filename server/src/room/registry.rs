@@ -122,11 +122,19 @@ impl Rooms {
         let (tx, rx) = mpsc::channel(self.config.command_queue.max(1));
         let history =
             HistoryLog::new(self.config.history_len, Duration::from_secs(self.config.history_max_age_secs));
-        let entry = Entry { handle: RoomHandle { tx }, history, stats: Arc::default() };
+        let handle = RoomHandle { tx, likes: Arc::default() };
+        let entry = Entry { handle, history, stats: Arc::default() };
         map.insert(id.clone(), entry.clone());
         self.metrics.rooms.set(map.len() as i64);
         let span = info_span!("room", room = %id);
-        let task = run_room(self.clone(), id.clone(), rx, entry.history.clone(), entry.stats.clone());
+        let task = run_room(
+            self.clone(),
+            id.clone(),
+            rx,
+            entry.history.clone(),
+            entry.stats.clone(),
+            entry.handle.likes.clone(),
+        );
         tokio::spawn(task.instrument(span));
         entry
     }

@@ -1,6 +1,7 @@
 //! The room task: the only place a room's state meets channels and timers.
 //! It handles commands in arrival order, runs rounds on the tick timer,
-//! paces the online count and removes the room once it has stayed empty.
+//! paces the online count and the like total, and removes the room once it
+//! has stayed empty.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,8 +13,9 @@ use tracing::debug;
 
 use super::handle::{Command, JoinRequest};
 use super::history::HistoryLog;
+use super::likes::LikeCounter;
 use super::registry::{RoomStats, Rooms};
-use super::state::{ChatOutcome, RoomLimits, RoomState};
+use super::state::{ChatOutcome, RoomInfo, RoomLimits, RoomState};
 use crate::config::RoomConfig;
 use crate::metrics::Metrics;
 use crate::webhooks::{HookEvent, Hooks, LeaveReason};
@@ -37,6 +39,7 @@ struct Room<'a> {
     id: &'a RoomId,
     metrics: &'a Metrics,
     hooks: &'a Hooks,
+    likes: &'a LikeCounter,
 }
 
 fn far_future() -> Instant {
@@ -49,6 +52,7 @@ pub(super) async fn run_room(
     mut rx: mpsc::Receiver<Command>,
     history: Arc<HistoryLog>,
     stats: Arc<RoomStats>,
+    likes: Arc<LikeCounter>,
 ) {
     let empty_ttl = Duration::from_secs(rooms.config.empty_room_ttl_secs);
     let epoch = unix_ms(SystemTime::now());
@@ -62,6 +66,7 @@ pub(super) async fn run_room(
         let flush_at = state.flush_due(now);
         let online_at = state.online_due(now);
         let ranking_at = state.ranking_due(now);
+        let likes_at = state.likes_due(now);
         let expiry = empty_since.map(|t| t + empty_ttl);
         tokio::select! {
             biased;
@@ -70,7 +75,7 @@ pub(super) async fn run_room(
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
-                let room = Room { id: &id, metrics: &metrics, hooks: &rooms.hooks };
+                let room = Room { id: &id, metrics: &metrics, hooks: &rooms.hooks, likes: &likes };
                 handle(&mut state, cmd, &room, &mut closed);
                 empty_since = match (state.is_empty(), empty_since) {
                     (true, None) => {
@@ -86,6 +91,10 @@ pub(super) async fn run_room(
             }
             () = sleep_until(online_at.unwrap_or_else(far_future)), if online_at.is_some() => {
                 state.push_online(Instant::now(), unix_ms(SystemTime::now()));
+            }
+            () = likes.changed() => state.likes_changed(),
+            () = sleep_until(likes_at.unwrap_or_else(far_future)), if likes_at.is_some() => {
+                state.push_likes(likes.take(), Instant::now(), unix_ms(SystemTime::now()));
             }
             () = sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
                 if rooms.remove_if_idle(&id, &rx, &stats) {
@@ -109,7 +118,7 @@ pub(super) async fn run_room(
 /// Handles one command. `closed`: the platform closed the room; it refuses
 /// joins and platform messages until the room is dropped.
 fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut bool) {
-    let Room { id, metrics, hooks } = *room;
+    let Room { id, metrics, hooks, likes } = *room;
     let now = Instant::now();
     let now_ms = unix_ms(SystemTime::now());
     match cmd {
@@ -125,7 +134,8 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
                 let (user, role) = (Box::from(&*identity.user_id), identity.role);
                 hooks.emit(HookEvent::UserJoined { room: id.clone(), user, role, conn });
             }
-            let joined = state.join(conn, identity, outbox, resume, filter, now, now_ms);
+            let mut joined = state.join(conn, identity, outbox, resume, filter, now, now_ms);
+            joined.like_total = likes.total();
             // The joiner may have gone already; its leave follows.
             let _ = reply.send(Ok(joined));
         }
@@ -217,7 +227,7 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
             let _ = reply.send(state.ranking());
         }
         Command::Info { offset, limit, reply } => {
-            let _ = reply.send(state.info(offset, limit));
+            let _ = reply.send(RoomInfo { like_total: likes.total(), ..state.info(offset, limit) });
         }
     }
 }

@@ -10,6 +10,7 @@
 //!   log of encoded events waiting for members;
 //! * `rounds`: how the log reaches members, paced over the batching window;
 //! * `online`: online-count pacing;
+//! * `likes`: like-total pacing;
 //! * `gifts`: charged gifts, sequenced with their running combos;
 //! * `platform`: commands from the platform (publish, recall, remove a
 //!   user, close, figures).
@@ -25,6 +26,7 @@
 
 mod admission;
 mod gifts;
+mod likes;
 mod log;
 mod online;
 mod platform;
@@ -44,6 +46,7 @@ use super::history::{self, HistoryLog};
 use super::kinds;
 use crate::auth::{Identity, Role};
 use admission::{Admission, Admit};
+use likes::LikePacer;
 use log::EventLog;
 use online::OnlinePacer;
 use roster::{Roster, Subscriber};
@@ -136,6 +139,7 @@ pub struct RoomState {
     roster: Roster,
     admission: Admission,
     online: OnlinePacer,
+    likes: LikePacer,
     rounds: Rounds,
     combos: gifts::Combos,
     ranking: ranking::Ranking,
@@ -152,6 +156,7 @@ impl RoomState {
             id,
             limits,
             online: OnlinePacer::default(),
+            likes: LikePacer::default(),
             rounds: Rounds::default(),
             combos: gifts::Combos::default(),
             ranking: ranking::Ranking::default(),
@@ -235,6 +240,7 @@ impl RoomState {
             resumed,
             epoch,
             next_seq,
+            like_total: 0,
         };
         if first_of_user && self.admission.entered(now) {
             let kind = Kind::UserEntered(v1::UserEntered { user: Some(entered.clone()) });
