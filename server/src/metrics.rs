@@ -72,7 +72,8 @@ pub struct Metrics {
     /// Like taps reported: counted, or flagged (over the user's cap).
     likes_counted: Counter,
     likes_flagged: Counter,
-    /// Like reports for a room the session had not joined.
+    /// Like reports received: for a joined room, or ignored (not joined).
+    like_reports_joined: Counter,
     like_reports_ignored: Counter,
     pub subscribers_lagged: Counter,
     /// How long room events wait in a member's outbox for its writer: the
@@ -218,12 +219,14 @@ impl Metrics {
         );
         let likes_counted = likes.get_or_create(&ReasonLabel { reason: "counted" }).clone();
         let likes_flagged = likes.get_or_create(&ReasonLabel { reason: "flagged" }).clone();
-        let like_reports_ignored = Counter::default();
+        let like_reports = Family::<ReasonLabel, Counter>::default();
         registry.register(
-            "like_reports_ignored",
-            "Like reports for a room the session had not joined",
-            like_reports_ignored.clone(),
+            "like_reports",
+            "Like report datagrams received: for a joined room (joined), or ignored (not_joined)",
+            like_reports.clone(),
         );
+        let like_reports_joined = like_reports.get_or_create(&ReasonLabel { reason: "joined" }).clone();
+        let like_reports_ignored = like_reports.get_or_create(&ReasonLabel { reason: "not_joined" }).clone();
         let subscribers_lagged = Counter::default();
         registry.register(
             "subscribers_lagged",
@@ -282,6 +285,7 @@ impl Metrics {
             gifts,
             likes_counted,
             likes_flagged,
+            like_reports_joined,
             like_reports_ignored,
             subscribers_lagged,
             outbox_wait,
@@ -304,11 +308,16 @@ impl Metrics {
         self.gifts.get_or_create(&ReasonLabel { reason: outcome }).inc();
     }
 
-    /// Counts a like report: taps counted, taps flagged, reports ignored.
-    pub fn likes(&self, counted: u64, flagged: u64, ignored: u64) {
+    /// Counts a like report for a joined room: its taps counted and flagged.
+    pub fn like_report(&self, counted: u64, flagged: u64) {
+        self.like_reports_joined.inc();
         self.likes_counted.inc_by(counted);
         self.likes_flagged.inc_by(flagged);
-        self.like_reports_ignored.inc_by(ignored);
+    }
+
+    /// Counts a like report for a room the session had not joined.
+    pub fn like_report_ignored(&self) {
+        self.like_reports_ignored.inc();
     }
 
     /// Counts a member leaving a room.

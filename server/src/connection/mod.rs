@@ -428,7 +428,7 @@ impl Session {
     fn like(&mut self, room: &str, taps: u32) {
         self.touch();
         let Some(handle) = self.rooms.get(room) else {
-            self.shared.metrics.likes(0, 0, 1);
+            self.shared.metrics.like_report_ignored();
             return;
         };
         let taps = u64::from(taps);
@@ -437,7 +437,7 @@ impl Session {
         if counted < taps {
             debug!(taps, counted, room, "like rate over the cap flagged");
         }
-        self.shared.metrics.likes(counted, taps - counted, 0);
+        self.shared.metrics.like_report(counted, taps - counted);
     }
 
     fn touch(&mut self) {

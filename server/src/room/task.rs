@@ -15,7 +15,7 @@ use super::handle::{Command, JoinRequest};
 use super::history::HistoryLog;
 use super::likes::LikeCounter;
 use super::registry::{RoomStats, Rooms};
-use super::state::{ChatOutcome, RoomInfo, RoomLimits, RoomState};
+use super::state::{ChatOutcome, RoomLimits, RoomState};
 use crate::config::RoomConfig;
 use crate::metrics::Metrics;
 use crate::webhooks::{HookEvent, Hooks, LeaveReason};
@@ -39,7 +39,6 @@ struct Room<'a> {
     id: &'a RoomId,
     metrics: &'a Metrics,
     hooks: &'a Hooks,
-    likes: &'a LikeCounter,
 }
 
 fn far_future() -> Instant {
@@ -57,7 +56,8 @@ pub(super) async fn run_room(
     let empty_ttl = Duration::from_secs(rooms.config.empty_room_ttl_secs);
     let epoch = unix_ms(SystemTime::now());
     let metrics = rooms.metrics.clone();
-    let mut state = RoomState::new(id.clone(), epoch, limits(&rooms.config), history);
+    let mut state =
+        RoomState::new(id.clone(), epoch, limits(&rooms.config), history).with_likes(likes.clone());
     let mut empty_since = Some(Instant::now());
     let mut closed = false;
     debug!("room opened");
@@ -75,7 +75,7 @@ pub(super) async fn run_room(
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
-                let room = Room { id: &id, metrics: &metrics, hooks: &rooms.hooks, likes: &likes };
+                let room = Room { id: &id, metrics: &metrics, hooks: &rooms.hooks };
                 handle(&mut state, cmd, &room, &mut closed);
                 empty_since = match (state.is_empty(), empty_since) {
                     (true, None) => {
@@ -94,7 +94,7 @@ pub(super) async fn run_room(
             }
             () = likes.changed() => state.likes_changed(),
             () = sleep_until(likes_at.unwrap_or_else(far_future)), if likes_at.is_some() => {
-                state.push_likes(likes.take(), Instant::now(), unix_ms(SystemTime::now()));
+                state.push_likes(Instant::now(), unix_ms(SystemTime::now()));
             }
             () = sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
                 if rooms.remove_if_idle(&id, &rx, &stats) {
@@ -118,7 +118,7 @@ pub(super) async fn run_room(
 /// Handles one command. `closed`: the platform closed the room; it refuses
 /// joins and platform messages until the room is dropped.
 fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut bool) {
-    let Room { id, metrics, hooks, likes } = *room;
+    let Room { id, metrics, hooks } = *room;
     let now = Instant::now();
     let now_ms = unix_ms(SystemTime::now());
     match cmd {
@@ -134,8 +134,7 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
                 let (user, role) = (Box::from(&*identity.user_id), identity.role);
                 hooks.emit(HookEvent::UserJoined { room: id.clone(), user, role, conn });
             }
-            let mut joined = state.join(conn, identity, outbox, resume, filter, now, now_ms);
-            joined.like_total = likes.total();
+            let joined = state.join(conn, identity, outbox, resume, filter, now, now_ms);
             // The joiner may have gone already; its leave follows.
             let _ = reply.send(Ok(joined));
         }
@@ -227,7 +226,7 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
             let _ = reply.send(state.ranking());
         }
         Command::Info { offset, limit, reply } => {
-            let _ = reply.send(RoomInfo { like_total: likes.total(), ..state.info(offset, limit) });
+            let _ = reply.send(state.info(offset, limit));
         }
     }
 }

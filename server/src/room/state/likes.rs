@@ -1,28 +1,56 @@
 //! Like-total pacing: a changed total reaches members as a datagram at most
-//! once per `online_push_interval`, latest value wins, like the online count.
+//! once per `online_push_interval`, latest value wins, like the online
+//! count. A total due while a round is near rides with the round's batches
+//! (each member is handed it with its slice) instead of waking every
+//! member's writer on its own.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use roomcast_protocol::datagram::ServerDatagram;
 use tokio::time::Instant;
 
+use super::super::likes::LikeCounter;
 use super::RoomState;
 
-/// The last total sent, and whether a newer one waits.
+/// The room's running total, the last total sent, and the datagram members
+/// are given next.
 #[derive(Debug, Default)]
 pub(super) struct LikePacer {
+    counter: Arc<LikeCounter>,
     sent: u64,
     sent_at: Option<Instant>,
     /// Likes were added since the last push.
     pending: bool,
+    /// The latest like-total datagram and its version; members are given it
+    /// as their slice of a round is served.
+    pub(super) frame: Option<Bytes>,
+    pub(super) version: u64,
 }
 
 impl RoomState {
+    /// The state counting into `counter`, which the room's handles add to.
+    pub(in crate::room) fn with_likes(mut self, counter: Arc<LikeCounter>) -> Self {
+        self.likes.counter = counter;
+        self
+    }
+
     /// Likes were added: a push is due within the pacing interval.
     pub fn likes_changed(&mut self) {
         self.likes.pending = true;
     }
 
-    /// When the like total should next be pushed, if it changed.
+    /// When the like total should next be pushed on its own, if it changed.
+    /// During a round it waits for the next round to carry it.
     pub fn likes_due(&self, now: Instant) -> Option<Instant> {
+        if self.rounds.round.is_some() || !self.log.is_empty() {
+            return None;
+        }
+        self.likes_change_due(now)
+    }
+
+    /// When a changed total is next due, by its own pace.
+    pub(super) fn likes_change_due(&self, now: Instant) -> Option<Instant> {
         if !self.likes.pending || self.roster.is_empty() {
             return None;
         }
@@ -32,19 +60,35 @@ impl RoomState {
         })
     }
 
-    /// Pushes `total` to every member as a datagram, if it changed since
-    /// the last push.
-    pub fn push_likes(&mut self, total: u64, now: Instant, now_ms: u64) {
-        self.likes.pending = false;
-        if total == self.likes.sent {
-            return;
+    /// Pushes the like total to every member now.
+    pub fn push_likes(&mut self, now: Instant, now_ms: u64) {
+        let Some(frame) = self.stage_likes(now, now_ms) else { return };
+        for sub in &mut self.roster.subscribers {
+            sub.outbox.set_likes(frame.clone());
+            sub.likes = self.likes.version;
+        }
+    }
+
+    /// Reads the total and, if it changed since the last push, encodes it as
+    /// the datagram members are given next.
+    pub(super) fn stage_likes(&mut self, now: Instant, now_ms: u64) -> Option<Bytes> {
+        let l = &mut self.likes;
+        l.pending = false;
+        let total = l.counter.take();
+        if total == l.sent {
+            return None;
         }
         let datagram =
             ServerDatagram::LikeTotal { room: self.id.to_string(), total, server_time_ms: now_ms }.encode();
-        for sub in &self.roster.subscribers {
-            sub.outbox.set_likes(datagram.clone());
-        }
-        self.likes.sent = total;
-        self.likes.sent_at = Some(now);
+        l.frame = Some(datagram.clone());
+        l.version += 1;
+        l.sent = total;
+        l.sent_at = Some(now);
+        Some(datagram)
+    }
+
+    /// The total as the room's handles have counted it.
+    pub fn like_total(&self) -> u64 {
+        self.likes.counter.total()
     }
 }

@@ -208,6 +208,7 @@ impl RoomState {
             outbox: outbox.clone(),
             next: self.log.end(),
             online: self.online.version,
+            likes: self.likes.version,
         };
         self.roster.insert(conn, identity, outbox, sub);
 
@@ -240,7 +241,7 @@ impl RoomState {
             resumed,
             epoch,
             next_seq,
-            like_total: 0,
+            like_total: self.like_total(),
         };
         if first_of_user && self.admission.entered(now) {
             let kind = Kind::UserEntered(v1::UserEntered { user: Some(entered.clone()) });

@@ -50,8 +50,7 @@ pub struct RoomInfo {
     /// The requested page of present users, and how many there are.
     pub page: Vec<v1::User>,
     pub page_total: u64,
-    /// Likes counted in the room: kept beside the state, filled in by the
-    /// room task (0 from [`RoomState::info`]).
+    /// Likes counted in the room.
     pub like_total: u64,
 }
 
@@ -140,7 +139,7 @@ impl RoomState {
             epoch: self.log.epoch,
             page,
             page_total: total as u64,
-            like_total: 0,
+            like_total: self.like_total(),
         }
     }
 

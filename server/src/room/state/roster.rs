@@ -34,6 +34,8 @@ pub(super) struct Subscriber {
     pub(super) next: u64,
     /// Version of the online-count datagram it was last given.
     pub(super) online: u64,
+    /// Version of the like-total datagram it was last given.
+    pub(super) likes: u64,
 }
 
 #[derive(Debug)]

@@ -179,6 +179,9 @@ impl RoomState {
         if self.online_change_due(now).is_some_and(|at| at <= now + window) {
             let _ = self.stage_online(now, self.log.last_now_ms);
         }
+        if self.likes_change_due(now).is_some_and(|at| at <= now + window) {
+            let _ = self.stage_likes(now, self.log.last_now_ms);
+        }
         let base = self.limits.batch_window;
         let ticks = if base.is_zero() { 1 } else { (window.as_nanos() / base.as_nanos()).max(1) as usize };
         let round = Round { next: 0, chunk: self.roster.subscribers.len().div_ceil(ticks).max(1), ticks: 0 };
@@ -204,12 +207,13 @@ impl RoomState {
     }
 
     /// Pushes to each member in `range` everything in the log after its
-    /// cursor, and the staged online count. Members at the same cursor share
+    /// cursor, and the staged online count and like total. Members at the same cursor share
     /// one batch, built once.
     fn serve(&mut self, range: Range<usize>, now: Instant) {
         let end = self.log.end();
         let (log, stats) = (&self.log, &mut self.stats);
         let online = self.online.frame.as_ref().map(|f| (self.online.version, f));
+        let likes = self.likes.frame.as_ref().map(|f| (self.likes.version, f));
         let mut built: Vec<Built> = Vec::new();
         let mut last = 0;
         for sub in &mut self.roster.subscribers[range] {
@@ -218,6 +222,12 @@ impl RoomState {
             {
                 sub.outbox.set_online(frame.clone());
                 sub.online = version;
+            }
+            if let Some((version, frame)) = likes
+                && sub.likes != version
+            {
+                sub.outbox.set_likes(frame.clone());
+                sub.likes = version;
             }
             if sub.next == end {
                 continue;
