@@ -197,6 +197,34 @@ pub enum Event {
     Disconnected { code: Option<ErrorCode>, reason: String },
 }
 
+impl Event {
+    /// A gift, if this is one: the room event (room, `seq`, sender, media
+    /// time) and the gift (id, name, count, value, and its combo: the combo
+    /// id and the running count, so an app shows one animation per combo
+    /// and updates its count).
+    pub fn gift(&self) -> Option<(&v1::RoomEvent, &v1::Gift)> {
+        match self {
+            Event::Message(m) => match &m.kind {
+                Some(v1::room_event::Kind::Gift(g)) => Some((m, g)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A room's top gifters (at most 10, highest value first), if this is a
+    /// ranking update: replace the whole list.
+    pub fn ranking(&self) -> Option<(&str, &[v1::RankEntry])> {
+        match self {
+            Event::Message(m) => match &m.kind {
+                Some(v1::room_event::Kind::Ranking(r)) => Some((m.room.as_str(), r.entries.as_slice())),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// Why an SDK call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

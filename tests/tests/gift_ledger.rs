@@ -15,7 +15,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use roomcast_client::{Event, v1};
+use roomcast_client::v1;
 use roomcast_server::auth::Role;
 use roomcast_server::config::LedgerConfig;
 use roomcast_server::webhooks::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -234,14 +234,7 @@ async fn a_charge_the_node_stopped_before_sequencing_is_sequenced_by_the_next_se
     assert!(ack.seq > 0, "{ack:?}");
     let repeat = ren.send_gift("again", "heart", 1, "ren-1").await.unwrap();
     assert_eq!((repeat.seq, repeat.balance), (ack.seq, 90));
-    let (event, _) = wait_for(&mut events, |e| match e {
-        Event::Message(m) => match &m.kind {
-            Some(Kind::Gift(g)) => Some((m.clone(), g.clone())),
-            _ => None,
-        },
-        _ => None,
-    })
-    .await;
+    let event = wait_for(&mut events, |e| e.gift().map(|(m, _)| m.clone())).await;
     assert_eq!(event.seq, ack.seq);
     watcher.send_chat("again", "marker").await.unwrap();
     let seen = until_marker(&mut events, "marker").await;

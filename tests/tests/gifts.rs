@@ -24,14 +24,7 @@ async fn credit(server: &TestServer, user: &str, amount: u64) -> u64 {
 
 /// The next gift event on `events`.
 async fn next_gift(events: &mut roomcast_client::Events) -> (v1::RoomEvent, v1::Gift) {
-    wait_for(events, |e| match e {
-        Event::Message(m) => match &m.kind {
-            Some(Kind::Gift(g)) => Some((m.clone(), g.clone())),
-            _ => None,
-        },
-        _ => None,
-    })
-    .await
+    wait_for(events, |e| e.gift().map(|(m, g)| (m.clone(), g.clone()))).await
 }
 
 /// The sequenced events up to and including the chat `marker`, which the
@@ -286,14 +279,7 @@ async fn members_see_the_top_gifters_and_the_platform_reads_the_whole_ranking() 
     // they see is the final ranking.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let top = wait_for(&mut events, |e| match e {
-            Event::Message(m) => match &m.kind {
-                Some(Kind::Ranking(r)) => Some(r.entries.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .await;
+        let top = wait_for(&mut events, |e| e.ranking().map(|(_, entries)| entries.to_vec())).await;
         let got: Vec<(String, u64)> = top
             .iter()
             .map(|e| (e.user.as_ref().map(|u| u.user_id.clone()).unwrap_or_default(), e.value))
