@@ -92,7 +92,7 @@ enum Command {
     Recall { room: String, message_id: String },
     /// Run a load scenario against a server and report what it carried and
     /// what it cost (see BENCHMARKS.md).
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Print part of ROOM's history, by sequence range (default: all kept)
     /// or by media time.
     History {
@@ -153,7 +153,7 @@ async fn main() -> Result<()> {
             server_name: cli.server_name.clone(),
             trust: if explicit { Some(cli.trust()?) } else { None },
         };
-        return bench::run(endpoint, args.clone()).await;
+        return bench::run(endpoint, (**args).clone()).await;
     }
     let Some(token) = cli.token.clone() else {
         bail!(

@@ -28,6 +28,10 @@ pub(crate) enum Scenario {
     ChatStorm,
     /// `fanout` with and without a share of subscribers that stop reading.
     SlowConsumers,
+    /// Gift senders at their peak rate into a room of viewers.
+    GiftBurst,
+    /// Every viewer reports likes once a second while a host chats.
+    LikeStorm,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -53,12 +57,20 @@ pub(crate) struct BenchArgs {
     /// Rooms the idle connections spread over.
     #[arg(long, default_value_t = 100)]
     pub(crate) rooms: usize,
-    /// Chat senders (chat-storm).
+    /// Chat senders (chat-storm) or gift senders (gift-burst).
     #[arg(long, default_value_t = 200)]
     pub(crate) senders: usize,
-    /// Messages per second per sender (chat-storm).
+    /// Messages (chat-storm) or gifts (gift-burst) per second per sender.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) sender_rate: f64,
+    /// gift-burst: charge through the webhook ledger, against a stand-in
+    /// backend in this process that answers after this many ms (needs
+    /// `--spawn`). Without it, the node's embedded ledger.
+    #[arg(long, requires = "spawn")]
+    pub(crate) ledger_delay_ms: Option<u64>,
+    /// like-storm: taps each viewer reports per second.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) like_taps: u32,
     /// Share of subscribers that stop reading (slow-consumers).
     #[arg(long, default_value_t = 0.01)]
     pub(crate) slow_share: f64,
@@ -76,6 +88,17 @@ pub(crate) struct BenchArgs {
     /// server's.
     #[arg(long, env = "ROOMCAST_TOKEN_SECRET", hide_env_values = true)]
     pub(crate) secret: Option<String>,
+    /// The node's admin API (gift-burst credits its senders, like-storm
+    /// reads the room's total). A spawned node's is used without it.
+    #[arg(long, conflicts_with = "spawn")]
+    pub(crate) admin: Option<SocketAddr>,
+    /// The admin API key for `--admin`.
+    #[arg(long, env = "ROOMCAST_ADMIN_API_KEY", hide_env_values = true)]
+    pub(crate) admin_key: Option<String>,
+    /// The node's metrics endpoint (like-storm reads the likes it counted).
+    /// A spawned node's is used without it.
+    #[arg(long, conflicts_with = "spawn")]
+    pub(crate) metrics: Option<SocketAddr>,
     /// PID of the server, to read its CPU time and memory from /proc.
     #[arg(long, conflicts_with = "spawn")]
     pub(crate) server_pid: Option<u32>,

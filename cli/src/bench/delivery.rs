@@ -49,6 +49,11 @@ pub(crate) struct Received {
     pub(crate) fanout_latencies: Vec<u64>,
     /// Only host messages count (chat-storm watchers).
     pub(crate) host_only_latency: bool,
+    /// Latencies of messages sent at or after the readers' split (see
+    /// [`Readers::split_at`]); `latencies` keeps those sent before.
+    pub(crate) latencies_after_split: Vec<u64>,
+    /// The highest like total the room pushed to this subscriber.
+    pub(crate) like_total: u64,
 }
 
 impl Received {
@@ -80,6 +85,7 @@ impl Received {
 pub(crate) struct Readers {
     stop: watch::Sender<bool>,
     dropped: Arc<AtomicU64>,
+    split: Arc<AtomicU64>,
 }
 
 /// One reader's end of [`Readers`].
@@ -88,21 +94,33 @@ pub(crate) struct ReaderEnd {
     pub(crate) stop: watch::Receiver<bool>,
     /// Add one when this reader's connection drops before the stop.
     pub(crate) dropped: Arc<AtomicU64>,
+    /// Send stamps from this one on count as after the split.
+    pub(crate) split: Arc<AtomicU64>,
 }
 
 impl Readers {
     pub(crate) fn new() -> Self {
-        Self { stop: watch::Sender::new(false), dropped: Arc::new(AtomicU64::new(0)) }
+        Self {
+            stop: watch::Sender::new(false),
+            dropped: Arc::new(AtomicU64::new(0)),
+            split: Arc::new(AtomicU64::new(u64::MAX)),
+        }
     }
 
     /// The ends one more reader holds.
     pub(crate) fn end(&self) -> ReaderEnd {
-        ReaderEnd { stop: self.stop.subscribe(), dropped: self.dropped.clone() }
+        ReaderEnd { stop: self.stop.subscribe(), dropped: self.dropped.clone(), split: self.split.clone() }
     }
 
     /// Readers whose connection dropped so far.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Messages sent from `stamp` (see [`now_us`]) on are counted apart:
+    /// their latencies go to `Received::latencies_after_split`.
+    pub(crate) fn split_at(&self, stamp: u64) {
+        self.split.store(stamp, Ordering::Relaxed);
     }
 
     /// Tells every reader the run is over.

@@ -20,6 +20,7 @@
 
 mod args;
 mod delivery;
+mod http;
 mod nats;
 mod proc;
 mod progress;
@@ -49,8 +50,9 @@ pub(crate) async fn run(ep: Endpoint, args: BenchArgs) -> Result<()> {
         report.print();
         return Ok(());
     }
-    let target = Arc::new(Target::new(&ep, &args).await?);
-    let reports = tokio::time::timeout(limit, scenarios::run(&target, &args))
+    let setup = scenarios::Setup::new(&args).await?;
+    let target = Arc::new(Target::new(&ep, &args, setup.config()).await?);
+    let reports = tokio::time::timeout(limit, scenarios::run(&target, &args, &setup))
         .await
         .context("the run took longer than --timeout")??;
     for r in &reports {

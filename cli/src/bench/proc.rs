@@ -10,7 +10,7 @@ use super::report::{Report, round2};
 /// CPU time and memory of a process, from /proc.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ProcSample {
-    cpu: Duration,
+    pub(crate) cpu: Duration,
     pub(crate) rss_kib: u64,
     peak_rss_kib: u64,
     pub(crate) at: Instant,

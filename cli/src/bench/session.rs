@@ -119,6 +119,12 @@ impl SessionPlan {
         self.slow.is_slow(i)
     }
 
+    /// Latencies of messages sent from now on are counted apart (see
+    /// [`Readers::split_at`]).
+    pub(crate) fn split_latencies_now(&self) {
+        self.readers.split_at(now_us());
+    }
+
     /// Sessions whose connection dropped so far.
     pub(crate) fn dropped(&self) -> u64 {
         self.readers.dropped()
@@ -199,7 +205,7 @@ fn event_text(e: &v1::RoomEvent) -> &str {
 
 /// Reads a session's events until the stop; a slow reader reads nothing.
 async fn read_events(mut events: Events, mut r: Received, slow: bool, end: ReaderEnd) -> Received {
-    let ReaderEnd { mut stop, dropped } = end;
+    let ReaderEnd { mut stop, dropped, split } = end;
     if slow {
         let _ = stop.wait_for(|s| *s).await;
         return r;
@@ -231,14 +237,24 @@ async fn read_events(mut events: Events, mut r: Received, slow: bool, end: Reade
                 r.delivered += 1;
                 let counts =
                     !r.host_only_latency || matches!(m.kind, Some(v1::room_event::Kind::HostMessage(_)));
-                if counts && let Some(sent) = stamp_of(event_text(&m)) {
-                    r.latencies.push(now.saturating_sub(sent));
+                // A gift carries its send time in its media timestamp.
+                let stamp = match m.kind {
+                    Some(v1::room_event::Kind::Gift(_)) => m.media_ts_ms,
+                    _ => stamp_of(event_text(&m)),
+                };
+                if counts && let Some(sent) = stamp {
+                    if sent >= split.load(Ordering::Relaxed) {
+                        r.latencies_after_split.push(now.saturating_sub(sent));
+                    } else {
+                        r.latencies.push(now.saturating_sub(sent));
+                    }
                     let wall_ms = roomcast_protocol::unix_ms(std::time::SystemTime::now());
                     r.fanout_latencies.push(wall_ms.saturating_sub(m.server_time_ms) * 1_000);
                 }
             }
             Some(Event::Gap { from, to, .. }) => r.gaps += to - from + 1,
             Some(Event::Lagged { .. }) => r.lags += 1,
+            Some(Event::LikeTotal { total, .. }) => r.like_total = r.like_total.max(total),
             Some(Event::Disconnected { .. }) | None => {
                 r.disconnected = true;
                 dropped.fetch_add(1, Ordering::Relaxed);

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use roomcast_client::Trust;
 
 use super::args::BenchArgs;
+use super::http::Admin;
 
 /// A server process this run started. Dropping it kills the process and
 /// removes the data directory it was given.
@@ -55,23 +56,37 @@ fn pinned(exe: impl AsRef<OsStr>, cpus: Option<&str>) -> Command {
 }
 
 /// A node started for the run: where it listens, the certificate it
-/// serves, and the secret it verifies tokens with.
+/// serves, the secret it verifies tokens with, and its admin API and
+/// metrics endpoint.
 pub(crate) struct SpawnedNode {
     pub(crate) addr: SocketAddr,
     pub(crate) trust: Trust,
     pub(crate) secret: String,
+    pub(crate) admin: Admin,
+    pub(crate) metrics: SocketAddr,
     pub(crate) process: Spawned,
 }
 
+/// A free loopback TCP port.
+fn free_tcp() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
 /// Starts the `roomcast-server` next to this binary on a free loopback
-/// port, with a data directory and token secret of its own, and waits until
-/// it serves.
-pub(crate) async fn node(args: &BenchArgs) -> Result<SpawnedNode> {
+/// port, with a data directory, token secret and admin API key of its own
+/// (and `config` as its configuration file, if given), and waits until it
+/// serves.
+pub(crate) async fn node(args: &BenchArgs, config: Option<&std::path::Path>) -> Result<SpawnedNode> {
     let dir = std::env::temp_dir().join(format!("roomcast-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let secret = random_hex(32);
+    let admin = Admin { addr: free_tcp()?, key: random_hex(24) };
+    let metrics = free_tcp()?;
+    if config.is_some() && args.server_args.iter().any(|a| a.starts_with("--config")) {
+        bail!("this run writes the node's configuration file itself: drop --server-arg=--config");
+    }
     let exe = std::env::current_exe()?.with_file_name("roomcast-server");
     if !exe.exists() {
         bail!("{} not found: build it (cargo build --release)", exe.display());
@@ -81,9 +96,14 @@ pub(crate) async fn node(args: &BenchArgs) -> Result<SpawnedNode> {
         .arg(addr.to_string())
         .arg("--data-dir")
         .arg(&dir)
-        .args(["--metrics-listen", "off", "--admin-listen", "off"])
+        .arg("--metrics-listen")
+        .arg(metrics.to_string())
+        .arg("--admin-listen")
+        .arg(admin.addr.to_string())
+        .args(config.map(|c| format!("--config={}", c.display())))
         .args(&args.server_args)
         .env("ROOMCAST_TOKEN_SECRET", &secret)
+        .env("ROOMCAST_ADMIN_API_KEY", &admin.key)
         .env_remove("ROOMCAST_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -102,7 +122,7 @@ pub(crate) async fn node(args: &BenchArgs) -> Result<SpawnedNode> {
     // The certificate is written before the socket is bound.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let trust = Trust::pinned_cert_file(&cert)?;
-    Ok(SpawnedNode { addr, trust, secret, process })
+    Ok(SpawnedNode { addr, trust, secret, admin, metrics, process })
 }
 
 /// Starts `--nats-server` on a free loopback port and waits until it

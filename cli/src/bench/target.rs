@@ -11,6 +11,7 @@ use roomcast_client::{Client, ClientConfig, Trust};
 use serde_json::{Value, json};
 
 use super::args::{BenchArgs, Endpoint};
+use super::http::Admin;
 use super::proc::{ProcSample, proc_sample};
 use super::report::Report;
 use super::spawn::{self, Spawned};
@@ -25,6 +26,10 @@ pub(crate) struct Target {
     trust: Trust,
     secret: Vec<u8>,
     pub(crate) pid: Option<String>,
+    /// The node's admin API, if known (always for a spawned node).
+    pub(crate) admin: Option<Admin>,
+    /// The node's metrics endpoint, if known.
+    pub(crate) metrics: Option<SocketAddr>,
     /// Stopped when the target is dropped.
     _spawned: Option<Spawned>,
     /// The sockets sessions are spread over, in turn.
@@ -43,14 +48,23 @@ fn any_addr(server: &SocketAddr) -> SocketAddr {
 }
 
 impl Target {
-    /// The node the options point at, or (with `--spawn`) one started for the run.
-    pub(crate) async fn new(ep: &Endpoint, args: &BenchArgs) -> Result<Self> {
-        let (addr, trust, secret, pid, spawned) = if args.spawn {
-            let node = spawn::node(args).await?;
+    /// The node the options point at, or (with `--spawn`) one started for
+    /// the run, with `config` as its configuration file if given.
+    pub(crate) async fn new(
+        ep: &Endpoint,
+        args: &BenchArgs,
+        config: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let (addr, trust, secret, pid, spawned, admin, metrics) = if args.spawn {
+            let node = spawn::node(args, config).await?;
             let pid = Some(node.process.pid());
-            (node.addr, Some(node.trust), Some(node.secret), pid, Some(node.process))
+            let (admin, metrics) = (Some(node.admin), Some(node.metrics));
+            (node.addr, Some(node.trust), Some(node.secret), pid, Some(node.process), admin, metrics)
         } else {
-            (ep.server, ep.trust.clone(), args.secret.clone(), args.server_pid.map(|p| p.to_string()), None)
+            let admin =
+                args.admin.map(|addr| Admin { addr, key: args.admin_key.clone().unwrap_or_default() });
+            let pid = args.server_pid.map(|p| p.to_string());
+            (ep.server, ep.trust.clone(), args.secret.clone(), pid, None, admin, args.metrics)
         };
         let trust = match trust {
             Some(t) => t,
@@ -81,6 +95,8 @@ impl Target {
             trust,
             secret,
             pid,
+            admin,
+            metrics,
             _spawned: spawned,
             endpoints,
             next: AtomicUsize::new(0),
@@ -116,7 +132,13 @@ impl Target {
     /// viewers' in a shared socket, and its event buffer never fills up and
     /// stops it reading its acks.
     pub(crate) async fn host(&self, user: &str) -> Result<Client> {
-        let mut config = self.config(user, "host");
+        self.client_on_own_socket(user, "host").await
+    }
+
+    /// A client for `user` as `role` on a socket of its own, its events read
+    /// and dropped (see [`Target::host`]).
+    pub(crate) async fn client_on_own_socket(&self, user: &str, role: &str) -> Result<Client> {
+        let mut config = self.config(user, role);
         config.endpoint = Some(bind_endpoint(any_addr(&self.addr))?);
         let (client, mut events) =
             Client::connect(config).await.with_context(|| format!("{user} connect"))?;

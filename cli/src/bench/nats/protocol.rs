@@ -123,7 +123,7 @@ pub(super) async fn open(addr: SocketAddr, then: &str) -> Result<(TcpStream, Byt
 /// are not this run's (another publisher on the subject) and are ignored,
 /// which also bounds the set of numbers seen.
 async fn subscribe(mut s: TcpStream, mut buf: BytesMut, max_seq: u64, end: ReaderEnd) -> Received {
-    let ReaderEnd { mut stop, dropped } = end;
+    let ReaderEnd { mut stop, dropped, .. } = end;
     let mut r = Received::default();
     let mut last = 0;
     loop {
