@@ -71,7 +71,7 @@ async fn a_report_for_a_room_not_joined_counts_nothing_and_keeps_the_connection(
     let scrape = async {
         loop {
             let s = server.scrape().await;
-            if metric(&s, "roomcast_like_reports_ignored_total") == Some(2.0) {
+            if metric(&s, "roomcast_like_reports_total{reason=\"not_joined\"}") == Some(2.0) {
                 return s;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
