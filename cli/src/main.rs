@@ -9,6 +9,7 @@
 //! ```
 
 mod bench;
+mod quiz;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,6 +88,17 @@ enum Command {
         /// How many taps.
         #[arg(long, default_value_t = 1)]
         taps: u32,
+    },
+    /// Play along with ROOM's live quiz: print each question when it is
+    /// released, answer it, print results and verdicts (README, "Live quiz").
+    Quiz {
+        room: String,
+        /// Answer this option (1-based) to every question; default: at random.
+        #[arg(long)]
+        answer: Option<u32>,
+        /// Play as a viewer this many ms behind the live edge.
+        #[arg(long, default_value_t = 0)]
+        behind_ms: u64,
     },
     /// Recall a message by its id (as printed by `chat`); sender, host or admin.
     Recall { room: String, message_id: String },
@@ -282,6 +294,13 @@ async fn main() -> Result<()> {
             client.closed().await;
             Ok(())
         }
+        Command::Quiz { room, answer, behind_ms } => {
+            let answer = match answer {
+                Some(0) => bail!("--answer is 1-based"),
+                a => a.map(|a| a - 1),
+            };
+            quiz::play(client, events, room, answer, behind_ms).await
+        }
         Command::Recall { room, message_id } => {
             client.join(&room).await.context("joining")?;
             let r = client.recall(&room, &message_id).await.context("recalling")?;
@@ -354,6 +373,16 @@ fn format_event(e: &v1::RoomEvent) -> String {
                 .collect();
             format!("{seq} [ranking] {}", top.join(", "))
         }
+        Some(Kind::QuizQuestion(q)) => {
+            format!("{seq} [quiz {}/{}] {} {:?}", q.index, q.rounds, q.text, q.options)
+        }
+        Some(Kind::QuizResult(r)) => format!(
+            "{seq} [quiz result {}] correct {}, counts {:?}, {} still in",
+            r.index,
+            r.correct_option + 1,
+            r.counts,
+            r.remaining
+        ),
         None => format!("{seq} [unknown event]"),
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::quiz::QuizDesk;
 use crate::reconnect::{Servers, backoff_delay, is_fatal, random_u64, retry_after};
 use crate::requests::{Command, Pending, Reply, Requests};
 use crate::room_stream::{ROOM_READ, RoomRead, RoomReader, poll_readers};
@@ -63,9 +64,11 @@ impl Shared {
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Opens the first connection and starts the driver task.
+#[allow(clippy::type_complexity)]
 pub(crate) async fn start(
     config: ClientConfig,
-) -> Result<(Arc<Shared>, mpsc::Sender<Command>, mpsc::Receiver<Event>), Error> {
+    quiz: Arc<QuizDesk>,
+) -> Result<(Arc<Shared>, mpsc::Sender<Command>, mpsc::Sender<Event>, mpsc::Receiver<Event>), Error> {
     let endpoint = crate::transport::endpoint(&config)?;
     let (events_tx, events_rx) = mpsc::channel(config.event_buffer.max(16));
     // Built once, so its session cache carries resumption tickets from one
@@ -74,7 +77,8 @@ pub(crate) async fn start(
     let tls = crate::tls::client_config(&config)?;
     let servers = Servers::new(config.server, &config.alternates);
     let (link, welcome) =
-        connect_once(&config, &tls, &endpoint, servers.current(), config.token.clone(), &events_tx).await?;
+        connect_once(&config, &tls, &endpoint, servers.current(), config.token.clone(), &events_tx, &quiz)
+            .await?;
     let shared = Arc::new(Shared {
         welcome: Mutex::new(Arc::new(welcome)),
         conn: Mutex::new(link.conn.clone()),
@@ -93,14 +97,15 @@ pub(crate) async fn start(
         link,
         requests: Requests::new(),
         rooms: RoomTracker::default(),
-        events: events_tx,
+        events: events_tx.clone(),
+        quiz,
         readers: Vec::new(),
         scratch: vec![0; ROOM_READ],
         close_error: None,
         ended: None,
     };
     tokio::spawn(driver.run(commands_rx));
-    Ok((shared, commands_tx, events_rx))
+    Ok((shared, commands_tx, events_tx, events_rx))
 }
 
 /// Why a connection ended.
@@ -126,6 +131,8 @@ struct Driver {
     requests: Requests,
     rooms: RoomTracker,
     events: mpsc::Sender<Event>,
+    /// Where quiz questions go to be aligned with the player's video.
+    quiz: Arc<QuizDesk>,
     /// The current connection's room streams.
     readers: Vec<RoomReader>,
     /// Where room-stream reads land before they are decoded.
@@ -300,7 +307,17 @@ impl Driver {
                 }
             }
             let token = self.shared.token();
-            match connect_once(&self.config, &self.tls, &self.endpoint, server, token, &self.events).await {
+            match connect_once(
+                &self.config,
+                &self.tls,
+                &self.endpoint,
+                server,
+                token,
+                &self.events,
+                &self.quiz,
+            )
+            .await
+            {
                 Ok((link, welcome)) => {
                     debug!(attempt, %server, session = %welcome.session_id, "reconnected");
                     let session_id = welcome.session_id.clone();
@@ -329,6 +346,9 @@ impl Driver {
         while let Some(output) = self.rooms.poll_output() {
             match output {
                 Output::Event(event) => {
+                    if let Event::Message(m) = &event {
+                        self.quiz.offer_event(m);
+                    }
                     let _ = self.events.send(event).await;
                 }
                 Output::Rejoin(join) => {
@@ -377,8 +397,12 @@ impl Driver {
     async fn on_response(&mut self, frame: v1::ServerFrame) {
         let Some(body) = frame.body else { return };
         if frame.request_id == 0 {
-            if let Resp::Error(e) = body {
-                self.close_error = Some((proto_code(e.code), e.message));
+            match body {
+                Resp::Error(e) => self.close_error = Some((proto_code(e.code), e.message)),
+                Resp::QuizVerdict(v) => {
+                    let _ = self.events.send(Event::QuizVerdict(v)).await;
+                }
+                _ => {}
             }
             return;
         }
@@ -396,13 +420,17 @@ impl Driver {
         match (pending, result) {
             (Pending::Join(room, reply), Ok(Resp::Joined(j))) => {
                 self.rooms.joined(&room, &j);
+                self.offer_joined(&j);
                 let _ = reply.send(Ok(Resp::Joined(j)));
             }
             (Pending::Join(room, reply), result) => {
                 self.rooms.join_failed(&room);
                 let _ = reply.send(result);
             }
-            (Pending::Resume(room), Ok(Resp::Joined(j))) => self.rooms.resumed(&room, j),
+            (Pending::Resume(room), Ok(Resp::Joined(j))) => {
+                self.offer_joined(&j);
+                self.rooms.resumed(&room, j);
+            }
             (Pending::Resume(room), result) => {
                 let error = match result {
                     Err(e) => e,
@@ -421,6 +449,13 @@ impl Driver {
             }
         }
         self.flush().await;
+    }
+
+    /// The quiz question a join found open, and any in its history.
+    fn offer_joined(&self, j: &v1::Joined) {
+        for e in j.open_question.iter().chain(&j.history) {
+            self.quiz.offer_event(e);
+        }
     }
 
     async fn on_room_msgs(&mut self, room: &str, msgs: Vec<RoomMsg>) {

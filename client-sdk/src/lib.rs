@@ -39,6 +39,7 @@
 
 mod driver;
 pub mod likes;
+pub mod quiz;
 mod reconnect;
 mod requests;
 mod room_stream;
@@ -159,6 +160,22 @@ pub enum Event {
     /// A room's total like count (latest value wins; `Joined.like_total`
     /// has it at the join).
     LikeTotal { room: String, total: u64 },
+    /// A quiz question to show now: the player's video reached its media
+    /// time (fed with [`Client::set_media_position`]), or its latest display
+    /// time passed. Once per question. Answer with [`Client::answer`] before
+    /// `answer_until_media_ms` on the player's timeline. The question's
+    /// event also arrives as an [`Event::Message`] when sequenced: show this
+    /// one instead.
+    QuizQuestion {
+        room: String,
+        seq: u64,
+        question: Box<v1::QuizQuestion>,
+        shown: quiz::Shown,
+        answer_until_media_ms: u64,
+    },
+    /// This player's standing after a quiz reveal (sent to players only):
+    /// still in, a revive card spent, or out.
+    QuizVerdict(v1::QuizVerdict),
     /// The server could not keep up with this client (it read too slowly) and
     /// dropped `from..=to`; the SDK is resuming the room, and
     /// [`Event::Resumed`] follows.
@@ -206,6 +223,18 @@ impl Event {
         match self {
             Event::Message(m) => match &m.kind {
                 Some(v1::room_event::Kind::Gift(g)) => Some((m, g)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A quiz result (exact counts per option, the correct one, players left),
+    /// if this is one.
+    pub fn quiz_result(&self) -> Option<(&v1::RoomEvent, &v1::QuizResult)> {
+        match self {
+            Event::Message(m) => match &m.kind {
+                Some(v1::room_event::Kind::QuizResult(r)) => Some((m, r)),
                 _ => None,
             },
             _ => None,
@@ -338,6 +367,7 @@ pub struct Client {
     shared: Arc<driver::Shared>,
     request_timeout: Duration,
     likes: Arc<likes::Likes>,
+    quiz: Arc<quiz::QuizDesk>,
 }
 
 impl Client {
@@ -345,10 +375,12 @@ impl Client {
     /// not retried: an error here is returned as is.
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), Error> {
         let request_timeout = config.request_timeout;
-        let (shared, commands, rx) = driver::start(config).await?;
+        let quiz = Arc::new(quiz::QuizDesk::default());
+        let (shared, commands, events, rx) = driver::start(config, quiz.clone()).await?;
         let likes = Arc::new(likes::Likes::default());
         tokio::spawn(likes::report(likes.clone(), Arc::downgrade(&shared)));
-        Ok((Client { commands, shared, request_timeout, likes }, Events { rx }))
+        tokio::spawn(quiz::run(quiz.clone(), events, commands.clone(), Arc::downgrade(&shared)));
+        Ok((Client { commands, shared, request_timeout, likes, quiz }, Events { rx }))
     }
 
     /// The current connection's `Welcome`: session id, limits, heartbeat
@@ -495,6 +527,29 @@ impl Client {
     pub fn like(&self, room: &str, taps: u32) {
         if !self.likes.add(room, taps) {
             debug!(room, "likes for too many rooms at once; dropped");
+        }
+    }
+
+    /// Where the player's video in `room` is now, in ms on the stream's media
+    /// timeline (read from the video's SEI). Feed it per frame, or a few
+    /// times a second: quiz questions are released as
+    /// [`Event::QuizQuestion`] when it reaches theirs.
+    pub fn set_media_position(&self, room: &str, media_ts_ms: u64) {
+        self.quiz.set_position(room, media_ts_ms);
+    }
+
+    /// Answers quiz question `question_id` of `room` with option `option`
+    /// (0-based). One answer per question counts; the ack's `outcome` says
+    /// whether this one did.
+    pub async fn answer(&self, room: &str, question_id: &str, option: u32) -> Result<v1::AnswerAck, Error> {
+        let body = v1::client_frame::Body::SubmitAnswer(v1::SubmitAnswer {
+            room: room.into(),
+            question_id: question_id.into(),
+            option,
+        });
+        match self.request(body).await? {
+            v1::server_frame::Body::AnswerAck(a) => Ok(a),
+            other => Err(unexpected(other)),
         }
     }
 

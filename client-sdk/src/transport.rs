@@ -3,6 +3,7 @@
 //! reader, the datagram reader, heartbeats).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use roomcast_protocol::codec::{FrameDecoder, encode_frame};
@@ -11,6 +12,7 @@ use roomcast_protocol::{ErrorCode, MAX_SERVER_FRAME_BYTES, PROTOCOL_VERSION, uni
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::quiz::QuizDesk;
 use crate::{ClientConfig, Error, Event};
 use v1::client_frame::Body as Req;
 use v1::server_frame::Body as Resp;
@@ -44,6 +46,7 @@ pub(crate) async fn connect_once(
     server: SocketAddr,
     token: String,
     events: &mpsc::Sender<Event>,
+    quiz: &Arc<QuizDesk>,
 ) -> Result<(Link, v1::Welcome), Error> {
     let handshake = async {
         let connecting =
@@ -81,7 +84,7 @@ pub(crate) async fn connect_once(
     let (link, welcome) = tokio::time::timeout(config.connect_timeout, handshake)
         .await
         .map_err(|_| Error::Connect("timed out".into()))??;
-    tokio::spawn(read_datagrams(link.conn.clone(), events.clone()));
+    tokio::spawn(read_datagrams(link.conn.clone(), events.clone(), quiz.clone()));
     if config.heartbeats {
         let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms).max(50));
         tokio::spawn(heartbeat(link.conn.clone(), interval));
@@ -140,7 +143,7 @@ async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<v1::S
     }
 }
 
-async fn read_datagrams(conn: quinn::Connection, events: mpsc::Sender<Event>) {
+async fn read_datagrams(conn: quinn::Connection, events: mpsc::Sender<Event>, quiz: Arc<QuizDesk>) {
     while let Ok(data) = conn.read_datagram().await {
         match ServerDatagram::decode(data) {
             // Latest value wins: if the app is behind, dropping one is harmless.
@@ -150,6 +153,7 @@ async fn read_datagrams(conn: quinn::Connection, events: mpsc::Sender<Event>) {
             Ok(ServerDatagram::LikeTotal { room, total, .. }) => {
                 let _ = events.try_send(Event::LikeTotal { room, total });
             }
+            Ok(ServerDatagram::QuizNudge { room, question_id, seq }) => quiz.nudge(room, question_id, seq),
             Err(e) => debug!(error = %e, "ignoring malformed datagram"),
         }
     }

@@ -52,8 +52,22 @@ pub enum ClientDatagram {
 /// What the server sends as a datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerDatagram {
-    OnlineCount { room: String, count: u64, server_time_ms: u64 },
-    LikeTotal { room: String, total: u64, server_time_ms: u64 },
+    OnlineCount {
+        room: String,
+        count: u64,
+        server_time_ms: u64,
+    },
+    LikeTotal {
+        room: String,
+        total: u64,
+        server_time_ms: u64,
+    },
+    /// A quiz question is open in `room`.
+    QuizNudge {
+        room: String,
+        question_id: String,
+        seq: u64,
+    },
 }
 
 fn check(data: &[u8]) -> Result<(), DatagramError> {
@@ -102,6 +116,13 @@ impl ServerDatagram {
                     server_time_ms: *server_time_ms,
                 })
             }
+            Self::QuizNudge { room, question_id, seq } => {
+                v1::server_datagram::Body::QuizNudge(v1::QuizNudge {
+                    room: room.clone(),
+                    question_id: question_id.clone(),
+                    seq: *seq,
+                })
+            }
         };
         v1::ServerDatagram { body: Some(body) }.encode_to_vec().into()
     }
@@ -115,6 +136,9 @@ impl ServerDatagram {
             }
             v1::server_datagram::Body::LikeTotal(l) => {
                 Ok(Self::LikeTotal { room: l.room, total: l.total, server_time_ms: l.server_time_ms })
+            }
+            v1::server_datagram::Body::QuizNudge(q) => {
+                Ok(Self::QuizNudge { room: q.room, question_id: q.question_id, seq: q.seq })
             }
         }
     }
@@ -149,6 +173,14 @@ mod tests {
         let wire = total.encode();
         assert!(wire.len() <= MAX_DATAGRAM_BYTES);
         assert_eq!(ServerDatagram::decode(wire), Ok(total));
+        let nudge = ServerDatagram::QuizNudge {
+            room: "r".repeat(crate::MAX_ROOM_ID_BYTES),
+            question_id: "q".repeat(crate::MAX_MESSAGE_ID_BYTES),
+            seq: u64::MAX,
+        };
+        let wire = nudge.encode();
+        assert!(wire.len() <= MAX_DATAGRAM_BYTES);
+        assert_eq!(ServerDatagram::decode(wire), Ok(nudge));
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod gate;
 pub mod gifts;
 pub mod metrics;
 pub mod moderation;
+pub mod quiz;
 pub mod rate;
 pub mod room;
 pub mod tls;
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) gifts: Arc<gifts::Gifts>,
     /// Each user's like cap (taps counted per second).
     pub(crate) likes: rate::RateTable,
+    /// The live quizzes, one per room at most.
+    pub(crate) quizzes: Arc<quiz::Quizzes>,
 }
 
 /// Serves `endpoint` until `shutdown` resolves, with metrics on
@@ -137,6 +140,7 @@ pub async fn serve_with_drain(
         moderation: moderation::Moderation::new(&config.moderation),
         gifts,
         likes: rate::RateTable::new(config.likes.per_user_per_sec, config.likes.burst_secs, MAX_LIKERS),
+        quizzes: Arc::default(),
         config,
     });
     if let Some(path) = shared.config.moderation.banned_words_file.clone() {
@@ -156,6 +160,7 @@ pub async fn serve_with_drain(
             shared.metrics.clone(),
             drain.clone(),
             shared.gifts.clone(),
+            shared.quizzes.clone(),
         )?;
         let mut stop_rx = stop_tx.subscribe();
         let stopped = async move {

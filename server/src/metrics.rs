@@ -69,6 +69,8 @@ pub struct Metrics {
     pub chat_rate_limited: Counter,
     /// Gift sends answered, by outcome.
     gifts: Family<ReasonLabel, Counter>,
+    /// Quiz answers, by outcome.
+    quiz_answers: Family<ReasonLabel, Counter>,
     /// Like taps reported: counted, or flagged (over the user's cap).
     likes_counted: Counter,
     likes_flagged: Counter,
@@ -211,6 +213,12 @@ impl Metrics {
             "Gift sends answered, by outcome (repeat: an idempotency key seen before)",
             gifts.clone(),
         );
+        let quiz_answers = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "quiz_answers",
+            "Quiz answers by outcome: accepted, already_answered, too_late, eliminated, unknown_question, invalid_option",
+            quiz_answers.clone(),
+        );
         let likes = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "likes",
@@ -283,6 +291,7 @@ impl Metrics {
             chat_sampled,
             chat_rate_limited,
             gifts,
+            quiz_answers,
             likes_counted,
             likes_flagged,
             like_reports_joined,
@@ -306,6 +315,11 @@ impl Metrics {
     /// `ledger_unavailable` or `refunded`.
     pub fn gift(&self, outcome: &'static str) {
         self.gifts.get_or_create(&ReasonLabel { reason: outcome }).inc();
+    }
+
+    /// Counts a quiz answer by its outcome.
+    pub fn quiz_answer(&self, outcome: &'static str) {
+        self.quiz_answers.get_or_create(&ReasonLabel { reason: outcome }).inc();
     }
 
     /// Counts a like report for a joined room: its taps counted and flagged.

@@ -28,6 +28,7 @@ pub mod errors;
 pub mod messages;
 pub mod node;
 pub mod openapi;
+pub mod quiz;
 pub mod rooms;
 pub mod sanctions;
 pub mod users;
@@ -69,6 +70,8 @@ pub struct AdminState {
     pub max_body_bytes: usize,
     /// The gift ledger, for crediting users.
     pub gifts: Arc<crate::gifts::Gifts>,
+    /// The live quizzes the API runs.
+    pub quizzes: Arc<crate::quiz::Quizzes>,
 }
 
 impl AdminState {
@@ -81,6 +84,7 @@ impl AdminState {
         metrics: Arc<Metrics>,
         drain: Drain,
         gifts: Arc<crate::gifts::Gifts>,
+        quizzes: Arc<crate::quiz::Quizzes>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             rooms,
@@ -92,6 +96,7 @@ impl AdminState {
             max_message_bytes: config.limits.max_message_bytes as usize,
             max_body_bytes: config.admin.max_body_bytes,
             gifts,
+            quizzes,
         })
     }
 }
@@ -117,6 +122,9 @@ fn routes() -> (OpenApiRouter<AdminState>, OpenApiRouter<AdminState>) {
         .routes(routes!(sanctions::ban_on_node, sanctions::unban_on_node))
         .routes(routes!(sanctions::kick_from_node))
         .routes(routes!(users::credit))
+        .routes(routes!(quiz::create, quiz::status, quiz::end))
+        .routes(routes!(quiz::start))
+        .routes(routes!(quiz::reveal))
         .routes(routes!(node::drain));
     let public = OpenApiRouter::new().routes(routes!(openapi::document));
     (protected, public)

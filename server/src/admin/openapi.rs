@@ -24,7 +24,7 @@ pub struct Document(pub Bytes);
     info(
         title = "roomcast admin API",
         description = "Acts on one roomcast node's rooms: publish, recall, room state and history, \
-                       moderation, opening and closing rooms, crediting gift balances, draining the node. Authenticate with an \
+                       moderation, opening and closing rooms, crediting gift balances, running live quizzes, draining the node. Authenticate with an \
                        admin JWT (`Authorization: Bearer`, signed by the connection-token key, role \
                        `admin`) or the node's API key (`X-Api-Key`). Errors are \
                        `{\"error\": {\"code\", \"message\"}}` with a stable code."
@@ -36,6 +36,7 @@ pub struct Document(pub Bytes);
         (name = "messages", description = "Publishing into a room and recalling"),
         (name = "moderation", description = "Mutes, bans and kicks, in a room or on the whole node"),
         (name = "gifts", description = "Users' gift balances"),
+        (name = "quiz", description = "Live quizzes: create, start and reveal questions, end"),
         (name = "node", description = "The node itself"),
         (name = "meta", description = "This document"),
     )

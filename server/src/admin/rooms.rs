@@ -293,6 +293,24 @@ pub enum EventBody {
         combo_id: String,
         combo_count: u32,
     },
+    /// A live-quiz question (the correct option is not in it).
+    QuizQuestion {
+        quiz_id: String,
+        question_id: String,
+        index: u32,
+        text: String,
+        options: Vec<String>,
+        closes_at_ms: u64,
+    },
+    /// A question's reveal.
+    QuizResult {
+        quiz_id: String,
+        question_id: String,
+        index: u32,
+        correct_option: u32,
+        counts: Vec<u64>,
+        remaining: u64,
+    },
     /// A kind this API does not know yet.
     Unknown,
 }
@@ -337,6 +355,22 @@ impl From<&v1::RoomEvent> for Event {
                 value: g.value,
                 combo_id: g.combo_id.clone(),
                 combo_count: g.combo_count,
+            },
+            Some(Kind::QuizQuestion(q)) => EventBody::QuizQuestion {
+                quiz_id: q.quiz_id.clone(),
+                question_id: q.question_id.clone(),
+                index: q.index,
+                text: q.text.clone(),
+                options: q.options.clone(),
+                closes_at_ms: q.closes_at_ms,
+            },
+            Some(Kind::QuizResult(r)) => EventBody::QuizResult {
+                quiz_id: r.quiz_id.clone(),
+                question_id: r.question_id.clone(),
+                index: r.index,
+                correct_option: r.correct_option,
+                counts: r.counts.clone(),
+                remaining: r.remaining,
             },
             // Rankings are ephemeral and never kept in history.
             Some(Kind::Ranking(_)) | None => EventBody::Unknown,

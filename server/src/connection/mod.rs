@@ -8,6 +8,7 @@
 //! `requests` holds the handlers of each request; `writer` the room
 //! writer.
 
+mod quiz;
 mod requests;
 mod writer;
 
@@ -54,7 +55,8 @@ type Answer = Pin<Box<dyn Future<Output = Answered> + Send>>;
 
 /// How a request is answered: at once, or when its room replies.
 enum Outcome {
-    Now(Answered),
+    /// Boxed: an answer's body is large, a pending one small.
+    Now(Box<Answered>),
     Later(Answer),
 }
 
@@ -140,6 +142,8 @@ struct Session {
     pending: VecDeque<(u32, Answer)>,
     /// The room writers, so a draining session can wait for them to finish.
     writers: Vec<tokio::task::JoinHandle<()>>,
+    /// The quiz this session's user plays, whose reveals it waits on.
+    quiz: Option<quiz::QuizWatch>,
 }
 
 /// Closes the connection with `code`, after trying to say why on the control
@@ -286,6 +290,7 @@ impl Session {
             present: true,
             pending: VecDeque::new(),
             writers: Vec::new(),
+            quiz: None,
         })
     }
 
@@ -356,6 +361,12 @@ impl Session {
                     }
                 },
                 _ = presence_check.tick() => Box::pin(self.check_presence()).await,
+                index = quiz::next_reveal(&mut self.quiz) => {
+                    if let Err((code, why)) = Box::pin(self.send_verdict(index)).await {
+                        close(&self.conn, Some(&mut self.send), code, &why).await;
+                        break;
+                    }
+                }
                 reason = conn.closed() => {
                     debug!(%reason, "connection closed");
                     break;
@@ -447,9 +458,10 @@ impl Session {
     /// Handles one request. `Err` closes the connection.
     async fn handle(&mut self, frame: v1::ClientFrame) -> Result<(), (ErrorCode, String)> {
         let rid = frame.request_id;
-        let now = Outcome::Now;
-        let later =
-            |r: Result<Answer, (ErrorCode, String)>| r.map_or_else(|e| Outcome::Now(Err(e)), Outcome::Later);
+        let now = |r: Answered| Outcome::Now(Box::new(r));
+        let later = |r: Result<Answer, (ErrorCode, String)>| {
+            r.map_or_else(|e| Outcome::Now(Box::new(Err(e))), Outcome::Later)
+        };
         let outcome = match frame.body {
             None => return Err((ErrorCode::ProtocolViolation, "empty frame".into())),
             Some(Req::Hello(_)) => return Err((ErrorCode::ProtocolViolation, "second hello".into())),
@@ -462,9 +474,10 @@ impl Session {
             Some(Req::FetchHistory(f)) => now(self.fetch_history(f).map(Resp::History)),
             Some(Req::SendGift(g)) => later(self.gift(g)),
             Some(Req::FetchCatalogue(_)) => now(Ok(Resp::Catalogue(self.shared.gifts.catalogue()))),
+            Some(Req::SubmitAnswer(a)) => now(self.answer_quiz(a)),
         };
         match outcome {
-            Outcome::Now(result) => self.answer(rid, result).await,
+            Outcome::Now(result) => self.answer(rid, *result).await,
             Outcome::Later(answer) => {
                 self.pending.push_back((rid, answer));
                 Ok(())

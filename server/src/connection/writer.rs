@@ -21,7 +21,7 @@ pub(super) async fn write_room(
         if let Some(at) = drained.sequenced_at {
             metrics.sequenced_to_write.observe(at.elapsed().as_secs_f64());
         }
-        for datagram in [drained.online, drained.likes].into_iter().flatten() {
+        for datagram in drained.datagrams.into_iter().flatten() {
             if let Err(e) = conn.send_datagram(datagram) {
                 debug!(error = %e, "room datagram not sent");
             }

@@ -59,15 +59,16 @@ pub struct PushOutcome {
 }
 
 /// A bounded queue of encoded room frames for one (connection, room), plus
-/// the latest online-count and like-total datagrams for that room.
+/// the latest of each of the room's datagrams ([`Slot`]).
 ///
 /// Overflow policy: capacity counts events. When a push would exceed it,
 /// queued ephemeral events are shed first, Low before Normal. A new ephemeral
 /// event that still does not fit is dropped. A sequenced batch that still does
 /// not fit is not queued: the outbox turns *lagged*. Its writer sends what is
 /// queued, then a `Lagged` frame naming the lost range, then ends the stream,
-/// and the client resumes from history. The online count and the like total
-/// are single slots where the latest value replaces an unsent older one.
+/// and the client resumes from history. Each kind of room datagram (online
+/// count, like total, quiz nudge) is a single slot where the latest value
+/// replaces an unsent older one.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
@@ -80,8 +81,7 @@ struct State {
     items: VecDeque<Item>,
     /// Sum of the queued items' weights.
     queued: usize,
-    online: Option<Bytes>,
-    likes: Option<Bytes>,
+    datagrams: [Option<Bytes>; SLOTS],
     /// Sequenced events lost to overflow: `(from, to)`.
     lagged: Option<(u64, u64)>,
     closed: bool,
@@ -96,18 +96,29 @@ struct State {
     since: Option<Instant>,
 }
 
+/// The kinds of room datagram an outbox keeps the latest of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Online = 0,
+    Likes = 1,
+    QuizNudge = 2,
+}
+
+/// How many [`Slot`]s there are.
+pub const SLOTS: usize = 3;
+
 impl State {
     /// Nothing for the writer: no frame and no datagram.
     fn is_idle(&self) -> bool {
-        self.items.is_empty() && self.online.is_none() && self.likes.is_none()
+        self.items.is_empty() && self.datagrams.iter().all(Option::is_none)
     }
 }
 
 /// What a writer took out of an outbox in one drain.
 #[derive(Debug, Default)]
 pub struct Drained {
-    pub online: Option<Bytes>,
-    pub likes: Option<Bytes>,
+    /// The room's latest datagrams, by [`Slot`].
+    pub datagrams: [Option<Bytes>; SLOTS],
     /// How long the oldest drained item waited in the outbox.
     pub waited: Option<Duration>,
     /// When the oldest drained sequenced event was sequenced.
@@ -207,28 +218,14 @@ impl Outbox {
         out
     }
 
-    /// Replaces the pending online-count datagram.
-    pub fn set_online(&self, datagram: Bytes) {
+    /// Replaces the pending datagram of `slot`'s kind.
+    pub fn set_datagram(&self, slot: Slot, datagram: Bytes) {
         let mut s = self.lock();
         if s.closed {
             return;
         }
         let was_idle = s.is_idle();
-        s.online = Some(datagram);
-        drop(s);
-        if was_idle {
-            self.notify.notify_one();
-        }
-    }
-
-    /// Replaces the pending like-total datagram.
-    pub fn set_likes(&self, datagram: Bytes) {
-        let mut s = self.lock();
-        if s.closed {
-            return;
-        }
-        let was_idle = s.is_idle();
-        s.likes = Some(datagram);
+        s.datagrams[slot as usize] = Some(datagram);
         drop(s);
         if was_idle {
             self.notify.notify_one();
@@ -282,8 +279,7 @@ impl Outbox {
         s.queued = 0;
         let waited = s.since.take().map(|t| t.elapsed());
         Some(Drained {
-            online: s.online.take(),
-            likes: s.likes.take(),
+            datagrams: std::mem::take(&mut s.datagrams),
             waited,
             sequenced_at: s.sequenced_at.take(),
             lagged: s.lagged,
@@ -349,7 +345,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(5)).await;
         let (_, d) = drain(&o).await;
         assert_eq!(d.waited, Some(Duration::from_millis(35)), "from the first push, not the last");
-        o.set_online(Bytes::from_static(b"n"));
+        o.set_datagram(Slot::Online, Bytes::from_static(b"n"));
         let (_, d) = drain(&o).await;
         assert_eq!(d.waited, None, "an online count alone is not a queued event");
     }
@@ -426,10 +422,16 @@ mod tests {
     #[tokio::test]
     async fn online_count_keeps_only_the_latest() {
         let o = Outbox::new(4);
-        o.set_online(Bytes::from_static(b"1"));
-        o.set_online(Bytes::from_static(b"2"));
+        o.set_datagram(Slot::Online, Bytes::from_static(b"1"));
+        o.set_datagram(Slot::Likes, Bytes::from_static(b"l"));
+        o.set_datagram(Slot::Online, Bytes::from_static(b"2"));
         let (frames, d) = drain(&o).await;
-        assert_eq!(d.online, Some(Bytes::from_static(b"2")));
+        assert_eq!(d.datagrams[Slot::Online as usize], Some(Bytes::from_static(b"2")));
+        assert_eq!(
+            d.datagrams[Slot::Likes as usize],
+            Some(Bytes::from_static(b"l")),
+            "each kind its own slot"
+        );
         assert!(frames.is_empty());
     }
 

@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::feed::Feed;
 use super::likes::LikeCounter;
-use super::state::{AdminMessage, ChatRequest, ConnId, Filter, GiftRequest, GiftSequenced, Resume, RoomInfo};
+use super::state::{
+    AdminMessage, ChatRequest, ConnId, Filter, GiftRequest, GiftSequenced, QuizEvent, Resume, RoomInfo,
+};
 use crate::auth::Identity;
 use crate::webhooks::LeaveReason;
 
@@ -56,6 +58,10 @@ pub(super) enum Command {
     AdminRecall {
         message_id: String,
         reply: oneshot::Sender<Result<v1::Recalled, ErrorCode>>,
+    },
+    Quiz {
+        event: QuizEvent,
+        reply: oneshot::Sender<Result<u64, ErrorCode>>,
     },
     RemoveUser {
         user: String,

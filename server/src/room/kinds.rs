@@ -15,7 +15,12 @@ pub(crate) fn priority(kind: &Kind) -> v1::Priority {
     match kind {
         // Gifts are money: never sampled by the chat budget and, being High
         // and sequenced, never shed (an outbox lags before it drops one).
-        Kind::Chat(_) | Kind::HostMessage(_) | Kind::Recall(_) | Kind::Gift(_) => v1::Priority::High,
+        Kind::Chat(_)
+        | Kind::HostMessage(_)
+        | Kind::Recall(_)
+        | Kind::Gift(_)
+        | Kind::QuizQuestion(_)
+        | Kind::QuizResult(_) => v1::Priority::High,
         Kind::SystemNotice(_) | Kind::RoomStatus(_) | Kind::Ranking(_) => v1::Priority::Normal,
         Kind::UserEntered(_) => v1::Priority::Low,
     }
@@ -29,17 +34,29 @@ pub(crate) fn host_visible(kind: &Kind) -> bool {
         | Kind::SystemNotice(_)
         | Kind::Recall(_)
         | Kind::RoomStatus(_)
-        | Kind::Gift(_) => true,
+        | Kind::Gift(_)
+        | Kind::QuizQuestion(_)
+        | Kind::QuizResult(_) => true,
         Kind::Chat(_) | Kind::UserEntered(_) | Kind::Ranking(_) => false,
     }
 }
 
 /// Every kind's name, for metrics, in the order of [`index`].
-pub(crate) const NAMES: [&str; KINDS] =
-    ["chat", "host_message", "system_notice", "user_entered", "recall", "room_status", "gift", "ranking"];
+pub(crate) const NAMES: [&str; KINDS] = [
+    "chat",
+    "host_message",
+    "system_notice",
+    "user_entered",
+    "recall",
+    "room_status",
+    "gift",
+    "ranking",
+    "quiz_question",
+    "quiz_result",
+];
 
 /// How many kinds there are.
-pub(crate) const KINDS: usize = 8;
+pub(crate) const KINDS: usize = 10;
 
 /// A kind's place in [`NAMES`].
 pub(crate) fn index(kind: &Kind) -> usize {
@@ -52,6 +69,8 @@ pub(crate) fn index(kind: &Kind) -> usize {
         Kind::RoomStatus(_) => 5,
         Kind::Gift(_) => 6,
         Kind::Ranking(_) => 7,
+        Kind::QuizQuestion(_) => 8,
+        Kind::QuizResult(_) => 9,
     }
 }
 

@@ -31,13 +31,13 @@ mod registry;
 mod state;
 mod task;
 
-pub use fanout::Drained;
+pub use fanout::{Drained, SLOTS, Slot};
 pub use feed::Feed;
 pub use handle::{JoinRequest, Joined, Reply, RoomHandle};
 pub use registry::{HistoryRange, Lifecycle, RoomSummary, Rooms, UserScope};
 pub use state::{
     AdminKind, AdminMessage, ChatRequest, ConnId, EVENT_KINDS, Filter, FlushStats, GiftRequest,
-    GiftSequenced, Resume, RoomInfo,
+    GiftSequenced, QuizEvent, Resume, RoomInfo,
 };
 
 /// The room's parts, for the fan-out benchmarks (`benches/fanout.rs`), which

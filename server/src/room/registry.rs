@@ -15,7 +15,7 @@ use super::fanout::Outbox;
 use super::feed::Feed;
 use super::handle::{Command, JoinRequest, Joined, RoomHandle};
 use super::history::{HistoryLog, MAX_FETCH};
-use super::state::{AdminMessage, RoomInfo, RoomState};
+use super::state::{AdminMessage, QuizEvent, RoomInfo, RoomState};
 use super::task::run_room;
 
 /// How long the node remembers that the platform closed a room.
@@ -216,6 +216,17 @@ impl Rooms {
         let e = self.live(id)?;
         let (reply, rx) = oneshot::channel();
         e.handle.tx.send(Command::AdminPublish { msg, reply }).await.map_err(|_| ErrorCode::NotFound)?;
+        rx.await.unwrap_or(Err(ErrorCode::Internal))
+    }
+
+    /// Sequences a quiz event in a live room and returns its sequence number.
+    pub async fn quiz_event(&self, id: &RoomId, event: QuizEvent) -> Result<u64, ErrorCode> {
+        if self.lifecycle_of(id) == Lifecycle::Closed {
+            return Err(ErrorCode::RoomClosed);
+        }
+        let e = self.live(id)?;
+        let (reply, rx) = oneshot::channel();
+        e.handle.tx.send(Command::Quiz { event, reply }).await.map_err(|_| ErrorCode::NotFound)?;
         rx.await.unwrap_or(Err(ErrorCode::Internal))
     }
 

@@ -67,6 +67,7 @@ pub(super) async fn run_room(
         let online_at = state.online_due(now);
         let ranking_at = state.ranking_due(now);
         let likes_at = state.likes_due(now);
+        let nudge_at = state.quiz_nudge_due();
         let expiry = empty_since.map(|t| t + empty_ttl);
         tokio::select! {
             biased;
@@ -93,6 +94,9 @@ pub(super) async fn run_room(
                 state.push_online(Instant::now(), unix_ms(SystemTime::now()));
             }
             () = likes.changed() => state.likes_changed(),
+            () = sleep_until(nudge_at.unwrap_or_else(far_future)), if nudge_at.is_some() => {
+                state.push_quiz_nudge(Instant::now());
+            }
             () = sleep_until(likes_at.unwrap_or_else(far_future)), if likes_at.is_some() => {
                 state.push_likes(Instant::now(), unix_ms(SystemTime::now()));
             }
@@ -188,6 +192,14 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
         Command::AdminPublish { msg, reply } => {
             let result =
                 if *closed { Err(ErrorCode::RoomClosed) } else { Ok(state.publish_admin(msg, now, now_ms)) };
+            if result.is_ok() {
+                metrics.events_sequenced.inc();
+            }
+            let _ = reply.send(result);
+        }
+        Command::Quiz { event, reply } => {
+            let result =
+                if *closed { Err(ErrorCode::RoomClosed) } else { Ok(state.quiz_event(event, now, now_ms)) };
             if result.is_ok() {
                 metrics.events_sequenced.inc();
             }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use roomcast_protocol::datagram::ServerDatagram;
 use tokio::time::Instant;
 
+use super::super::fanout::Slot;
 use super::super::likes::LikeCounter;
 use super::RoomState;
 
@@ -64,7 +65,7 @@ impl RoomState {
     pub fn push_likes(&mut self, now: Instant, now_ms: u64) {
         let Some(frame) = self.stage_likes(now, now_ms) else { return };
         for sub in &mut self.roster.subscribers {
-            sub.outbox.set_likes(frame.clone());
+            sub.outbox.set_datagram(Slot::Likes, frame.clone());
             sub.likes = self.likes.version;
         }
     }

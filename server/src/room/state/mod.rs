@@ -11,6 +11,7 @@
 //! * `rounds`: how the log reaches members, paced over the batching window;
 //! * `online`: online-count pacing;
 //! * `likes`: like-total pacing;
+//! * `quiz`: quiz questions and results, the open question and its nudges;
 //! * `gifts`: charged gifts, sequenced with their running combos;
 //! * `platform`: commands from the platform (publish, recall, remove a
 //!   user, close, figures).
@@ -30,6 +31,7 @@ mod likes;
 mod log;
 mod online;
 mod platform;
+mod quiz;
 mod ranking;
 mod roster;
 mod rounds;
@@ -49,6 +51,7 @@ use admission::{Admission, Admit};
 use likes::LikePacer;
 use log::EventLog;
 use online::OnlinePacer;
+pub use quiz::QuizEvent;
 use roster::{Roster, Subscriber};
 use rounds::Rounds;
 
@@ -140,6 +143,7 @@ pub struct RoomState {
     admission: Admission,
     online: OnlinePacer,
     likes: LikePacer,
+    quiz: quiz::QuizDesk,
     rounds: Rounds,
     combos: gifts::Combos,
     ranking: ranking::Ranking,
@@ -157,6 +161,7 @@ impl RoomState {
             limits,
             online: OnlinePacer::default(),
             likes: LikePacer::default(),
+            quiz: quiz::QuizDesk::default(),
             rounds: Rounds::default(),
             combos: gifts::Combos::default(),
             ranking: ranking::Ranking::default(),
@@ -242,6 +247,7 @@ impl RoomState {
             epoch,
             next_seq,
             like_total: self.like_total(),
+            open_question: self.open_question(now),
         };
         if first_of_user && self.admission.entered(now) {
             let kind = Kind::UserEntered(v1::UserEntered { user: Some(entered.clone()) });

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use roomcast_protocol::datagram::ServerDatagram;
 use tokio::time::Instant;
 
+use super::super::fanout::Slot;
 use super::RoomState;
 
 /// The last count sent and the datagram members are given next.
@@ -46,7 +47,7 @@ impl RoomState {
     pub fn push_online(&mut self, now: Instant, now_ms: u64) {
         let frame = self.stage_online(now, now_ms);
         for sub in &mut self.roster.subscribers {
-            sub.outbox.set_online(frame.clone());
+            sub.outbox.set_datagram(Slot::Online, frame.clone());
             sub.online = self.online.version;
         }
     }

@@ -15,7 +15,7 @@ use roomcast_protocol::codec::encode_frame;
 use roomcast_protocol::v1;
 use tokio::time::Instant;
 
-use super::super::fanout::{Item, PushOutcome};
+use super::super::fanout::{Item, PushOutcome, Slot};
 use super::log::Pending;
 use super::{ConnId, Filter, RoomState};
 
@@ -220,13 +220,13 @@ impl RoomState {
             if let Some((version, frame)) = online
                 && sub.online != version
             {
-                sub.outbox.set_online(frame.clone());
+                sub.outbox.set_datagram(Slot::Online, frame.clone());
                 sub.online = version;
             }
             if let Some((version, frame)) = likes
                 && sub.likes != version
             {
-                sub.outbox.set_likes(frame.clone());
+                sub.outbox.set_datagram(Slot::Likes, frame.clone());
                 sub.likes = version;
             }
             if sub.next == end {

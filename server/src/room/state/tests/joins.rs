@@ -129,7 +129,7 @@ async fn online_count_is_pushed_at_most_once_per_interval() {
     assert_eq!(r.online_due(now), Some(due + Duration::from_secs(1)));
     let mut raw = Vec::new();
     let d = o.drain(&mut raw).await;
-    let got = ServerDatagram::decode(d.online.unwrap()).unwrap();
+    let got = ServerDatagram::decode(d.datagrams[Slot::Online as usize].clone().unwrap()).unwrap();
     assert_eq!(got, ServerDatagram::OnlineCount { room: "r".into(), count: 1, server_time_ms: 0 });
 }
 

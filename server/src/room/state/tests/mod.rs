@@ -4,6 +4,7 @@ mod joins;
 mod rounds;
 mod sequencing;
 
+use super::super::fanout::Slot;
 use super::*;
 use roomcast_protocol::codec::FrameDecoder;
 

@@ -52,7 +52,7 @@ async fn ephemeral_events_alone_linger_and_the_online_count_rides_with_a_batch()
     r.flush(t0);
     r.push_online(t0, 0);
     let mut raw = Vec::new();
-    assert!(a.try_drain(&mut raw).is_some_and(|d| d.online.is_some()));
+    assert!(a.try_drain(&mut raw).is_some_and(|d| d.datagrams[Slot::Online as usize].is_some()));
     // A newcomer's "entered" alone waits for company: a second after the
     // last round, when the changed online count is due too.
     let t1 = t0 + Duration::from_millis(10);
@@ -66,12 +66,12 @@ async fn ephemeral_events_alone_linger_and_the_online_count_rides_with_a_batch()
     // after the last, so it waits...
     let t2 = t0 + Duration::from_millis(20);
     r.flush(t2);
-    assert!(a.try_drain(&mut raw).is_some_and(|d| d.online.is_none()));
+    assert!(a.try_drain(&mut raw).is_some_and(|d| d.datagrams[Slot::Online as usize].is_none()));
     // ...and goes out with the first batch within a window of that.
     let t3 = t0 + Duration::from_millis(990);
     send(&mut r, 1, "again", t3);
     r.flush(t3);
-    assert!(a.try_drain(&mut raw).is_some_and(|d| d.online.is_some()));
+    assert!(a.try_drain(&mut raw).is_some_and(|d| d.datagrams[Slot::Online as usize].is_some()));
     assert_eq!(r.online_due(t3), None, "nothing left to push on its own");
 }
 

@@ -1,0 +1,287 @@
+//! Running a live quiz in a room: create it, start each question, reveal it,
+//! end the quiz. The correct option stays on the node until the reveal.
+
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use roomcast_protocol::unix_ms;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AdminState;
+use super::errors::{ApiError, ApiResult, ErrorBody, JsonBody, PathParams, room_id};
+use crate::quiz::{DEFAULT_WINDOW_MS, QuestionSpec, QuizError, QuizSpec, QuizStatus};
+use crate::room::QuizEvent;
+
+impl From<QuizError> for ApiError {
+    fn from(e: QuizError) -> Self {
+        let (status, code) = match &e {
+            QuizError::Running => (StatusCode::CONFLICT, "QUIZ_RUNNING"),
+            QuizError::NoQuiz => (StatusCode::NOT_FOUND, "NO_QUIZ"),
+            QuizError::QuestionOpen => (StatusCode::CONFLICT, "QUESTION_OPEN"),
+            QuizError::NoRoundsLeft => (StatusCode::CONFLICT, "NO_ROUNDS_LEFT"),
+            QuizError::NoQuestion => (StatusCode::NOT_FOUND, "NO_QUESTION"),
+            QuizError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ARGUMENT"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// A quiz to create.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuiz {
+    /// Questions in the quiz, 1 to 100.
+    pub rounds: u32,
+    /// Revive cards each player starts with: each saves one wrong or
+    /// missed answer.
+    #[serde(default)]
+    pub revive_cards: u32,
+    /// How far behind the live edge players' video may run, in ms: answers
+    /// are taken this long after a question's window, by server time
+    /// (default 3000).
+    #[serde(default = "default_delay")]
+    pub stream_delay_ms: u64,
+}
+
+fn default_delay() -> u64 {
+    3_000
+}
+
+/// A quiz's standing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Quiz {
+    pub room: String,
+    pub quiz_id: String,
+    pub rounds: u32,
+    /// Questions started so far.
+    pub asked: u32,
+    /// The question taking answers, if one is.
+    pub open_question: Option<String>,
+    /// Users who answered any question.
+    pub players: u64,
+    /// Players still in.
+    pub remaining: u64,
+    pub ended: bool,
+}
+
+impl Quiz {
+    fn of(room: &str, s: QuizStatus) -> Self {
+        Self {
+            room: room.to_string(),
+            quiz_id: s.id,
+            rounds: s.rounds,
+            asked: s.asked,
+            open_question: s.open_question,
+            players: s.players,
+            remaining: s.remaining,
+            ended: s.ended,
+        }
+    }
+}
+
+/// A question to start.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartQuestion {
+    /// 1 to 512 bytes.
+    pub text: String,
+    /// 2 to 10 options, each at most 512 bytes.
+    pub options: Vec<String>,
+    /// 0-based index of the correct option; kept on the node until the reveal.
+    pub correct: u32,
+    /// Where on the stream's media timeline the host asks it, in ms.
+    pub media_ts_ms: u64,
+    /// How long answers are taken, in ms (default 10000).
+    #[serde(default)]
+    pub answer_window_ms: Option<u32>,
+    /// Wall clock (ms since the epoch) by which every player is shown the
+    /// question even if their video stalls; default: 2 s plus the stream
+    /// delay allowance after now.
+    #[serde(default)]
+    pub latest_display_ms: Option<u64>,
+}
+
+/// A started question.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Question {
+    pub question_id: String,
+    pub index: u32,
+    /// Its sequence number in the room.
+    pub seq: u64,
+    /// Server time after which answers are refused.
+    pub closes_at_ms: u64,
+    pub latest_display_ms: u64,
+}
+
+/// A question's reveal.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Reveal {
+    pub question_id: String,
+    /// The result's sequence number in the room.
+    pub seq: u64,
+    pub correct_option: u32,
+    /// Accepted answers per option, exact.
+    pub counts: Vec<u64>,
+    /// Players still in.
+    pub remaining: u64,
+    /// The quiz's last round.
+    pub last: bool,
+}
+
+/// The players still in when the quiz ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Ended {
+    pub quiz_id: String,
+    pub winners: Vec<String>,
+}
+
+/// Creates a quiz in a room (one at a time per room).
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room}/quiz",
+    tag = "quiz",
+    params(("room" = String, Path, description = "Room id")),
+    request_body = CreateQuiz,
+    responses(
+        (status = 201, description = "Created", body = Quiz),
+        (status = 409, description = "A quiz runs in this room (`QUIZ_RUNNING`)", body = ErrorBody),
+        (status = 422, description = "Bad rounds (`INVALID_ARGUMENT`)", body = ErrorBody)
+    )
+)]
+pub(super) async fn create(
+    State(state): State<AdminState>,
+    PathParams(room): PathParams<String>,
+    JsonBody(body): JsonBody<CreateQuiz>,
+) -> ApiResult<(StatusCode, Json<Quiz>)> {
+    let room = room_id(&room)?;
+    let spec = QuizSpec {
+        rounds: body.rounds,
+        revive_cards: body.revive_cards,
+        stream_delay_ms: body.stream_delay_ms,
+    };
+    let run = state.quizzes.create(&room, spec, unix_ms(SystemTime::now()))?;
+    Ok((StatusCode::CREATED, Json(Quiz::of(room.as_str(), run.status()))))
+}
+
+/// A room's quiz: running, or the last one that ended.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room}/quiz",
+    tag = "quiz",
+    params(("room" = String, Path, description = "Room id")),
+    responses(
+        (status = 200, description = "The quiz", body = Quiz),
+        (status = 404, description = "No quiz in this room (`NO_QUIZ`)", body = ErrorBody)
+    )
+)]
+pub(super) async fn status(
+    State(state): State<AdminState>,
+    PathParams(room): PathParams<String>,
+) -> ApiResult<Json<Quiz>> {
+    let room = room_id(&room)?;
+    let run = state.quizzes.get(room.as_str()).ok_or(QuizError::NoQuiz)?;
+    Ok(Json(Quiz::of(room.as_str(), run.status())))
+}
+
+/// Starts the next question: sequenced in the room at once, answers taken
+/// until its window and the stream delay allowance have passed.
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room}/quiz/questions",
+    tag = "quiz",
+    params(("room" = String, Path, description = "Room id")),
+    request_body = StartQuestion,
+    responses(
+        (status = 200, description = "Started", body = Question),
+        (status = 404, description = "No quiz (`NO_QUIZ`), or the room is not live here (`NOT_FOUND`)", body = ErrorBody),
+        (status = 409, description = "The last question is unrevealed (`QUESTION_OPEN`), or every round was asked (`NO_ROUNDS_LEFT`)", body = ErrorBody),
+        (status = 422, description = "Bad text, options or correct option (`INVALID_ARGUMENT`)", body = ErrorBody)
+    )
+)]
+pub(super) async fn start(
+    State(state): State<AdminState>,
+    PathParams(room): PathParams<String>,
+    JsonBody(body): JsonBody<StartQuestion>,
+) -> ApiResult<Json<Question>> {
+    let room = room_id(&room)?;
+    let run = state.quizzes.get(room.as_str()).filter(|r| !r.is_ended()).ok_or(QuizError::NoQuiz)?;
+    let spec = QuestionSpec {
+        text: body.text,
+        options: body.options,
+        correct: body.correct,
+        media_ts_ms: body.media_ts_ms,
+        window_ms: body.answer_window_ms.unwrap_or(DEFAULT_WINDOW_MS),
+        latest_display_ms: body.latest_display_ms,
+    };
+    let question = run.start(spec, unix_ms(SystemTime::now()))?;
+    let (id, index, closes_at_ms, latest_display_ms) =
+        (question.question_id.clone(), question.index, question.closes_at_ms, question.latest_display_ms);
+    match state.rooms.quiz_event(&room, QuizEvent::Question(question)).await {
+        Ok(seq) => Ok(Json(Question { question_id: id, index, seq, closes_at_ms, latest_display_ms })),
+        Err(code) => {
+            run.withdraw(&id);
+            Err(code.into())
+        }
+    }
+}
+
+/// Reveals a question: its answers close, every player's standing is
+/// decided, the result (exact counts, the correct option) is sequenced in
+/// the room, and each player is told privately whether they are still in.
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room}/quiz/questions/{question_id}/reveal",
+    tag = "quiz",
+    params(("room" = String, Path, description = "Room id"), ("question_id" = String, Path, description = "The question")),
+    responses(
+        (status = 200, description = "Revealed", body = Reveal),
+        (status = 404, description = "No quiz, no such open question (`NO_QUESTION`), or the room is not live here", body = ErrorBody)
+    )
+)]
+pub(super) async fn reveal(
+    State(state): State<AdminState>,
+    PathParams((room, question_id)): PathParams<(String, String)>,
+) -> ApiResult<Json<Reveal>> {
+    let room = room_id(&room)?;
+    let run = state.quizzes.get(room.as_str()).ok_or(QuizError::NoQuiz)?;
+    let result = run.reveal(&question_id)?;
+    let (index, reveal) = (
+        result.index,
+        Reveal {
+            question_id: result.question_id.clone(),
+            seq: 0,
+            correct_option: result.correct_option,
+            counts: result.counts.clone(),
+            remaining: result.remaining,
+            last: result.last,
+        },
+    );
+    // The standings are decided: players hear of them even if the room is
+    // gone.
+    let sequenced = state.rooms.quiz_event(&room, QuizEvent::Result(result)).await;
+    run.announce(index);
+    Ok(Json(Reveal { seq: sequenced?, ..reveal }))
+}
+
+/// Ends a room's quiz and names the players still in.
+#[utoipa::path(
+    delete,
+    path = "/v1/rooms/{room}/quiz",
+    tag = "quiz",
+    params(("room" = String, Path, description = "Room id")),
+    responses(
+        (status = 200, description = "Ended", body = Ended),
+        (status = 404, description = "No quiz in this room (`NO_QUIZ`)", body = ErrorBody)
+    )
+)]
+pub(super) async fn end(
+    State(state): State<AdminState>,
+    PathParams(room): PathParams<String>,
+) -> ApiResult<Json<Ended>> {
+    let room = room_id(&room)?;
+    let run = state.quizzes.get(room.as_str()).ok_or(QuizError::NoQuiz)?;
+    Ok(Json(Ended { quiz_id: run.id.clone(), winners: run.end() }))
+}
