@@ -32,6 +32,8 @@ pub(crate) enum Scenario {
     GiftBurst,
     /// Every viewer reports likes once a second while a host chats.
     LikeStorm,
+    /// Every player answers one quiz question within its window.
+    QuizBurst,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -42,7 +44,8 @@ pub(crate) struct BenchArgs {
     /// Connections (idle, join-storm).
     #[arg(long, default_value_t = 1000)]
     pub(crate) connections: usize,
-    /// Subscribers in the room (fanout, slow-consumers) or watchers (chat-storm).
+    /// Subscribers in the room (fanout, slow-consumers), watchers
+    /// (chat-storm), viewers (gift-burst, like-storm) or players (quiz-burst).
     #[arg(long, default_value_t = 1000)]
     pub(crate) subscribers: usize,
     /// Publisher messages per second (fanout, slow-consumers).
@@ -51,7 +54,8 @@ pub(crate) struct BenchArgs {
     /// Message size in bytes (the text of each chat).
     #[arg(long, default_value_t = 120)]
     pub(crate) size: usize,
-    /// Seconds the measured phase lasts (publishing, holding, storming).
+    /// Seconds the measured phase lasts (publishing, holding, storming; the
+    /// answer window of quiz-burst).
     #[arg(long, default_value_t = 10.0)]
     pub(crate) duration: f64,
     /// Rooms the idle connections spread over.

@@ -54,6 +54,8 @@ pub(crate) struct Received {
     pub(crate) latencies_after_split: Vec<u64>,
     /// The highest like total the room pushed to this subscriber.
     pub(crate) like_total: u64,
+    /// When (see [`now_us`]) a quiz result arrived.
+    pub(crate) quiz_result_at: Option<u64>,
 }
 
 impl Received {

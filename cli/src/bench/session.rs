@@ -235,6 +235,22 @@ async fn read_events(mut events: Events, mut r: Received, slow: bool, end: Reade
                 }
                 last = last.max(m.seq);
                 r.delivered += 1;
+                match m.kind {
+                    // A quiz question's delivery counts from the split (the
+                    // moment the run started it); a result's arrival is kept.
+                    Some(v1::room_event::Kind::QuizQuestion(_)) => {
+                        let started = split.load(Ordering::Relaxed);
+                        if started != u64::MAX {
+                            r.latencies_after_split.push(now.saturating_sub(started));
+                        }
+                        continue;
+                    }
+                    Some(v1::room_event::Kind::QuizResult(_)) => {
+                        r.quiz_result_at = Some(now);
+                        continue;
+                    }
+                    _ => {}
+                }
                 let counts =
                     !r.host_only_latency || matches!(m.kind, Some(v1::room_event::Kind::HostMessage(_)));
                 // A gift carries its send time in its media timestamp.

@@ -7,6 +7,7 @@ mod idle;
 mod join_storm;
 mod ledger_backend;
 mod like_storm;
+mod quiz_burst;
 mod slow_consumers;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +63,7 @@ pub(crate) async fn run(target: &Arc<Target>, args: &BenchArgs, setup: &Setup) -
     match args.scenario {
         Scenario::GiftBurst => gift_burst::run(target, args, setup.backend.as_ref()).await.map(|r| vec![r]),
         Scenario::LikeStorm => like_storm::run(target, args).await.map(|r| vec![r]),
+        Scenario::QuizBurst => quiz_burst::run(target, args).await.map(|r| vec![r]),
         Scenario::Idle => idle::run(target, args).await.map(|r| vec![r]),
         Scenario::JoinStorm => join_storm::run(target, args).await.map(|r| vec![r]),
         Scenario::Fanout => fanout::run(target, args, 0.0, "fanout").await.map(|r| vec![r]),
