@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 mod connection;
 pub mod drain;

@@ -1,0 +1,296 @@
+//! The fleet's shared log on Redis: one sequence per room across every
+//! node, kept in a Redis stream and published on the room's channel in the
+//! same atomic step (`sequence.lua`), so every node sees a room's events in
+//! sequence order and history holds exactly what was published.
+//!
+//! * [`Fleet`] is a node's link: [`Fleet::sequence`] hands a batch of a
+//!   room's encoded events to Redis, which numbers them; a node subscribes
+//!   to a room's channel ([`Fleet::subscribe`]) while it has members there,
+//!   and what arrives is decoded once and handed on as a [`Delivery`];
+//!   [`Fleet::replay`] reads a range back from the stream.
+//! * [`Orderer`] is the per-room check on what arrives: events in sequence
+//!   order pass, a repeat is dropped, and a hole (a message lost while Redis
+//!   was unreachable, or a delivery dropped because the node was behind) is
+//!   named so the caller replays it from the stream before going on.
+//!
+//! Keys are hash-tagged by room (`rc:{ROOM}:…`), so a Redis Cluster keeps a
+//! room's keys in one slot. This module is the only one that imports
+//! `redis`.
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use prost::Message;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, PushInfo, Script};
+use roomcast_protocol::{MAX_SERVER_FRAME_BYTES, RoomId, v1};
+use tokio::sync::mpsc;
+
+/// Most deliveries waiting for the node; beyond it a delivery is dropped
+/// and counted, and the rooms it was for fill the hole from the stream.
+pub const DELIVERY_QUEUE: usize = 4_096;
+
+/// Most events one `sequence` call carries.
+pub const MAX_BATCH: usize = 256;
+
+/// The room's keys and channel.
+fn keys(room: &RoomId) -> [String; 4] {
+    let r = room.as_str();
+    [
+        format!("rc:{{{r}}}:seq"),
+        format!("rc:{{{r}}}:log"),
+        format!("rc:{{{r}}}:epoch"),
+        format!("rc:{{{r}}}:events"),
+    ]
+}
+
+/// The room a channel name is for.
+fn room_of(channel: &str) -> Option<RoomId> {
+    let inner = channel.strip_prefix("rc:{")?.strip_suffix("}:events")?;
+    RoomId::new(inner).ok()
+}
+
+/// Events of one room as they arrived on its channel, in sequence order
+/// within the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub room: RoomId,
+    pub events: Vec<v1::RoomEvent>,
+}
+
+/// What Redis made of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequenced {
+    /// The first event's sequence number; the rest follow it.
+    pub first: u64,
+    /// The room's epoch (hex), the same on every node.
+    pub epoch: String,
+}
+
+/// Why the fleet could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("undecodable event from redis: {0}")]
+    Decode(String),
+    #[error("a batch holds 1 to {MAX_BATCH} events")]
+    Batch,
+}
+
+/// A node's link to the fleet's Redis (see the module docs). Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    conn: ConnectionManager,
+    script: std::sync::Arc<Script>,
+    /// Stream entries kept per room (approximately).
+    history_len: usize,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("history_len", &self.history_len).finish_non_exhaustive()
+    }
+}
+
+/// Splits a published batch into its events and decodes each, every length
+/// checked before anything is read.
+pub fn decode_batch(mut payload: &[u8]) -> Result<Vec<v1::RoomEvent>, FleetError> {
+    let mut out = Vec::new();
+    while payload.has_remaining() {
+        if payload.len() < 4 {
+            return Err(FleetError::Decode("truncated length".into()));
+        }
+        let len = payload.get_u32() as usize;
+        if len > MAX_SERVER_FRAME_BYTES as usize || len > payload.len() {
+            return Err(FleetError::Decode(format!("event of {len} bytes")));
+        }
+        let event = v1::RoomEvent::decode(&payload[..len]).map_err(|e| FleetError::Decode(e.to_string()))?;
+        out.push(event);
+        payload.advance(len);
+    }
+    Ok(out)
+}
+
+impl Fleet {
+    /// Connects to `url` (RESP3, so one connection carries commands and
+    /// subscriptions and resubscribes after a reconnect). What arrives on
+    /// subscribed channels goes to `deliveries`; a delivery that finds the
+    /// queue full is dropped and `dropped` is called.
+    pub async fn connect(
+        url: &str,
+        history_len: usize,
+        deliveries: mpsc::Sender<Delivery>,
+        dropped: impl Fn() + Send + Sync + 'static,
+    ) -> Result<Self, FleetError> {
+        let url = if url.contains("protocol=") {
+            url.to_string()
+        } else if url.contains('?') {
+            format!("{url}&protocol=resp3")
+        } else {
+            format!("{url}?protocol=resp3")
+        };
+        let client = redis::Client::open(url)?;
+        let push = move |info: PushInfo| -> Result<(), ()> {
+            let Some(msg) = redis::Msg::from_push_info(info) else { return Ok(()) };
+            let Some(room) = room_of(msg.get_channel_name()) else { return Ok(()) };
+            match decode_batch(msg.get_payload_bytes()) {
+                Ok(events) => {
+                    if deliveries.try_send(Delivery { room, events }).is_err() {
+                        dropped();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, room = %room, "dropping an undecodable delivery"),
+            }
+            Ok(())
+        };
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_push_sender(push)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let conn = client.get_connection_manager_with_config(config).await?;
+        Ok(Self { conn, script: std::sync::Arc::new(Script::new(include_str!("sequence.lua"))), history_len })
+    }
+
+    /// Numbers `events` (each an encoded `RoomEvent` without `seq` and
+    /// `message_id`) as the room's next, keeps them in its stream and
+    /// publishes them, atomically. `epoch` is the room's epoch if it has
+    /// none yet.
+    pub async fn sequence(
+        &self,
+        room: &RoomId,
+        epoch: u64,
+        events: &[Bytes],
+    ) -> Result<Sequenced, FleetError> {
+        if events.is_empty() || events.len() > MAX_BATCH {
+            return Err(FleetError::Batch);
+        }
+        let [seq, log, epoch_key, channel] = keys(room);
+        let mut invocation = self.script.key(seq);
+        invocation.key(log).key(epoch_key).arg(channel).arg(self.history_len).arg(format!("{epoch:x}"));
+        for e in events {
+            invocation.arg(e.as_ref());
+        }
+        let (first, epoch): (u64, String) = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(Sequenced { first, epoch })
+    }
+
+    /// Starts receiving `room`'s events.
+    pub async fn subscribe(&self, room: &RoomId) -> Result<(), FleetError> {
+        let [.., channel] = keys(room);
+        Ok(self.conn.clone().subscribe(channel).await?)
+    }
+
+    /// Stops receiving `room`'s events.
+    pub async fn unsubscribe(&self, room: &RoomId) -> Result<(), FleetError> {
+        let [.., channel] = keys(room);
+        Ok(self.conn.clone().unsubscribe(channel).await?)
+    }
+
+    /// `room`'s last sequence number (0 before its first event).
+    pub async fn current_seq(&self, room: &RoomId) -> Result<u64, FleetError> {
+        let [seq, ..] = keys(room);
+        let n: Option<u64> = self.conn.clone().get(seq).await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// The events `from..=to` of `room` still in its stream, in order.
+    pub async fn replay(&self, room: &RoomId, from: u64, to: u64) -> Result<Vec<v1::RoomEvent>, FleetError> {
+        let [_, log, ..] = keys(room);
+        let reply: redis::streams::StreamRangeReply =
+            self.conn.clone().xrange(log, format!("{from}-1"), format!("{to}-1")).await?;
+        reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let bytes: Vec<u8> =
+                    entry.get("e").ok_or_else(|| FleetError::Decode("entry without event".into()))?;
+                if bytes.len() > MAX_SERVER_FRAME_BYTES as usize {
+                    return Err(FleetError::Decode(format!("event of {} bytes", bytes.len())));
+                }
+                v1::RoomEvent::decode(bytes.as_slice()).map_err(|e| FleetError::Decode(e.to_string()))
+            })
+            .collect()
+    }
+}
+
+/// What to do with an event that arrived for a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// The next in sequence: take it.
+    Next,
+    /// Seen before: drop it.
+    Repeat,
+    /// Events `from..=to` never arrived: replay them from the stream first.
+    Hole { from: u64, to: u64 },
+}
+
+/// Per-room check of arriving sequence numbers (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct Orderer {
+    /// The last sequence number taken.
+    last: u64,
+}
+
+impl Orderer {
+    /// Starting after `last` (the room's sequence number when this node
+    /// began to follow it).
+    pub fn after(last: u64) -> Self {
+        Self { last }
+    }
+
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// What to do with `seq`. `Next` moves the position on.
+    pub fn arrive(&mut self, seq: u64) -> Arrival {
+        if seq <= self.last {
+            Arrival::Repeat
+        } else if seq == self.last + 1 {
+            self.last = seq;
+            Arrival::Next
+        } else {
+            Arrival::Hole { from: self.last + 1, to: seq - 1 }
+        }
+    }
+
+    /// The hole up to `to` was filled (or given up on): go on after it.
+    pub fn filled(&mut self, to: u64) {
+        self.last = self.last.max(to);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_pass_in_order_drop_repeats_and_name_holes() {
+        let mut o = Orderer::after(4);
+        assert_eq!(o.arrive(5), Arrival::Next);
+        assert_eq!(o.arrive(5), Arrival::Repeat);
+        assert_eq!(o.arrive(3), Arrival::Repeat);
+        assert_eq!(o.arrive(9), Arrival::Hole { from: 6, to: 8 });
+        assert_eq!(o.last(), 5, "a hole moves nothing");
+        o.filled(8);
+        assert_eq!(o.arrive(9), Arrival::Next);
+    }
+
+    #[test]
+    fn channels_name_their_room_and_batches_are_checked_before_decoding() {
+        let room = RoomId::new("live:42").unwrap();
+        assert_eq!(room_of(&keys(&room)[3]), Some(room));
+        assert_eq!(room_of("rc:{bad room}:events"), None);
+        assert_eq!(room_of("other"), None);
+        let event = v1::RoomEvent { room: "r".into(), seq: 3, ..Default::default() }.encode_to_vec();
+        let mut batch = (event.len() as u32).to_be_bytes().to_vec();
+        batch.extend_from_slice(&event);
+        assert_eq!(decode_batch(&batch).unwrap()[0].seq, 3);
+        assert!(decode_batch(&batch[..batch.len() - 1]).is_err(), "truncated");
+        assert!(decode_batch(&[0, 0]).is_err());
+        assert!(decode_batch(&u32::MAX.to_be_bytes()).is_err(), "a length beyond the frame bound");
+        assert!(decode_batch(&[]).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,54 @@
+-- Sequences a batch of a room's events, keeps them in the room's stream and
+-- publishes them, in one atomic step: every node sees the room's events in
+-- sequence order, and history holds exactly what was published.
+--
+-- KEYS[1]  the room's sequence counter     rc:{ROOM}:seq
+-- KEYS[2]  the room's event stream          rc:{ROOM}:log
+-- KEYS[3]  the room's epoch                 rc:{ROOM}:epoch
+-- ARGV[1]  the room's channel               rc:{ROOM}:events
+-- ARGV[2]  the stream's length bound (approximate trim)
+-- ARGV[3]  this room's epoch if it has none yet (hex)
+-- ARGV[4..] the events, each an encoded RoomEvent without seq and message id
+--
+-- Each event gets its sequence number and message id appended as protobuf
+-- fields 2 and 3: a decoder takes the last value of a field, so the bytes
+-- need no other change. The stream entry id is "SEQ-1", so a range of
+-- sequence numbers is a range of ids. The batch is published once, as the
+-- events each prefixed by its length (4 bytes, big-endian).
+-- Returns { first sequence number, epoch }.
+
+local function varint(n)
+  local out = {}
+  repeat
+    local byte = n % 128
+    n = math.floor(n / 128)
+    if n > 0 then byte = byte + 128 end
+    out[#out + 1] = string.char(byte)
+  until n == 0
+  return table.concat(out)
+end
+
+local function be32(n)
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256)
+end
+
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('SET', KEYS[3], epoch)
+end
+
+local n = #ARGV - 3
+local last = redis.call('INCRBY', KEYS[1], n)
+local first = last - n + 1
+local batch = {}
+for i = 1, n do
+  local seq = first + i - 1
+  local id = epoch .. '-' .. seq
+  local event = ARGV[3 + i] .. '\16' .. varint(seq) .. '\26' .. varint(#id) .. id
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'e', event)
+  batch[#batch + 1] = be32(#event) .. event
+end
+redis.call('PUBLISH', ARGV[1], table.concat(batch))
+return { first, epoch }
