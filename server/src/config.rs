@@ -131,8 +131,14 @@ pub struct RoomConfig {
     pub online_push_interval_ms: u64,
     /// Size of the viewer list page in `Joined`.
     pub viewer_page: usize,
-    /// How long an empty room (and its history) is kept.
+    /// How long an empty room (and its live history) is kept.
     pub empty_room_ttl_secs: u64,
+    /// How long every sequenced event stays readable after the live, from
+    /// `data_dir/archive` (by sequence range and media time, after the room
+    /// is gone or the node restarted). 0: no archive.
+    pub archive_retention_secs: u64,
+    /// Most bytes the archive keeps; beyond it the oldest rooms' files go.
+    pub archive_max_bytes: u64,
     /// Commands queued per room before senders wait.
     pub command_queue: usize,
     /// Batching window of rooms of up to 999 members, in ms: events that
@@ -444,6 +450,8 @@ impl Default for RoomConfig {
             online_push_interval_ms: 1_000,
             viewer_page: 20,
             empty_room_ttl_secs: 600,
+            archive_retention_secs: 86_400,
+            archive_max_bytes: 1 << 30,
             command_queue: 1024,
             batch_window_ms: 20,
             max_batch_window_ms: 250,

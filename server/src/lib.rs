@@ -130,9 +130,19 @@ pub async fn serve_with_drain(
         .with_context(|| format!("opening the gift ledger in {}", config.data_dir.display()))?;
     let gifts = Arc::new(gifts);
     let (hooks, hook_dispatcher) = webhooks::start(&config.webhooks, &metrics, node_epoch)?;
+    let archive = match config.room.archive_retention_secs {
+        0 => None,
+        secs => {
+            let dir = config.data_dir.join("archive");
+            let archive =
+                room::Archive::open(dir.clone(), Duration::from_secs(secs), config.room.archive_max_bytes)
+                    .with_context(|| format!("opening the history archive in {}", dir.display()))?;
+            Some(archive)
+        }
+    };
     let shared = Arc::new(Shared {
         verifier: auth::verifier(&config)?,
-        rooms: room::Rooms::new(config.room.clone(), metrics.clone(), hooks.clone()),
+        rooms: room::Rooms::with_archive(config.room.clone(), metrics.clone(), hooks.clone(), archive),
         metrics: metrics.clone(),
         next_conn: AtomicU64::new(1),
         node_epoch,

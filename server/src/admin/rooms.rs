@@ -459,7 +459,7 @@ pub(super) async fn history(
     let room = room_id(&room)?;
     let range = q.range()?;
     let limit = bounded(q.limit.map(|l| l as usize), MAX_HISTORY as usize, MAX_HISTORY as usize, "limit")?;
-    let h = state.rooms.history(&room, range, limit as u32)?;
+    let h = state.rooms.history(&room, range, limit as u32).await?;
     Ok(Json(History {
         room: h.room,
         events: h.events.iter().map(Event::from).collect(),

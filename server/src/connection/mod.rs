@@ -471,7 +471,7 @@ impl Session {
             }
             Some(Req::SendChat(c)) => later(self.chat(c).await),
             Some(Req::Recall(r)) => later(self.recall(r).await),
-            Some(Req::FetchHistory(f)) => now(self.fetch_history(f).map(Resp::History)),
+            Some(Req::FetchHistory(f)) => later(self.fetch_history(f)),
             Some(Req::SendGift(g)) => later(self.gift(g)),
             Some(Req::FetchCatalogue(_)) => now(Ok(Resp::Catalogue(self.shared.gifts.catalogue()))),
             Some(Req::SubmitAnswer(a)) => now(self.answer_quiz(a)),

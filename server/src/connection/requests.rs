@@ -102,13 +102,19 @@ impl Session {
 
     /// Reads history straight from the room's log, without joining and
     /// without queueing behind the room's live traffic.
-    pub(super) fn fetch_history(&mut self, f: v1::FetchHistory) -> Result<v1::History, (ErrorCode, String)> {
+    /// Reads history off the session's task: a live room's, or once the
+    /// room is gone, the archive's.
+    pub(super) fn fetch_history(&mut self, f: v1::FetchHistory) -> Result<Answer, (ErrorCode, String)> {
         let room = RoomId::new(&f.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
         let range = HistoryRange::from_proto(f.range);
-        self.shared
-            .rooms
-            .history(&room, range, f.limit)
-            .map_err(|code| (code, format!("room {room} is not live here")))
+        let rooms = self.shared.rooms.clone();
+        Ok(Box::pin(async move {
+            rooms
+                .history(&room, range, f.limit)
+                .await
+                .map(Resp::History)
+                .map_err(|code| (code, format!("no history of room {room} here")))
+        }))
     }
 
     pub(super) async fn chat(&mut self, c: v1::SendChat) -> Result<Answer, (ErrorCode, String)> {

@@ -55,11 +55,47 @@ pub(super) fn fit_newest(events: &mut Vec<v1::RoomEvent>, budget: usize) {
     events.drain(..events.len() - keep);
 }
 
+/// A page of `events` (kept history, oldest first) for `range`, at most
+/// `limit` events and what fits in an answer: as a live room's history
+/// answers it, for history read back from the archive.
+pub(super) fn page(events: &[v1::RoomEvent], range: roomcast_protocol::HistoryRange, limit: usize) -> Page {
+    use roomcast_protocol::HistoryRange;
+    let limit = limit.clamp(1, MAX_FETCH);
+    let oldest_seq = events.first().map_or(0, |e| e.seq);
+    let keep: Box<dyn Fn(&v1::RoomEvent) -> bool> = match range {
+        HistoryRange::Latest => {
+            let skip = events.len().saturating_sub(limit);
+            let mut out = events[skip..].to_vec();
+            let before = out.len();
+            fit_newest(&mut out, ANSWER_BYTES);
+            return Page { truncated: skip > 0 || out.len() < before, events: out, oldest_seq };
+        }
+        HistoryRange::Seq { from, to } => Box::new(move |e| e.seq >= from && e.seq <= to),
+        HistoryRange::Media { from_ms, to_ms } => {
+            Box::new(move |e| e.media_ts_ms.is_some_and(|t| t >= from_ms && t <= to_ms))
+        }
+    };
+    let mut out = Vec::new();
+    let mut truncated = false;
+    let mut bytes = 0;
+    for e in events.iter().filter(|e| keep(e)) {
+        bytes += answer_len(e);
+        if out.len() == limit || bytes > ANSWER_BYTES {
+            truncated = true;
+            break;
+        }
+        out.push(e.clone());
+    }
+    Page { events: out, oldest_seq, truncated }
+}
+
 #[derive(Debug)]
 pub struct HistoryLog {
     inner: Mutex<Inner>,
     max_len: usize,
     max_age: Duration,
+    /// Where every event pushed is also kept for replay after the live.
+    archive: Option<super::archive::ArchiveSink>,
 }
 
 #[derive(Debug, Default)]
@@ -77,7 +113,16 @@ pub struct Page {
 
 impl HistoryLog {
     pub fn new(max_len: usize, max_age: Duration) -> Arc<Self> {
-        Arc::new(Self { inner: Mutex::default(), max_len, max_age })
+        Arc::new(Self { inner: Mutex::default(), max_len, max_age, archive: None })
+    }
+
+    /// A history that also hands every event pushed to `archive`.
+    pub(super) fn archived(
+        max_len: usize,
+        max_age: Duration,
+        archive: super::archive::ArchiveSink,
+    ) -> Arc<Self> {
+        Arc::new(Self { inner: Mutex::default(), max_len, max_age, archive: Some(archive) })
     }
 
     // Nothing panics while holding the lock, so poison carries no meaning.
@@ -95,6 +140,9 @@ impl HistoryLog {
     }
 
     pub fn push(&self, now: Instant, event: v1::RoomEvent) {
+        if let Some(archive) = &self.archive {
+            archive.record(&event);
+        }
         let mut inner = self.lock();
         inner.events.push_back((now, event));
         self.trim(&mut inner, now);

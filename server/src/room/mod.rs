@@ -21,6 +21,7 @@
 //! member's outbox. History reads go straight to the room's history and never
 //! wait behind its live traffic.
 
+mod archive;
 mod fanout;
 mod feed;
 mod handle;
@@ -31,6 +32,7 @@ mod registry;
 mod state;
 mod task;
 
+pub use archive::Archive;
 pub use fanout::{Drained, SLOTS, Slot};
 pub use feed::Feed;
 pub use handle::{JoinRequest, Joined, Reply, RoomHandle};

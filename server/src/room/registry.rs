@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use roomcast_protocol::{ErrorCode, RoomId, v1};
+use roomcast_protocol::{ErrorCode, RoomId, unix_ms, v1};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 
+use super::archive::Archive;
 use super::fanout::Outbox;
 use super::feed::Feed;
 use super::handle::{Command, JoinRequest, Joined, RoomHandle};
@@ -91,11 +92,24 @@ pub struct Rooms {
     pub(super) metrics: Arc<Metrics>,
     /// Where rooms report joins, leaves, emptiness and closing.
     pub(super) hooks: Hooks,
+    /// Where sequenced events are kept for replay after the live.
+    archive: Option<Arc<Archive>>,
 }
 
 impl Rooms {
     pub fn new(config: RoomConfig, metrics: Arc<Metrics>, hooks: Hooks) -> Arc<Self> {
-        Arc::new(Self { map: Mutex::default(), lifecycle: Mutex::default(), config, metrics, hooks })
+        Self::with_archive(config, metrics, hooks, None)
+    }
+
+    /// Rooms whose sequenced events are also kept in `archive`, readable
+    /// after the room is gone.
+    pub fn with_archive(
+        config: RoomConfig,
+        metrics: Arc<Metrics>,
+        hooks: Hooks,
+        archive: Option<Arc<Archive>>,
+    ) -> Arc<Self> {
+        Arc::new(Self { map: Mutex::default(), lifecycle: Mutex::default(), config, metrics, hooks, archive })
     }
 
     /// Number of rooms alive on this node.
@@ -120,8 +134,13 @@ impl Rooms {
             return e.clone();
         }
         let (tx, rx) = mpsc::channel(self.config.command_queue.max(1));
-        let history =
-            HistoryLog::new(self.config.history_len, Duration::from_secs(self.config.history_max_age_secs));
+        // The room's epoch: message ids and its archive file carry it.
+        let epoch = unix_ms(SystemTime::now());
+        let (len, age) = (self.config.history_len, Duration::from_secs(self.config.history_max_age_secs));
+        let history = match &self.archive {
+            Some(archive) => HistoryLog::archived(len, age, archive.sink(id, epoch)),
+            None => HistoryLog::new(len, age),
+        };
         let handle = RoomHandle { tx, likes: Arc::default() };
         let entry = Entry { handle, history, stats: Arc::default() };
         map.insert(id.clone(), entry.clone());
@@ -130,6 +149,7 @@ impl Rooms {
         let task = run_room(
             self.clone(),
             id.clone(),
+            epoch,
             rx,
             entry.history.clone(),
             entry.stats.clone(),
@@ -331,9 +351,26 @@ impl Rooms {
     /// Reads a live room's history straight from its log, without queueing
     /// behind the room's live traffic. At most `limit` events (0: the cap),
     /// and what fits in one answer; `NOT_FOUND` for a room not live here.
-    pub fn history(&self, id: &RoomId, range: HistoryRange, limit: u32) -> Result<v1::History, ErrorCode> {
-        let log = self.lock().get(id).map(|e| e.history.clone()).ok_or(ErrorCode::NotFound)?;
+    /// A page of a room's history: from the live room, or, once the room is
+    /// gone, from the archive. Neither waits behind live traffic.
+    pub async fn history(
+        &self,
+        id: &RoomId,
+        range: HistoryRange,
+        limit: u32,
+    ) -> Result<v1::History, ErrorCode> {
         let limit = if limit == 0 { MAX_FETCH } else { limit as usize };
+        let live = self.lock().get(id).map(|e| e.history.clone());
+        let Some(log) = live else {
+            let archive = self.archive.as_ref().ok_or(ErrorCode::NotFound)?;
+            let page = archive.read(id, range, limit).await.ok_or(ErrorCode::NotFound)?;
+            return Ok(v1::History {
+                room: id.to_string(),
+                events: page.events,
+                oldest_seq: page.oldest_seq,
+                truncated: page.truncated,
+            });
+        };
         let now = Instant::now();
         let page = match range {
             HistoryRange::Latest => log.latest(now, limit),

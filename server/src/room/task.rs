@@ -48,13 +48,13 @@ fn far_future() -> Instant {
 pub(super) async fn run_room(
     rooms: Arc<Rooms>,
     id: RoomId,
+    epoch: u64,
     mut rx: mpsc::Receiver<Command>,
     history: Arc<HistoryLog>,
     stats: Arc<RoomStats>,
     likes: Arc<LikeCounter>,
 ) {
     let empty_ttl = Duration::from_secs(rooms.config.empty_room_ttl_secs);
-    let epoch = unix_ms(SystemTime::now());
     let metrics = rooms.metrics.clone();
     let mut state =
         RoomState::new(id.clone(), epoch, limits(&rooms.config), history).with_likes(likes.clone());
