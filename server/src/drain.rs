@@ -76,6 +76,13 @@ impl Drain {
         self.state() != DrainState::Serving
     }
 
+    /// A receiver of the node's state, for a task that waits on it every
+    /// turn of its loop (`wait_for` on it, rather than [`Drain::started`],
+    /// which subscribes anew each call).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<DrainState> {
+        self.state.subscribe()
+    }
+
     /// Resolves once a drain has started (at once if it has).
     pub async fn started(&self) {
         let _ = self.state.subscribe().wait_for(|s| *s != DrainState::Serving).await;

@@ -134,8 +134,9 @@ pub async fn serve_with_drain(
         0 => None,
         secs => {
             let dir = config.data_dir.join("archive");
+            let (retention, max) = (Duration::from_secs(secs), config.room.archive_max_bytes);
             let archive =
-                room::Archive::open(dir.clone(), Duration::from_secs(secs), config.room.archive_max_bytes)
+                room::Archive::open(dir.clone(), retention, max, Some(metrics.archive_dropped.clone()))
                     .with_context(|| format!("opening the history archive in {}", dir.display()))?;
             Some(archive)
         }

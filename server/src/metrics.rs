@@ -69,6 +69,8 @@ pub struct Metrics {
     pub chat_rate_limited: Counter,
     /// Gift sends answered, by outcome.
     gifts: Family<ReasonLabel, Counter>,
+    /// Sequenced events not archived because the archive's writer was behind.
+    pub archive_dropped: Counter,
     /// Quiz answers, by outcome.
     quiz_answers: Family<ReasonLabel, Counter>,
     /// Like taps reported: counted, or flagged (over the user's cap).
@@ -213,6 +215,12 @@ impl Metrics {
             "Gift sends answered, by outcome (repeat: an idempotency key seen before)",
             gifts.clone(),
         );
+        let archive_dropped = Counter::default();
+        registry.register(
+            "archive_dropped",
+            "Sequenced events not kept for replay after the live because the archive's writer was behind",
+            archive_dropped.clone(),
+        );
         let quiz_answers = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "quiz_answers",
@@ -291,6 +299,7 @@ impl Metrics {
             chat_sampled,
             chat_rate_limited,
             gifts,
+            archive_dropped,
             quiz_answers,
             likes_counted,
             likes_flagged,

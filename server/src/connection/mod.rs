@@ -144,6 +144,13 @@ struct Session {
     writers: Vec<tokio::task::JoinHandle<()>>,
     /// The quiz this session's user plays, whose reveals it waits on.
     quiz: Option<quiz::QuizWatch>,
+    /// The node's drain state, watched by every turn of the session loop.
+    drain: tokio::sync::watch::Receiver<crate::DrainState>,
+}
+
+/// Resolves once the node has started to drain (at once if it has).
+async fn drain_started(drain: &mut tokio::sync::watch::Receiver<crate::DrainState>) {
+    let _ = drain.wait_for(|s| *s != crate::DrainState::Serving).await;
 }
 
 /// Closes the connection with `code`, after trying to say why on the control
@@ -277,6 +284,7 @@ impl Session {
         if send.write_all(&frame).await.is_err() {
             return Err(None);
         }
+        let drain = shared.drain.watch();
         Ok(Self {
             id,
             conn,
@@ -291,6 +299,7 @@ impl Session {
             pending: VecDeque::new(),
             writers: Vec::new(),
             quiz: None,
+            drain,
         })
     }
 
@@ -371,7 +380,7 @@ impl Session {
                     debug!(%reason, "connection closed");
                     break;
                 }
-                () = self.shared.drain.started(), if !draining => {
+                () = drain_started(&mut self.drain), if !draining => {
                     // The node drains: no new requests; the answers pending
                     // are written, every room stream gets what its room
                     // queued and ends, then the connection closes below.

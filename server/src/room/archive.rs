@@ -51,6 +51,8 @@ pub struct Archive {
     dir: PathBuf,
     tx: SyncSender<Record>,
     dropped: AtomicU64,
+    /// The same count, for `roomcast_archive_dropped_total`.
+    dropped_metric: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 /// A room incarnation's way into the archive.
@@ -71,20 +73,29 @@ impl ArchiveSink {
         let record = Record { file: self.file.clone(), bytes: event.encode_to_vec() };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.archive.tx.try_send(record) {
             self.archive.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &self.archive.dropped_metric {
+                m.inc();
+            }
         }
     }
 }
 
 impl Archive {
     /// Opens (or creates) the archive in `dir` and starts its writer thread.
-    pub fn open(dir: PathBuf, retention: Duration, max_bytes: u64) -> io::Result<Arc<Self>> {
+    /// Events it cannot keep up with are counted in `dropped`, if given.
+    pub fn open(
+        dir: PathBuf,
+        retention: Duration,
+        max_bytes: u64,
+        dropped: Option<prometheus_client::metrics::counter::Counter>,
+    ) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(&dir)?;
         let (tx, rx) = sync_channel(QUEUE);
         let writer_dir = dir.clone();
         std::thread::Builder::new()
             .name("roomcast-archive".into())
             .spawn(move || write_loop(&writer_dir, &rx, retention, max_bytes))?;
-        Ok(Arc::new(Self { dir, tx, dropped: AtomicU64::new(0) }))
+        Ok(Arc::new(Self { dir, tx, dropped: AtomicU64::new(0), dropped_metric: dropped }))
     }
 
     /// The sink of `room`'s incarnation `epoch`.
@@ -238,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn a_room_reads_back_by_seq_and_media_time_without_recalled_messages_and_its_newest_incarnation() {
         let d = dir("read");
-        let archive = Archive::open(d.clone(), Duration::from_secs(3600), u64::MAX).unwrap();
+        let archive = Archive::open(d.clone(), Duration::from_secs(3600), u64::MAX, None).unwrap();
         let room = RoomId::new("r").unwrap();
         let old = archive.sink(&room, 1);
         old.record(&chat(1, 0));
