@@ -25,11 +25,12 @@ pub enum ErrorCode {
     Muted,
     Banned,
     MessageRefused,
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::BadToken,
         Self::TokenExpired,
         Self::UnsupportedVersion,
@@ -49,6 +50,7 @@ impl ErrorCode {
         Self::Muted,
         Self::Banned,
         Self::MessageRefused,
+        Self::Unavailable,
     ];
 
     /// The wire value (an `ErrorCode` of the schema, and the QUIC close code).
@@ -79,6 +81,7 @@ impl ErrorCode {
             Self::Muted => P::Muted,
             Self::Banned => P::Banned,
             Self::MessageRefused => P::MessageRefused,
+            Self::Unavailable => P::Unavailable,
         }
     }
 
@@ -109,6 +112,7 @@ impl ErrorCode {
             Self::Muted => "muted",
             Self::Banned => "banned",
             Self::MessageRefused => "message_refused",
+            Self::Unavailable => "unavailable",
         }
     }
 }

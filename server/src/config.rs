@@ -30,6 +30,9 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub gifts: GiftsConfig,
     pub likes: LikesConfig,
+    /// A Redis URL (`redis://host:port`): the node joins a fleet whose rooms
+    /// share one sequence per room through it. None: the node runs alone.
+    pub redis: Option<String>,
 }
 
 /// Likes: clients report taps at most once a second per room; the node
@@ -397,6 +400,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             gifts: GiftsConfig::default(),
             likes: LikesConfig::default(),
+            redis: None,
         }
     }
 }

@@ -141,9 +141,31 @@ pub async fn serve_with_drain(
             Some(archive)
         }
     };
+    let rooms = match &config.redis {
+        None => room::Rooms::with_archive(config.room.clone(), metrics.clone(), hooks.clone(), archive),
+        Some(url) => {
+            let (tx, mut deliveries) = tokio::sync::mpsc::channel(cluster::DELIVERY_QUEUE);
+            let dropped = metrics.fleet_deliveries_dropped.clone();
+            let fleet = cluster::Fleet::connect(url, config.room.history_len, tx, move || {
+                dropped.inc();
+            })
+            .await
+            .with_context(|| format!("connecting to the fleet's Redis at {url}"))?;
+            let rooms =
+                room::Rooms::in_fleet(config.room.clone(), metrics.clone(), hooks.clone(), archive, fleet);
+            let router = rooms.clone();
+            tokio::spawn(async move {
+                while let Some(d) = deliveries.recv().await {
+                    router.deliver(d);
+                }
+            });
+            info!(redis = %url, "in a fleet: rooms follow the shared log");
+            rooms
+        }
+    };
     let shared = Arc::new(Shared {
         verifier: auth::verifier(&config)?,
-        rooms: room::Rooms::with_archive(config.room.clone(), metrics.clone(), hooks.clone(), archive),
+        rooms,
         metrics: metrics.clone(),
         next_conn: AtomicU64::new(1),
         node_epoch,

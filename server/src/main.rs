@@ -45,6 +45,9 @@ struct Cli {
     /// Key the admin API accepts in `X-Api-Key` (and the dashboard as `?key=`).
     #[arg(long, env = "ROOMCAST_ADMIN_API_KEY", hide_env_values = true, global = true)]
     admin_api_key: Option<String>,
+    /// Redis URL (`redis://host:port`): join a fleet that shares rooms through it.
+    #[arg(long, env = "ROOMCAST_REDIS", global = true)]
+    redis: Option<String>,
     /// Heartbeat interval in milliseconds.
     #[arg(long, env = "ROOMCAST_HEARTBEAT_MS", global = true)]
     heartbeat_ms: Option<u64>,
@@ -136,6 +139,9 @@ impl Cli {
         }
         if let Some(v) = &self.admin_api_key {
             c.admin.api_key = Some(v.clone());
+        }
+        if let Some(v) = &self.redis {
+            c.redis = Some(v.clone());
         }
         if let Some(v) = self.heartbeat_ms {
             c.presence.heartbeat_interval_ms = v;

@@ -71,6 +71,9 @@ pub struct Metrics {
     gifts: Family<ReasonLabel, Counter>,
     /// Sequenced events not archived because the archive's writer was behind.
     pub archive_dropped: Counter,
+    /// Deliveries from the fleet's Redis dropped because the node was behind
+    /// (their rooms read them back from the stream).
+    pub fleet_deliveries_dropped: Counter,
     /// Quiz answers, by outcome.
     quiz_answers: Family<ReasonLabel, Counter>,
     /// Like taps reported: counted, or flagged (over the user's cap).
@@ -221,6 +224,12 @@ impl Metrics {
             "Sequenced events not kept for replay after the live because the archive's writer was behind",
             archive_dropped.clone(),
         );
+        let fleet_deliveries_dropped = Counter::default();
+        registry.register(
+            "fleet_deliveries_dropped",
+            "Deliveries from the fleet's Redis dropped because the node was behind; rooms read them back from the stream",
+            fleet_deliveries_dropped.clone(),
+        );
         let quiz_answers = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "quiz_answers",
@@ -300,6 +309,7 @@ impl Metrics {
             chat_rate_limited,
             gifts,
             archive_dropped,
+            fleet_deliveries_dropped,
             quiz_answers,
             likes_counted,
             likes_flagged,

@@ -189,3 +189,120 @@ async fn after_redis_restarts_nodes_resubscribe_and_fill_the_hole_from_the_strea
     let d = tokio::time::timeout(Duration::from_secs(10), a_rx.recv()).await.unwrap().unwrap();
     assert_eq!(d.events.last().map(|e| e.seq), Some(6));
 }
+
+mod rooms_across_nodes {
+    use roomcast_client::{ChatMessage, Event, HistoryRange};
+    use roomcast_server::auth::Role;
+    use roomcast_tests::{TestServer, sequenced, text};
+
+    use super::*;
+
+    async fn fleet_node(redis: &RedisServer) -> TestServer {
+        let url = redis.url();
+        TestServer::start_with(move |c| c.redis = Some(url)).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_on_different_nodes_see_one_sequence_and_late_joiners_get_its_history() {
+        let redis = RedisServer::start().await;
+        let a = fleet_node(&redis).await;
+        let b = fleet_node(&redis).await;
+        let (host, _host_events) = a.connect("hana", Role::Host).await;
+        host.join("show").await.unwrap();
+        let (viewer_a, mut on_a) = a.connect("ann", Role::Viewer).await;
+        viewer_a.join("show").await.unwrap();
+        let (viewer_b, mut on_b) = b.connect("bob", Role::Viewer).await;
+        viewer_b.join("show").await.unwrap();
+
+        let mut acks = Vec::new();
+        for i in 0..5 {
+            acks.push(host.send_chat("show", &format!("from a {i}")).await.unwrap());
+        }
+        acks.push(viewer_b.send_chat("show", "from b").await.unwrap());
+        let seqs: Vec<u64> = acks.iter().map(|a| a.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "numbered by the fleet, in the order sent");
+        let got_a = sequenced(&mut on_a, 6).await;
+        let got_b = sequenced(&mut on_b, 6).await;
+        assert_eq!(got_a.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
+        assert_eq!(got_a, got_b, "both nodes' members got the same events");
+        assert_eq!(text(&got_b[5]), "from b");
+        assert_eq!(got_b[0].message_id, acks[0].message_id);
+
+        // A third node's joiner gets the room's history from the fleet.
+        let c = fleet_node(&redis).await;
+        let (late, _late_events) = c.connect("cy", Role::Viewer).await;
+        let joined = late.join("show").await.unwrap();
+        assert_eq!(joined.current_seq, 6);
+        assert_eq!(joined.history.iter().map(text).collect::<Vec<_>>()[5], "from b");
+        let page = late.fetch_history("show", HistoryRange::Seq { from: 2, to: 3 }, 0).await.unwrap();
+        assert_eq!(page.events.iter().map(text).collect::<Vec<_>>(), ["from a 1", "from a 2"]);
+        let from_c =
+            late.send(ChatMessage { room: "show".into(), text: "from c".into(), ..Default::default() });
+        assert_eq!(from_c.await.unwrap().seq, 7);
+        let seventh = roomcast_tests::wait_for(&mut on_a, |e| match e {
+            Event::Message(m) if m.seq == 7 => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(text(&seventh), "from c");
+
+        // A gift charged on B and a recall made on A reach the other node.
+        let credit = b.admin("POST", "/v1/users/bob/credit", Some(r#"{"amount": 50}"#)).await;
+        assert_eq!(credit.status, 200, "{}", credit.body);
+        let gift = viewer_b.send_gift("show", "heart", 1, "bob-1").await.unwrap();
+        assert_eq!((gift.seq, gift.balance), (8, 40));
+        let on_a_gift = roomcast_tests::wait_for(&mut on_a, |e| e.gift().map(|(m, _)| m.clone())).await;
+        assert_eq!((on_a_gift.seq, on_a_gift.message_id.clone()), (8, gift.message_id.clone()));
+        let recalled = host.recall("show", &acks[0].message_id).await.unwrap();
+        assert_eq!(recalled.seq, 9);
+        roomcast_tests::wait_for(&mut on_b, |e| match e {
+            Event::Message(m) if m.seq == 9 => Some(()),
+            _ => None,
+        })
+        .await;
+        let page = viewer_b.fetch_history("show", HistoryRange::Seq { from: 1, to: 3 }, 0).await.unwrap();
+        assert_eq!(
+            page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [2, 3],
+            "the recalled message is gone on B too"
+        );
+        for s in [a, b, c] {
+            s.stop().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_a_node_refuses_what_it_cannot_sequence_and_recovers_after() {
+    use roomcast_client::Error;
+    use roomcast_protocol::ErrorCode;
+    use roomcast_server::auth::Role;
+    use roomcast_tests::TestServer;
+
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    let node = TestServer::start_with(move |c| c.redis = Some(url)).await;
+    let (host, _events) = node.connect("hana", Role::Host).await;
+    host.join("up").await.unwrap();
+    assert_eq!(host.send_chat("up", "before").await.unwrap().seq, 1);
+
+    redis.kill();
+    let refused = host.send_chat("up", "while down").await.unwrap_err();
+    assert!(matches!(refused, Error::Refused { code: ErrorCode::Unavailable, .. }), "{refused:?}");
+    let (viewer, _v) = node.connect("vic", Role::Viewer).await;
+    let join = viewer.join("new-room").await.unwrap_err();
+    assert!(matches!(join, Error::Refused { code: ErrorCode::Unavailable, .. }), "{join:?}");
+
+    redis.restart().await;
+    let mut after = None;
+    for _ in 0..100 {
+        if let Ok(ack) = host.send_chat("up", "after").await {
+            after = Some(ack);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(after.expect("chat works again").seq, 2, "nothing was numbered while Redis was down");
+    viewer.join("new-room").await.expect("a new room can follow the fleet again");
+    node.stop().await;
+}

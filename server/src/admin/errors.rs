@@ -81,6 +81,7 @@ impl ApiError {
             ErrorCode::RoomClosed => (StatusCode::CONFLICT, "ROOM_CLOSED"),
             ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
             ErrorCode::ServerDraining => (StatusCode::SERVICE_UNAVAILABLE, "SERVER_DRAINING"),
+            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             ErrorCode::Forbidden => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             ErrorCode::BadToken => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             ErrorCode::TokenExpired => (StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED"),

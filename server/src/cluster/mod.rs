@@ -148,7 +148,12 @@ impl Fleet {
             .set_push_sender(push)
             .set_automatic_resubscription()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)));
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            // A request fails within a few seconds when Redis is gone (the
+            // node answers UNAVAILABLE); reconnecting goes on in the
+            // background.
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
         let conn = client.get_connection_manager_with_config(config).await?;
         Ok(Self { conn, script: std::sync::Arc::new(Script::new(include_str!("sequence.lua"))), history_len })
     }
@@ -186,6 +191,17 @@ impl Fleet {
     pub async fn unsubscribe(&self, room: &RoomId) -> Result<(), FleetError> {
         let [.., channel] = keys(room);
         Ok(self.conn.clone().unsubscribe(channel).await?)
+    }
+
+    /// `room`'s epoch, the same on every node: `proposal` if the room has
+    /// none yet.
+    pub async fn epoch(&self, room: &RoomId, proposal: u64) -> Result<u64, FleetError> {
+        let [_, _, key, _] = keys(room);
+        let mut conn = self.conn.clone();
+        let _: Option<String> =
+            redis::cmd("SET").arg(&key).arg(format!("{proposal:x}")).arg("NX").query_async(&mut conn).await?;
+        let hex: String = conn.get(&key).await?;
+        u64::from_str_radix(&hex, 16).map_err(|e| FleetError::Decode(format!("epoch {hex:?}: {e}")))
     }
 
     /// `room`'s last sequence number (0 before its first event).

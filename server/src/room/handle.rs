@@ -63,6 +63,10 @@ pub(super) enum Command {
         event: QuizEvent,
         reply: oneshot::Sender<Result<u64, ErrorCode>>,
     },
+    /// Events the fleet numbered, from the room's channel.
+    Ingest {
+        events: Vec<v1::RoomEvent>,
+    },
     RemoveUser {
         user: String,
         code: ErrorCode,

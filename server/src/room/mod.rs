@@ -24,6 +24,7 @@
 mod archive;
 mod fanout;
 mod feed;
+mod fleet;
 mod handle;
 mod history;
 mod kinds;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use roomcast_protocol::{ErrorCode, RoomId, unix_ms, v1};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, debug, info_span};
 
 use super::archive::Archive;
 use super::fanout::Outbox;
@@ -18,6 +18,7 @@ use super::handle::{Command, JoinRequest, Joined, RoomHandle};
 use super::history::{HistoryLog, MAX_FETCH};
 use super::state::{AdminMessage, QuizEvent, RoomInfo, RoomState};
 use super::task::run_room;
+use crate::cluster::{Delivery, Fleet};
 
 /// How long the node remembers that the platform closed a room.
 const CLOSED_MEMORY: Duration = Duration::from_secs(24 * 3600);
@@ -94,6 +95,8 @@ pub struct Rooms {
     pub(super) hooks: Hooks,
     /// Where sequenced events are kept for replay after the live.
     archive: Option<Arc<Archive>>,
+    /// In a fleet: the shared log rooms follow.
+    pub(super) fleet: Option<Fleet>,
 }
 
 impl Rooms {
@@ -109,7 +112,47 @@ impl Rooms {
         hooks: Hooks,
         archive: Option<Arc<Archive>>,
     ) -> Arc<Self> {
-        Arc::new(Self { map: Mutex::default(), lifecycle: Mutex::default(), config, metrics, hooks, archive })
+        Arc::new(Self {
+            map: Mutex::default(),
+            lifecycle: Mutex::default(),
+            config,
+            metrics,
+            hooks,
+            archive,
+            fleet: None,
+        })
+    }
+
+    /// Rooms that follow `fleet`'s shared log (see [`super::fleet`]), with
+    /// `archive` on the node's disk.
+    pub fn in_fleet(
+        config: RoomConfig,
+        metrics: Arc<Metrics>,
+        hooks: Hooks,
+        archive: Option<Arc<Archive>>,
+        fleet: Fleet,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            map: Mutex::default(),
+            lifecycle: Mutex::default(),
+            config,
+            metrics,
+            hooks,
+            archive,
+            fleet: Some(fleet),
+        })
+    }
+
+    /// Hands events the fleet numbered to their room, if it is live here.
+    /// A room whose queue is full misses them and reads them back from the
+    /// stream when the next delivery shows the hole.
+    pub fn deliver(&self, delivery: Delivery) {
+        let handle = self.lock().get(&delivery.room).map(|e| e.handle.clone());
+        if let Some(handle) = handle
+            && handle.tx.try_send(Command::Ingest { events: delivery.events }).is_err()
+        {
+            debug!(room = %delivery.room, "delivery dropped: the room is behind");
+        }
     }
 
     /// Number of rooms alive on this node.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use roomcast_protocol::{ErrorCode, RoomId, unix_ms};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
-use tracing::debug;
+use tracing::{debug, warn};
 
+use super::fleet::{Numbered, Publisher, follow};
 use super::handle::{Command, JoinRequest};
 use super::history::HistoryLog;
 use super::likes::LikeCounter;
@@ -39,6 +40,26 @@ struct Room<'a> {
     id: &'a RoomId,
     metrics: &'a Metrics,
     hooks: &'a Hooks,
+    /// In a fleet: where the room's events go to be numbered.
+    publisher: Option<&'a Publisher>,
+}
+
+impl Room<'_> {
+    /// Answers a command that may have made sequenced events: in a fleet,
+    /// once Redis numbered them.
+    fn answer<T: Numbered>(
+        &self,
+        state: &mut RoomState,
+        reply: oneshot::Sender<Result<T, ErrorCode>>,
+        result: Result<T, ErrorCode>,
+    ) {
+        match self.publisher {
+            Some(p) => p.answer(state, reply, result),
+            None => {
+                let _ = reply.send(result);
+            }
+        }
+    }
 }
 
 fn far_future() -> Instant {
@@ -54,10 +75,28 @@ pub(super) async fn run_room(
     stats: Arc<RoomStats>,
     likes: Arc<LikeCounter>,
 ) {
+    let fleet = rooms.fleet.clone();
     let empty_ttl = Duration::from_secs(rooms.config.empty_room_ttl_secs);
     let metrics = rooms.metrics.clone();
     let mut state =
         RoomState::new(id.clone(), epoch, limits(&rooms.config), history).with_likes(likes.clone());
+    let mut following = match &fleet {
+        None => None,
+        Some(fleet) => match follow(fleet, &id, &mut state, epoch, rooms.config.history_len).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                // A room that cannot follow the fleet's sequence takes
+                // nothing: what waits is refused, and the next join makes a
+                // new attempt.
+                warn!(error = %e, "room cannot reach the fleet's Redis");
+                rx.close();
+                while let Some(cmd) = rx.recv().await {
+                    refuse_unavailable(cmd);
+                }
+                return;
+            }
+        },
+    };
     let mut empty_since = Some(Instant::now());
     let mut closed = false;
     debug!("room opened");
@@ -76,7 +115,14 @@ pub(super) async fn run_room(
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
-                let room = Room { id: &id, metrics: &metrics, hooks: &rooms.hooks };
+                if let Command::Ingest { events } = cmd {
+                    if let Some(f) = &mut following {
+                        f.ingest(&id, &mut state, events).await;
+                    }
+                    continue;
+                }
+                let publisher = following.as_ref().map(|f| &f.publisher);
+                let room = Room { id: &id, metrics: &metrics, hooks: &rooms.hooks, publisher };
                 handle(&mut state, cmd, &room, &mut closed);
                 empty_since = match (state.is_empty(), empty_since) {
                     (true, None) => {
@@ -116,13 +162,43 @@ pub(super) async fn run_room(
         metrics.record_events(state.take_event_counts());
         stats.record(&state);
     }
+    if let Some(f) = following
+        && let Err(e) = f.fleet.unsubscribe(&id).await
+    {
+        debug!(error = %e, "room not unsubscribed");
+    }
     debug!(seq = state.current_seq(), "room closed");
+}
+
+/// Refuses a command of a room that cannot follow the fleet.
+fn refuse_unavailable(cmd: Command) {
+    let unavailable = ErrorCode::Unavailable;
+    match cmd {
+        Command::Join { reply, outbox, .. } => {
+            outbox.close();
+            let _ = reply.send(Err(unavailable));
+        }
+        Command::Publish { reply, .. } | Command::AdminPublish { reply, .. } => {
+            let _ = reply.send(Err(unavailable));
+        }
+        Command::Recall { reply, .. } | Command::AdminRecall { reply, .. } => {
+            let _ = reply.send(Err(unavailable));
+        }
+        Command::Gift { reply, .. } => {
+            let _ = reply.send(Err(unavailable));
+        }
+        Command::Quiz { reply, .. } => {
+            let _ = reply.send(Err(unavailable));
+        }
+        // The rest answer "gone" by dropping their reply.
+        _ => {}
+    }
 }
 
 /// Handles one command. `closed`: the platform closed the room; it refuses
 /// joins and platform messages until the room is dropped.
 fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut bool) {
-    let Room { id, metrics, hooks } = *room;
+    let Room { id, metrics, hooks, .. } = *room;
     let now = Instant::now();
     let now_ms = unix_ms(SystemTime::now());
     match cmd {
@@ -173,21 +249,21 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
                 }
                 Err(e) => Err(e),
             };
-            let _ = reply.send(result);
+            room.answer(state, reply, result);
         }
         Command::Recall { conn, message_id, reply } => {
             let result = state.recall(conn, &message_id, now, now_ms);
             if result.is_ok() {
                 metrics.events_sequenced.inc();
             }
-            let _ = reply.send(result);
+            room.answer(state, reply, result);
         }
         Command::Gift { conn, gift, reply } => {
             let result = state.gift(conn, gift, now, now_ms);
             if result.is_ok() {
                 metrics.events_sequenced.inc();
             }
-            let _ = reply.send(result);
+            room.answer(state, reply, result);
         }
         Command::AdminPublish { msg, reply } => {
             let result =
@@ -195,7 +271,7 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
             if result.is_ok() {
                 metrics.events_sequenced.inc();
             }
-            let _ = reply.send(result);
+            room.answer(state, reply, result);
         }
         Command::Quiz { event, reply } => {
             let result =
@@ -203,14 +279,14 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
             if result.is_ok() {
                 metrics.events_sequenced.inc();
             }
-            let _ = reply.send(result);
+            room.answer(state, reply, result);
         }
         Command::AdminRecall { message_id, reply } => {
             let result = state.recall_admin(&message_id, now, now_ms);
             if result.is_ok() {
                 metrics.events_sequenced.inc();
             }
-            let _ = reply.send(result);
+            room.answer(state, reply, result);
         }
         Command::RemoveUser { user, code, reason, leave, reply } => {
             let conns: Vec<_> =
@@ -232,11 +308,18 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
                 hooks.emit(HookEvent::UserLeft { room: id.clone(), user, conn, reason: LeaveReason::Kicked });
             }
             *closed = true;
+            if let Some(p) = room.publisher {
+                // The final status goes to the fleet; members here are
+                // removed already.
+                p.send(state);
+            }
             let _ = reply.send(seq);
         }
         Command::Ranking { reply } => {
             let _ = reply.send(state.ranking());
         }
+        // Handled by the room loop, which owns the fleet's side.
+        Command::Ingest { .. } => {}
         Command::Info { offset, limit, reply } => {
             let _ = reply.send(state.info(offset, limit));
         }

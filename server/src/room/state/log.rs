@@ -1,8 +1,12 @@
 //! Sequencing and the room's log.
 //!
 //! **Invariant:** `EventLog::sequence` is the only place a sequence number
-//! is assigned. It appends the event to history and to the log in the same
-//! step, so history and fan-out agree on every number. The log holds the
+//! is assigned on a node running alone. It appends the event to history and
+//! to the log in the same step, so history and fan-out agree on every
+//! number. In a fleet the node numbers nothing: `sequence` queues the
+//! encoded event for Redis (`outgoing`), and the numbered events come back
+//! through `EventLog::ingest`, which appends them to history and the log in
+//! the same way. The log holds the
 //! encoded events not yet pushed to every member; rounds read it through
 //! each member's cursor and trim it once everyone has been served.
 
@@ -55,6 +59,9 @@ pub(super) struct EventLog {
     pub(super) last_now_ms: u64,
     /// Events made since the last `take_counts`, by kind.
     counts: [u64; kinds::KINDS],
+    /// In a fleet: the encoded events made here, for Redis to number.
+    fleet: bool,
+    pub(super) outgoing: Vec<bytes::Bytes>,
 }
 
 impl EventLog {
@@ -70,7 +77,45 @@ impl EventLog {
             ephemeral_counter: 0,
             last_now_ms: 0,
             counts: [0; kinds::KINDS],
+            fleet: false,
+            outgoing: Vec::new(),
         }
+    }
+
+    /// From now on Redis numbers this room's events: `sequence` only queues
+    /// them, and the room follows the fleet's sequence from `last`.
+    pub(super) fn join_fleet(&mut self, last: u64, epoch: u64) {
+        self.fleet = true;
+        self.seq = last;
+        self.epoch = epoch;
+    }
+
+    /// Appends an event the fleet numbered (the next in sequence: the
+    /// caller checked) to history and, when anyone is subscribed, to the log.
+    pub(super) fn ingest(&mut self, event: v1::RoomEvent, subscribed: bool, now: Instant) {
+        let Some(kind) = &event.kind else { return };
+        self.counts[kinds::index(kind)] += 1;
+        if let Kind::Recall(r) = kind {
+            // Every node forgets the recalled message, as the one that
+            // recalled it did.
+            self.history.remove(&r.message_id);
+        }
+        self.seq = event.seq;
+        if subscribed {
+            let frame =
+                encode_frame(&v1::RoomFrame { body: Some(v1::room_frame::Body::Event(event.clone())) });
+            self.last_sequenced = Some(self.end());
+            self.events.push(Pending {
+                frame,
+                seq: event.seq,
+                host_visible: kinds::host_visible(kind),
+                shed: Shed::Normal,
+                at: Some(now),
+                except: None,
+            });
+        }
+        self.last_now_ms = self.last_now_ms.max(event.server_time_ms);
+        self.history.push(now, event);
     }
 
     /// Assigns the next sequence number, keeps the event in history and,
@@ -85,6 +130,21 @@ impl EventLog {
         now: Instant,
         now_ms: u64,
     ) -> v1::RoomEvent {
+        if self.fleet {
+            // Redis numbers it; it comes back through `ingest`.
+            let event = v1::RoomEvent {
+                room: self.room.to_string(),
+                seq: 0,
+                message_id: String::new(),
+                server_time_ms: now_ms,
+                media_ts_ms,
+                priority: kinds::priority(&kind) as i32,
+                sender,
+                kind: Some(kind),
+            };
+            self.outgoing.push(prost::Message::encode_to_vec(&event).into());
+            return event;
+        }
         self.seq += 1;
         self.counts[kinds::index(&kind)] += 1;
         let host_visible = kinds::host_visible(&kind);

@@ -342,6 +342,35 @@ impl RoomState {
     }
 
     /// Sequences an event for every member (see `EventLog::sequence`).
+    /// In a fleet: this room follows the fleet's sequence from `last`
+    /// (with `recent`, its newest events, as history) and numbers nothing
+    /// itself.
+    pub fn join_fleet(&mut self, last: u64, epoch: u64, recent: Vec<v1::RoomEvent>, now: Instant) {
+        self.log.join_fleet(recent.first().map_or(last, |e| e.seq.saturating_sub(1)), epoch);
+        for e in recent {
+            self.log.ingest(e, false, now);
+        }
+        self.log.join_fleet(last, epoch);
+    }
+
+    /// The events made here since the last call, encoded, for the fleet to
+    /// number (empty on a node running alone).
+    pub fn take_outgoing(&mut self) -> Vec<bytes::Bytes> {
+        std::mem::take(&mut self.log.outgoing)
+    }
+
+    /// An event the fleet numbered, the next in sequence: kept and fanned
+    /// out like one sequenced here.
+    pub fn ingest(&mut self, event: v1::RoomEvent, now: Instant) {
+        let subscribed = !self.roster.subscribers.is_empty();
+        self.log.ingest(event, subscribed, now);
+    }
+
+    /// The room's last sequence number.
+    pub fn last_seq(&self) -> u64 {
+        self.log.seq
+    }
+
     fn sequence(
         &mut self,
         kind: Kind,

@@ -1,0 +1,230 @@
+//! A room's side of the fleet: what it makes goes to Redis to be numbered,
+//! and what Redis numbered (its own events and other nodes') comes back to
+//! be kept and fanned out.
+//!
+//! * On start the room subscribes to its channel, then learns the fleet's
+//!   epoch and last sequence number and its newest events (`follow`).
+//! * Events the room makes are handed, encoded, with the reply waiting for
+//!   their number, to the room's publisher task ([`Publisher`]), which sends
+//!   what has queued up to Redis in one call and completes the replies
+//!   (`Numbered`). A room's events go to Redis in the order it made them.
+//! * Deliveries pass through an [`Orderer`]: a repeat is dropped, a hole is
+//!   read back from the stream before what follows it is taken.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use roomcast_protocol::{ErrorCode, RoomId, v1};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::state::{GiftSequenced, RoomState};
+use crate::cluster::{Arrival, Fleet, MAX_BATCH, Orderer};
+
+/// Batches waiting for a room's publisher; beyond it a request is refused
+/// with `UNAVAILABLE` rather than queued without bound.
+const PUBLISH_QUEUE: usize = 1_024;
+
+/// A reply that carries the sequence number Redis gave its event.
+pub(super) trait Numbered: Sized + Send + 'static {
+    fn numbered(self, seq: u64, message_id: String) -> Self;
+}
+
+impl Numbered for v1::ChatAck {
+    fn numbered(self, seq: u64, message_id: String) -> Self {
+        Self { seq, message_id, ..self }
+    }
+}
+
+impl Numbered for v1::Recalled {
+    fn numbered(self, seq: u64, _: String) -> Self {
+        Self { seq, ..self }
+    }
+}
+
+impl Numbered for GiftSequenced {
+    fn numbered(self, seq: u64, message_id: String) -> Self {
+        Self { seq, message_id, ..self }
+    }
+}
+
+impl Numbered for u64 {
+    fn numbered(self, seq: u64, _: String) -> Self {
+        seq
+    }
+}
+
+/// Completes a reply once its event is numbered, or fails it.
+type Complete = Box<dyn FnOnce(Result<(u64, String), ErrorCode>) + Send>;
+
+/// One command's events, and its reply.
+struct Batch {
+    events: Vec<Bytes>,
+    complete: Complete,
+}
+
+/// The sending end of a room's publisher.
+#[derive(Debug, Clone)]
+pub(super) struct Publisher {
+    tx: mpsc::Sender<Batch>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("events", &self.events.len()).finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Starts `room`'s publisher task.
+    pub(super) fn start(fleet: Fleet, room: RoomId, epoch: u64) -> Self {
+        let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+        tokio::spawn(publish(fleet, room, epoch, rx));
+        Self { tx }
+    }
+
+    /// Answers `reply` with `result` once the events the command made (the
+    /// state's outgoing) are numbered; at once when it made none or failed.
+    pub(super) fn answer<T: Numbered>(
+        &self,
+        state: &mut RoomState,
+        reply: oneshot::Sender<Result<T, ErrorCode>>,
+        result: Result<T, ErrorCode>,
+    ) {
+        let events = state.take_outgoing();
+        let value = match result {
+            Ok(value) if !events.is_empty() => value,
+            other => {
+                let _ = reply.send(other);
+                return;
+            }
+        };
+        let complete: Complete = Box::new(move |numbered| {
+            let _ = reply.send(numbered.map(|(seq, id)| value.numbered(seq, id)));
+        });
+        if let Err(e) = self.tx.try_send(Batch { events, complete }) {
+            let batch = match e {
+                mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b,
+            };
+            (batch.complete)(Err(ErrorCode::Unavailable));
+        }
+    }
+
+    /// Sends what the room made without a reply waiting (a close's status).
+    pub(super) fn send(&self, state: &mut RoomState) {
+        let events = state.take_outgoing();
+        if !events.is_empty() {
+            let _ = self.tx.try_send(Batch { events, complete: Box::new(|_| {}) });
+        }
+    }
+}
+
+/// The publisher task: what has queued goes to Redis in one call; replies
+/// are completed in order.
+async fn publish(fleet: Fleet, room: RoomId, epoch: u64, mut rx: mpsc::Receiver<Batch>) {
+    while let Some(first) = rx.recv().await {
+        let mut batches = vec![first];
+        let mut count = batches[0].events.len();
+        while count < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(b) => {
+                    count += b.events.len();
+                    batches.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        // A batch over MAX_BATCH events goes in several calls, in order.
+        let events: Vec<Bytes> = batches.iter().flat_map(|b| b.events.iter().cloned()).collect();
+        let mut numbered = Vec::with_capacity(events.len());
+        let mut failed = false;
+        for chunk in events.chunks(MAX_BATCH) {
+            match fleet.sequence(&room, epoch, chunk).await {
+                Ok(s) => numbered.extend((0..chunk.len() as u64).map(|i| (s.first + i, s.epoch.clone()))),
+                Err(e) => {
+                    warn!(error = %e, room = %room, "events not sequenced: the fleet's Redis is unreachable");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let mut next = numbered.into_iter();
+        for b in batches {
+            // A command's reply carries its first event's number.
+            let mine: Vec<_> = next.by_ref().take(b.events.len()).collect();
+            match mine.first() {
+                Some((seq, epoch)) if !failed || mine.len() == b.events.len() => {
+                    (b.complete)(Ok((*seq, format!("{epoch}-{seq}"))));
+                }
+                _ => (b.complete)(Err(ErrorCode::Unavailable)),
+            }
+        }
+    }
+}
+
+/// What a room needs to follow the fleet: where it is in the sequence.
+#[derive(Debug)]
+pub(super) struct Following {
+    pub(super) fleet: Fleet,
+    pub(super) orderer: Orderer,
+    pub(super) publisher: Publisher,
+}
+
+/// Subscribes `room` and brings `state` to the fleet's position: its epoch,
+/// last sequence number and newest `recent` events.
+pub(super) async fn follow(
+    fleet: &Fleet,
+    room: &RoomId,
+    state: &mut RoomState,
+    local_epoch: u64,
+    recent: usize,
+) -> Result<Following, crate::cluster::FleetError> {
+    // Subscribe first: nothing numbered after the position read below is
+    // missed; what arrives twice is dropped by the orderer.
+    fleet.subscribe(room).await?;
+    let epoch = fleet.epoch(room, local_epoch).await?;
+    let last = fleet.current_seq(room).await?;
+    let from = last.saturating_sub(recent as u64) + 1;
+    let events = if last > 0 { fleet.replay(room, from, last).await? } else { Vec::new() };
+    state.join_fleet(last, epoch, events, tokio::time::Instant::now());
+    debug!(last, epoch, "room follows the fleet");
+    Ok(Following {
+        fleet: fleet.clone(),
+        orderer: Orderer::after(last),
+        publisher: Publisher::start(fleet.clone(), room.clone(), epoch),
+    })
+}
+
+impl Following {
+    /// Takes a delivery's events in sequence order, reading any hole back
+    /// from the stream first.
+    pub(super) async fn ingest(&mut self, room: &RoomId, state: &mut RoomState, events: Vec<v1::RoomEvent>) {
+        let now = tokio::time::Instant::now();
+        for e in events {
+            match self.orderer.arrive(e.seq) {
+                Arrival::Repeat => {}
+                Arrival::Next => state.ingest(e, now),
+                Arrival::Hole { from, to } => {
+                    match tokio::time::timeout(Duration::from_secs(2), self.fleet.replay(room, from, to))
+                        .await
+                    {
+                        Ok(Ok(missed)) => {
+                            for m in missed {
+                                if m.seq >= from && m.seq <= to {
+                                    state.ingest(m, now);
+                                }
+                            }
+                        }
+                        _ => warn!(room = %room, from, to, "hole in the room's sequence not read back"),
+                    }
+                    // Members see the rest; a hole the stream could not
+                    // fill shows as a gap they resume over.
+                    self.orderer.filled(to);
+                    if self.orderer.arrive(e.seq) == Arrival::Next {
+                        state.ingest(e, now);
+                    }
+                }
+            }
+        }
+    }
+}
