@@ -306,3 +306,42 @@ async fn while_redis_is_down_a_node_refuses_what_it_cannot_sequence_and_recovers
     viewer.join("new-room").await.expect("a new room can follow the fleet again");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_online_entry_counts_until_it_stops_reporting() {
+    let redis = RedisServer::start().await;
+    let room = RoomId::new("live:online").unwrap();
+    let (a, _a_rx, _) = node(&redis).await;
+    let (b, _b_rx, _) = node(&redis).await;
+    let ttl = Duration::from_millis(300);
+    assert_eq!(a.report_online(&room, 5, ttl).await.unwrap(), 0);
+    assert_eq!(b.report_online(&room, 2, ttl).await.unwrap(), 5, "B hears of A's five");
+    assert_eq!(a.report_online(&room, 4, ttl).await.unwrap(), 2);
+    // A dies: it reports no more, and its entry lapses.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(b.report_online(&room, 2, ttl).await.unwrap(), 0);
+    assert_eq!(a.report_online(&room, 0, ttl).await.unwrap(), 2, "0 removes an entry without adding one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_see_the_online_count_of_the_whole_fleet() {
+    use roomcast_server::auth::Role;
+    use roomcast_tests::{TestServer, wait_online};
+
+    let redis = RedisServer::start().await;
+    let start = |url: String| TestServer::start_with(move |c| c.redis = Some(url));
+    let a = start(redis.url()).await;
+    let b = start(redis.url()).await;
+    let (ann, _ann_events) = a.connect("ann", Role::Viewer).await;
+    ann.join("crowd").await.unwrap();
+    let (al, _al_events) = a.connect("al", Role::Viewer).await;
+    al.join("crowd").await.unwrap();
+    let (bob, mut on_b) = b.connect("bob", Role::Viewer).await;
+    bob.join("crowd").await.unwrap();
+    wait_online(&mut on_b, "crowd", 3).await;
+    ann.leave("crowd").await.unwrap();
+    al.leave("crowd").await.unwrap();
+    wait_online(&mut on_b, "crowd", 1).await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -83,6 +83,9 @@ pub enum FleetError {
 pub struct Fleet {
     conn: ConnectionManager,
     script: std::sync::Arc<Script>,
+    online: std::sync::Arc<Script>,
+    /// This node's id in the rooms' online entries.
+    node: std::sync::Arc<str>,
     /// Stream entries kept per room (approximately).
     history_len: usize,
 }
@@ -155,7 +158,15 @@ impl Fleet {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Self { conn, script: std::sync::Arc::new(Script::new(include_str!("sequence.lua"))), history_len })
+        let mut id = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        Ok(Self {
+            conn,
+            script: std::sync::Arc::new(Script::new(include_str!("sequence.lua"))),
+            online: std::sync::Arc::new(Script::new(include_str!("online.lua"))),
+            node: u64::from_le_bytes(id).to_string().into(),
+            history_len,
+        })
     }
 
     /// Numbers `events` (each an encoded `RoomEvent` without `seq` and
@@ -191,6 +202,24 @@ impl Fleet {
     pub async fn unsubscribe(&self, room: &RoomId) -> Result<(), FleetError> {
         let [.., channel] = keys(room);
         Ok(self.conn.clone().unsubscribe(channel).await?)
+    }
+
+    /// Reports `present` users of `room` on this node, kept for `ttl` unless
+    /// reported again, and returns how many the other nodes have.
+    pub async fn report_online(&self, room: &RoomId, present: u64, ttl: Duration) -> Result<u64, FleetError> {
+        let r = room.as_str();
+        let now = roomcast_protocol::unix_ms(std::time::SystemTime::now());
+        let others: u64 = self
+            .online
+            .key(format!("rc:{{{r}}}:online"))
+            .key(format!("rc:{{{r}}}:online:exp"))
+            .arg(&*self.node)
+            .arg(present)
+            .arg(now)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(others)
     }
 
     /// `room`'s epoch, the same on every node: `proposal` if the room has

@@ -62,6 +62,12 @@ impl Room<'_> {
     }
 }
 
+/// How often a room in a fleet reports its users present here.
+const ONLINE_REPORT: Duration = Duration::from_secs(1);
+/// How long a report counts: a node that stops reporting (it died) is out
+/// of the room's count within this.
+const ONLINE_TTL: Duration = Duration::from_secs(3);
+
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
 }
@@ -99,6 +105,10 @@ pub(super) async fn run_room(
     };
     let mut empty_since = Some(Instant::now());
     let mut closed = false;
+    // In a fleet: this node's users present, reported every second; the
+    // other nodes' come back.
+    let (others_tx, mut others_rx) = mpsc::channel::<u64>(1);
+    let mut report_at = following.as_ref().map(|_| Instant::now());
     debug!("room opened");
     loop {
         let now = Instant::now();
@@ -140,6 +150,29 @@ pub(super) async fn run_room(
                 state.push_online(Instant::now(), unix_ms(SystemTime::now()));
             }
             () = likes.changed() => state.likes_changed(),
+            () = sleep_until(report_at.unwrap_or_else(far_future)), if report_at.is_some() => {
+                report_at = None;
+                if let Some(f) = &following {
+                    let (fleet, room, tx, present) = (f.fleet.clone(), id.clone(), others_tx.clone(), state.local_online());
+                    tokio::spawn(async move {
+                        match fleet.report_online(&room, present, ONLINE_TTL).await {
+                            Ok(others) => {
+                                let _ = tx.send(others).await;
+                            }
+                            Err(e) => {
+                                debug!(error = %e, "online count not reported");
+                                let _ = tx.send(u64::MAX).await;
+                            }
+                        }
+                    });
+                }
+            }
+            Some(others) = others_rx.recv() => {
+                if others != u64::MAX {
+                    state.set_fleet_others(others);
+                }
+                report_at = Some(Instant::now() + ONLINE_REPORT);
+            }
             () = sleep_until(nudge_at.unwrap_or_else(far_future)), if nudge_at.is_some() => {
                 state.push_quiz_nudge(Instant::now());
             }
@@ -162,10 +195,12 @@ pub(super) async fn run_room(
         metrics.record_events(state.take_event_counts());
         stats.record(&state);
     }
-    if let Some(f) = following
-        && let Err(e) = f.fleet.unsubscribe(&id).await
-    {
-        debug!(error = %e, "room not unsubscribed");
+    if let Some(f) = following {
+        // Gone from here: the other nodes count no one of this room here.
+        let _ = f.fleet.report_online(&id, 0, ONLINE_TTL).await;
+        if let Err(e) = f.fleet.unsubscribe(&id).await {
+            debug!(error = %e, "room not unsubscribed");
+        }
     }
     debug!(seq = state.current_seq(), "room closed");
 }

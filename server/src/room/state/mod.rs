@@ -149,6 +149,8 @@ pub struct RoomState {
     ranking: ranking::Ranking,
     /// Fan-out counts since the last `take_stats`.
     stats: FlushStats,
+    /// In a fleet: users present on the other nodes.
+    fleet_others: u64,
 }
 
 impl RoomState {
@@ -166,6 +168,7 @@ impl RoomState {
             combos: gifts::Combos::default(),
             ranking: ranking::Ranking::default(),
             stats: FlushStats::default(),
+            fleet_others: 0,
         }
     }
 
@@ -177,8 +180,20 @@ impl RoomState {
         self.roster.len()
     }
 
+    /// Users present: here, plus (in a fleet) on the other nodes as last
+    /// reported.
     pub fn online_count(&self) -> u64 {
+        self.roster.online_count() + self.fleet_others
+    }
+
+    /// Users present on this node.
+    pub fn local_online(&self) -> u64 {
         self.roster.online_count()
+    }
+
+    /// In a fleet: the users the other nodes have present.
+    pub fn set_fleet_others(&mut self, others: u64) {
+        self.fleet_others = others;
     }
 
     pub fn current_seq(&self) -> u64 {
