@@ -529,6 +529,18 @@ pub async fn sequenced(events: &mut Events, n: usize) -> Vec<roomcast_client::v1
     out
 }
 
+/// Trust in every one of `nodes`' development certificates (each issued for
+/// localhost), as roots: for a client that may move between them.
+pub fn trust_all(nodes: &[&TestServer]) -> roomcast_client::Trust {
+    use rustls::pki_types::pem::PemObject;
+    let mut certs = Vec::new();
+    for node in nodes {
+        let pem = std::fs::read(&node.cert_path).unwrap();
+        certs.extend(rustls::pki_types::CertificateDer::pem_slice_iter(&pem).map(Result::unwrap));
+    }
+    roomcast_client::Trust::Roots(certs)
+}
+
 /// The value of the Prometheus sample `name` (with its labels, as printed,
 /// e.g. `roomcast_dropped_events_total{reason="lagged"}`) in `exposition`.
 pub fn metric(exposition: &str, name: &str) -> Option<f64> {

@@ -102,7 +102,7 @@ async fn the_sdk_moves_to_the_next_address_at_once_and_rejoins() {
     let token = a.token("viewer", Role::Viewer);
     // Each node has its own development certificate, issued for localhost:
     // trust both as roots rather than pinning one.
-    let mut config = ClientConfig::new(a.addr, token, Trust::Roots(roots(&[&a, &b])));
+    let mut config = ClientConfig::new(a.addr, token, roomcast_tests::trust_all(&[&a, &b]));
     config.alternates = vec![b.addr];
     config.reconnect = Some(Backoff { initial: Duration::from_millis(100), ..Backoff::default() });
 
@@ -145,17 +145,6 @@ async fn the_sdk_moves_to_the_next_address_at_once_and_rejoins() {
     .await;
     assert_eq!(text(&next), "on b", "the rejoined room is live on the new node");
     a.finished().await.unwrap();
-}
-
-/// The development certificates of `nodes`, to trust as roots.
-fn roots(nodes: &[&TestServer]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    let mut certs = Vec::new();
-    for node in nodes {
-        let pem = std::fs::read(&node.cert_path).unwrap();
-        certs.extend(rustls::pki_types::CertificateDer::pem_slice_iter(&pem).map(Result::unwrap));
-    }
-    certs
 }
 
 /// The `roomcast-server` binary of this build, rebuilt if needed (bounded).

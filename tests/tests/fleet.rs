@@ -345,3 +345,71 @@ async fn members_see_the_online_count_of_the_whole_fleet() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_whose_node_drains_moves_to_another_and_misses_nothing() {
+    use roomcast_client::{Backoff, Client, ClientConfig, Event};
+    use roomcast_server::auth::Role;
+    use roomcast_tests::{TestServer, sequenced, text, wait_for};
+
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = TestServer::start_with({
+        let url = url.clone();
+        move |c| {
+            c.redis = Some(url);
+            c.drain.settle_ms = 300;
+        }
+    })
+    .await;
+    let secret = a.secret.clone();
+    let b = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.auth.hs256_secret = Some(secret);
+    })
+    .await;
+    let mut config =
+        ClientConfig::new(a.addr, a.token("vic", Role::Viewer), roomcast_tests::trust_all(&[&a, &b]));
+    config.alternates = vec![b.addr];
+    config.reconnect = Some(Backoff { initial: Duration::from_millis(100), ..Backoff::default() });
+    let (viewer, mut events) = Client::connect(config).await.unwrap();
+    viewer.join("show").await.unwrap();
+    // The host is on B and keeps talking while the viewer's node drains.
+    // B takes A's tokens (the platform's one secret).
+    let (host, _h) = Client::connect(b.client_config(a.token("hana", Role::Host))).await.unwrap();
+    host.join("show").await.unwrap();
+    let talk = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        for i in 0..30 {
+            seqs.push(host.send_chat("show", &format!("line {i}")).await.unwrap().seq);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        seqs
+    });
+    assert_eq!(text(&sequenced(&mut events, 1).await[0]), "line 0");
+    a.drain().start();
+    wait_for(&mut events, |e| matches!(e, Event::Reconnected { .. }).then_some(())).await;
+    let seqs = talk.await.unwrap();
+    assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+    // Everything after line 0, once, in order, with no gap: B resumed the
+    // viewer from the fleet's history.
+    let mut got = Vec::new();
+    let mut complete = None;
+    while got.len() < 29 || complete.is_none() {
+        let e = wait_for(&mut events, |e| match e {
+            Event::Message(m) if m.seq > 0 => Some(Ok(m.seq)),
+            Event::Resumed { complete, .. } => Some(Err(*complete)),
+            Event::Gap { from, to, .. } => panic!("gap {from}..={to}"),
+            _ => None,
+        })
+        .await;
+        match e {
+            Ok(seq) => got.push(seq),
+            Err(c) => complete = Some(c),
+        }
+    }
+    assert_eq!(complete, Some(true), "the resume on the other node was complete");
+    assert_eq!(got, (2..=30).collect::<Vec<_>>());
+    assert_eq!(viewer.server(), b.addr);
+    b.stop().await;
+}
