@@ -141,6 +141,21 @@ impl Admission {
         self.dedup.insert(user, client_msg_id, ack);
     }
 
+    /// In a fleet: the number Redis gave a message whose answer is
+    /// remembered without one yet, so a retry is answered with it.
+    pub(super) fn numbered(&mut self, user: &str, client_msg_id: &str, seq: u64, message_id: &str) {
+        if client_msg_id.is_empty() {
+            return;
+        }
+        if let Some(ack) = self.dedup.acks.get_mut(&(Arc::from(user), client_msg_id.to_string()))
+            && ack.seq == 0
+            && ack.broadcast
+        {
+            ack.seq = seq;
+            ack.message_id = message_id.to_string();
+        }
+    }
+
     /// Whether a newcomer's "entered" notice fits the room's budget.
     pub(super) fn entered(&mut self, now: Instant) -> bool {
         self.entered_on && self.entered_budget.take(now)

@@ -377,6 +377,15 @@ impl RoomState {
     /// An event the fleet numbered, the next in sequence: kept and fanned
     /// out like one sequenced here.
     pub fn ingest(&mut self, event: v1::RoomEvent, now: Instant) {
+        let sent = match &event.kind {
+            Some(Kind::Chat(c)) => Some(&c.client_msg_id),
+            Some(Kind::HostMessage(h)) => Some(&h.client_msg_id),
+            _ => None,
+        };
+        if let (Some(id), Some(sender)) = (sent, &event.sender) {
+            // A retry of a message sent here is answered with its number.
+            self.admission.numbered(&sender.user_id, id, event.seq, &event.message_id);
+        }
         let subscribed = !self.roster.subscribers.is_empty();
         self.log.ingest(event, subscribed, now);
     }
