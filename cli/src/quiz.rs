@@ -47,7 +47,15 @@ pub(crate) async fn play(
                 }
                 let pick = answer.unwrap_or_else(|| random_below(q.options.len() as u32));
                 let ack = client.answer(&room, &q.question_id, pick).await?;
-                let outcome = v1::AnswerOutcome::try_from(ack.outcome).map_or("unknown", |o| o.as_str_name());
+                let outcome = match v1::AnswerOutcome::try_from(ack.outcome) {
+                    Ok(v1::AnswerOutcome::Accepted) => "accepted",
+                    Ok(v1::AnswerOutcome::AlreadyAnswered) => "already answered",
+                    Ok(v1::AnswerOutcome::TooLate) => "too late",
+                    Ok(v1::AnswerOutcome::Eliminated) => "eliminated",
+                    Ok(v1::AnswerOutcome::UnknownQuestion) => "unknown question",
+                    Ok(v1::AnswerOutcome::InvalidOption) => "invalid option",
+                    _ => "unknown outcome",
+                };
                 println!(
                     "answered {} → {outcome} (answers close at media {answer_until_media_ms} ms)",
                     pick + 1

@@ -415,3 +415,37 @@ async fn a_viewer_whose_node_drains_moves_to_another_and_misses_nothing() {
     assert_eq!(viewer.server(), b.addr);
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_fleet_quiz_nudges_name_the_number_redis_gave_the_question() {
+    use roomcast_protocol::datagram::ServerDatagram;
+    use roomcast_server::auth::Role;
+    use roomcast_tests::TestServer;
+
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let node = TestServer::start_with(move |c| c.redis = Some(url)).await;
+    let mut raw = node.raw_session("raw", Role::Viewer).await;
+    raw.join(2, v1::Join { room: "quiz".into(), ..Default::default() }).await;
+    let created = node.admin("POST", "/v1/rooms/quiz/quiz", Some(r#"{"rounds": 1}"#)).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let question =
+        r#"{"text": "?", "options": ["a", "b"], "correct": 0, "media_ts_ms": 0, "answer_window_ms": 3000}"#;
+    let started = node.admin("POST", "/v1/rooms/quiz/quiz/questions", Some(question)).await;
+    let started: serde_json::Value = serde_json::from_str(&started.body).unwrap();
+    let seq = started["seq"].as_u64().unwrap();
+    assert!(seq > 0);
+    let nudge = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ServerDatagram::QuizNudge { seq, .. }) =
+                ServerDatagram::decode(raw.conn.read_datagram().await.unwrap())
+            {
+                return seq;
+            }
+        }
+    })
+    .await
+    .expect("a nudge");
+    assert_eq!(nudge, seq);
+    node.stop().await;
+}

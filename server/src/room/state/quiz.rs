@@ -65,6 +65,23 @@ impl RoomState {
         }
     }
 
+    /// In a fleet: the open question came back numbered; joiners and nudges
+    /// carry its number from now on.
+    pub(super) fn quiz_numbered(&mut self, event: &v1::RoomEvent) {
+        let Some(Kind::QuizQuestion(q)) = &event.kind else { return };
+        if let Some(open) = &mut self.quiz.open
+            && matches!(&open.event.kind, Some(Kind::QuizQuestion(o)) if o.question_id == q.question_id)
+        {
+            open.event = event.clone();
+            open.nudge = ServerDatagram::QuizNudge {
+                room: self.id.to_string(),
+                question_id: q.question_id.clone(),
+                seq: event.seq,
+            }
+            .encode();
+        }
+    }
+
     /// The open question's event, for a member joining now.
     pub(super) fn open_question(&self, now: Instant) -> Option<v1::RoomEvent> {
         self.quiz.open.as_ref().filter(|o| now < o.until).map(|o| o.event.clone())
