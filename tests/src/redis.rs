@@ -1,7 +1,8 @@
 //! A real `redis-server` for fleet tests, started on a free loopback port
 //! with its data in a directory of its own (append-only file on, so a
-//! restart keeps what was written), and killed when dropped.
-//! `scripts/redis.sh` installs it when it is missing.
+//! restart keeps what was written), and killed when dropped. When no
+//! `redis-server` is installed, the first start runs `scripts/redis.sh`,
+//! which installs it, so `cargo test --workspace` needs nothing by hand.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -83,7 +84,23 @@ impl Drop for RedisServer {
     }
 }
 
-/// The `redis-server` to run: `ROOMCAST_REDIS_SERVER`, else the one on PATH.
+/// The `redis-server` to run: `ROOMCAST_REDIS_SERVER`, else the path
+/// `scripts/redis.sh` prints (it installs Redis first when it is missing;
+/// run once per test process).
 fn redis_server() -> String {
-    std::env::var("ROOMCAST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Ok(path) = std::env::var("ROOMCAST_REDIS_SERVER") {
+        return path;
+    }
+    PATH.get_or_init(|| {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running scripts/redis.sh");
+        assert!(out.status.success(), "scripts/redis.sh could not provide redis-server");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+    .clone()
 }

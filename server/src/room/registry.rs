@@ -112,15 +112,7 @@ impl Rooms {
         hooks: Hooks,
         archive: Option<Arc<Archive>>,
     ) -> Arc<Self> {
-        Arc::new(Self {
-            map: Mutex::default(),
-            lifecycle: Mutex::default(),
-            config,
-            metrics,
-            hooks,
-            archive,
-            fleet: None,
-        })
+        Self::build(config, metrics, hooks, archive, None)
     }
 
     /// Rooms that follow `fleet`'s shared log (see [`super::fleet`]), with
@@ -132,6 +124,16 @@ impl Rooms {
         archive: Option<Arc<Archive>>,
         fleet: Fleet,
     ) -> Arc<Self> {
+        Self::build(config, metrics, hooks, archive, Some(fleet))
+    }
+
+    fn build(
+        config: RoomConfig,
+        metrics: Arc<Metrics>,
+        hooks: Hooks,
+        archive: Option<Arc<Archive>>,
+        fleet: Option<Fleet>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             map: Mutex::default(),
             lifecycle: Mutex::default(),
@@ -139,7 +141,7 @@ impl Rooms {
             metrics,
             hooks,
             archive,
-            fleet: Some(fleet),
+            fleet,
         })
     }
 
