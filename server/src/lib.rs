@@ -146,11 +146,17 @@ pub async fn serve_with_drain(
         Some(url) => {
             let (tx, mut deliveries) = tokio::sync::mpsc::channel(cluster::DELIVERY_QUEUE);
             let dropped = metrics.fleet_deliveries_dropped.clone();
-            let fleet = cluster::Fleet::connect(url, config.room.history_len, tx, move || {
+            let options = cluster::Options {
+                redis: url.clone(),
+                cluster: config.fleet.cluster,
+                history_len: config.room.history_len,
+                unreachable_after: Duration::from_millis(config.fleet.unreachable_after_ms),
+            };
+            let fleet = cluster::Fleet::connect(&options, tx, move || {
                 dropped.inc();
             })
             .await
-            .with_context(|| format!("connecting to the fleet's Redis at {url}"))?;
+            .with_context(|| format!("the fleet's Redis URL {url}"))?;
             let rooms =
                 room::Rooms::in_fleet(config.room.clone(), metrics.clone(), hooks.clone(), archive, fleet);
             let router = rooms.clone();

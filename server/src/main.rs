@@ -48,6 +48,9 @@ struct Cli {
     /// Redis URL (`redis://host:port`): join a fleet that shares rooms through it.
     #[arg(long, env = "ROOMCAST_REDIS", global = true)]
     redis: Option<String>,
+    /// `--redis` lists the seed nodes of a Redis Cluster, comma-separated.
+    #[arg(long, env = "ROOMCAST_REDIS_CLUSTER", global = true)]
+    redis_cluster: bool,
     /// Heartbeat interval in milliseconds.
     #[arg(long, env = "ROOMCAST_HEARTBEAT_MS", global = true)]
     heartbeat_ms: Option<u64>,
@@ -142,6 +145,9 @@ impl Cli {
         }
         if let Some(v) = &self.redis {
             c.redis = Some(v.clone());
+        }
+        if self.redis_cluster {
+            c.fleet.cluster = true;
         }
         if let Some(v) = self.heartbeat_ms {
             c.presence.heartbeat_interval_ms = v;

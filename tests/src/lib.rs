@@ -41,6 +41,8 @@ pub struct TestServer {
     drain: Drain,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The node's own runtime, for a node that can be killed.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 fn init() {
@@ -111,6 +113,27 @@ impl TestServer {
             drain,
             shutdown: Some(tx),
             task: Some(task),
+            runtime: None,
+        }
+    }
+
+    /// Like [`TestServer::start_with`], on a runtime of its own, so that
+    /// [`TestServer::kill`] can stop it the way a crash would.
+    pub async fn start_killable_with(tweak: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let mut server = runtime.spawn(Self::start_with(tweak)).await.unwrap();
+        server.runtime = Some(runtime);
+        server
+    }
+
+    /// Stops a node started with [`TestServer::start_killable_with`] at
+    /// once, as a crash would: its tasks are dropped, its sockets closed,
+    /// and nothing is said to its clients or its fleet.
+    pub fn kill(mut self) {
+        self.task.take();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 
@@ -274,6 +297,9 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -18,13 +18,19 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one and waits until it answers.
     pub async fn start() -> RedisServer {
+        let mut server = Self::stopped();
+        server.launch().await;
+        server
+    }
+
+    /// One that is not running yet, on a free port: [`RedisServer::restart`]
+    /// starts it.
+    pub fn stopped() -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("roomcast-redis-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut server = RedisServer { port, dir, child: None };
-        server.launch().await;
-        server
+        RedisServer { port, dir, child: None }
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -48,32 +54,134 @@ impl RedisServer {
     }
 
     async fn launch(&mut self) {
-        let child = Command::new(redis_server())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting redis-server (scripts/redis.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = [0u8; 64];
-                if s.write_all(b"PING\r\n").await.is_ok()
-                    && let Ok(n) = s.read(&mut buf).await
-                    && buf[..n].starts_with(b"+PONG")
-                {
-                    return;
-                }
+        self.child = Some(launch(self.port, &self.dir, &[]).await);
+    }
+}
+
+/// Starts `redis-server` on `port` with its data in `dir` (and `extra`
+/// arguments), and waits until it answers.
+async fn launch(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
+    let child = Command::new(redis_server())
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting redis-server (scripts/redis.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !command(port, "PING").await.starts_with("+PONG") {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+/// Sends one inline command to the Redis on `port` and returns the start of
+/// its answer (empty if it could not be reached).
+async fn command(port: u16, line: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return String::new() };
+    let mut buf = vec![0u8; 4096];
+    if s.write_all(format!("{line}\r\n").as_bytes()).await.is_err() {
+        return String::new();
+    }
+    match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A Redis Cluster of three masters on free loopback ports, the 16,384
+/// slots split evenly between them, killed when dropped.
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl RedisCluster {
+    /// Starts the three, joins them, and waits until the cluster is ok.
+    pub async fn start() -> RedisCluster {
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            // Each node's cluster bus listens on its port + 10,000.
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if port < 55_000
+                && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+                && !ports.contains(&port)
+            {
+                ports.push(port);
             }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let dir =
+            std::env::temp_dir().join(format!("roomcast-redis-cluster-{}-{}", std::process::id(), ports[0]));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut children = Vec::new();
+        for port in &ports {
+            let d = dir.join(port.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            children.push(
+                launch(*port, &d, &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]).await,
+            );
+        }
+        let cluster = RedisCluster { ports, dir, children };
+        let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
+        for (port, (from, to)) in cluster.ports.iter().zip(ranges) {
+            let answer = command(*port, &format!("CLUSTER ADDSLOTSRANGE {from} {to}")).await;
+            assert!(answer.starts_with("+OK"), "slots {from}-{to} on {port}: {answer}");
+        }
+        for port in &cluster.ports[1..] {
+            let answer = command(cluster.ports[0], &format!("CLUSTER MEET 127.0.0.1 {port}")).await;
+            assert!(answer.starts_with("+OK"), "meet {port}: {answer}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ok = true;
+            for port in &cluster.ports {
+                let info = command(*port, "CLUSTER INFO").await;
+                ok &= info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3");
+            }
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the Redis Cluster did not form");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster
+    }
+
+    /// The seed nodes, comma-separated, as `--redis` takes them with
+    /// `--redis-cluster`.
+    pub fn urls(&self) -> String {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Which of the three serves `key`'s slot, by port.
+    pub async fn owner_of(&self, key: &str) -> u16 {
+        let slot = command(self.ports[0], &format!("CLUSTER KEYSLOT {key}")).await;
+        let slot: u16 = slot.trim().trim_start_matches(':').parse().expect("a slot");
+        let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
+        let i = ranges.iter().position(|(a, b)| (*a..=*b).contains(&slot)).expect("a range");
+        self.ports[i]
+    }
+
+    /// Commands the node on `port` has run, from `INFO commandstats`.
+    pub async fn commandstats(&self, port: u16) -> String {
+        command(port, "INFO commandstats").await
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

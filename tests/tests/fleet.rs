@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use roomcast_protocol::{RoomId, v1};
-use roomcast_server::cluster::{Arrival, Delivery, Fleet, Orderer};
+use roomcast_server::cluster::{Arrival, Delivery, Fleet, Options, Orderer};
 use roomcast_tests::redis::RedisServer;
 use tokio::sync::mpsc;
 
@@ -22,7 +22,7 @@ async fn node(redis: &RedisServer) -> (Fleet, mpsc::Receiver<Delivery>, Arc<Atom
     let (tx, rx) = mpsc::channel(1024);
     let dropped = Arc::new(AtomicU64::new(0));
     let d = dropped.clone();
-    let fleet = Fleet::connect(&redis.url(), 1_000, tx, move || {
+    let fleet = Fleet::connect(&Options::new(redis.url(), 1_000), tx, move || {
         d.fetch_add(1, Ordering::Relaxed);
     })
     .await

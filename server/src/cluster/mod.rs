@@ -14,14 +14,18 @@
 //!   named so the caller replays it from the stream before going on.
 //!
 //! Keys are hash-tagged by room (`rc:{ROOM}:…`), so a Redis Cluster keeps a
-//! room's keys in one slot. This module is the only one that imports
-//! `redis`.
+//! room's keys and its (sharded) channel in one slot; `link` hides whether
+//! the node talks to one Redis or a cluster. This module is the only one
+//! that imports `redis`.
 
+mod link;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use link::Link;
 use prost::Message;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, PushInfo, Script};
 use roomcast_protocol::{MAX_SERVER_FRAME_BYTES, RoomId, v1};
 use tokio::sync::mpsc;
@@ -76,16 +80,40 @@ pub enum FleetError {
     Decode(String),
     #[error("a batch holds 1 to {MAX_BATCH} events")]
     Batch,
+    #[error("the fleet's Redis does not answer")]
+    Unreachable,
+}
+
+/// How a node reaches the fleet's Redis.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `redis://host:port`, or with `cluster` the seed nodes, comma-separated.
+    pub redis: String,
+    /// The URL names a Redis Cluster: rooms' channels are sharded.
+    pub cluster: bool,
+    /// Stream entries kept per room (approximately).
+    pub history_len: usize,
+    /// How long Redis may go unanswered before the node refuses joins.
+    pub unreachable_after: Duration,
+}
+
+impl Options {
+    /// A single Redis at `url`, with the defaults.
+    pub fn new(url: impl Into<String>, history_len: usize) -> Self {
+        Self { redis: url.into(), cluster: false, history_len, unreachable_after: Duration::from_secs(3) }
+    }
 }
 
 /// A node's link to the fleet's Redis (see the module docs). Cheap to clone.
 #[derive(Clone)]
 pub struct Fleet {
-    conn: ConnectionManager,
-    script: std::sync::Arc<Script>,
-    online: std::sync::Arc<Script>,
+    link: Arc<Link>,
+    script: Arc<Script>,
+    online: Arc<Script>,
+    /// `PUBLISH`, or `SPUBLISH` in a cluster.
+    publish: &'static str,
     /// This node's id in the rooms' online entries.
-    node: std::sync::Arc<str>,
+    node: Arc<str>,
     /// Stream entries kept per room (approximately).
     history_len: usize,
 }
@@ -116,24 +144,16 @@ pub fn decode_batch(mut payload: &[u8]) -> Result<Vec<v1::RoomEvent>, FleetError
 }
 
 impl Fleet {
-    /// Connects to `url` (RESP3, so one connection carries commands and
-    /// subscriptions and resubscribes after a reconnect). What arrives on
-    /// subscribed channels goes to `deliveries`; a delivery that finds the
-    /// queue full is dropped and `dropped` is called.
+    /// Links to the Redis `options` name (RESP3, so one connection carries
+    /// commands and subscriptions and resubscribes after a reconnect). What
+    /// arrives on subscribed channels goes to `deliveries`; a delivery that
+    /// finds the queue full is dropped and `dropped` is called. Redis need
+    /// not be up yet: until it answers, [`Fleet::reachable`] is false.
     pub async fn connect(
-        url: &str,
-        history_len: usize,
+        options: &Options,
         deliveries: mpsc::Sender<Delivery>,
         dropped: impl Fn() + Send + Sync + 'static,
     ) -> Result<Self, FleetError> {
-        let url = if url.contains("protocol=") {
-            url.to_string()
-        } else if url.contains('?') {
-            format!("{url}&protocol=resp3")
-        } else {
-            format!("{url}?protocol=resp3")
-        };
-        let client = redis::Client::open(url)?;
         let push = move |info: PushInfo| -> Result<(), ()> {
             let Some(msg) = redis::Msg::from_push_info(info) else { return Ok(()) };
             let Some(room) = room_of(msg.get_channel_name()) else { return Ok(()) };
@@ -147,26 +167,34 @@ impl Fleet {
             }
             Ok(())
         };
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_push_sender(push)
-            .set_automatic_resubscription()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            // A request fails within a few seconds when Redis is gone (the
-            // node answers UNAVAILABLE); reconnecting goes on in the
-            // background.
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client.get_connection_manager_with_config(config).await?;
+        let link = Link::new(&options.redis, options.cluster, options.unreachable_after, push)?;
+        if !link.ping().await {
+            tracing::warn!("the fleet's Redis does not answer yet: joins are refused until it does");
+        }
+        link.keep_checking();
         let mut id = [0u8; 8];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
         Ok(Self {
-            conn,
-            script: std::sync::Arc::new(Script::new(include_str!("sequence.lua"))),
-            online: std::sync::Arc::new(Script::new(include_str!("online.lua"))),
+            link,
+            script: Arc::new(Script::new(include_str!("sequence.lua"))),
+            online: Arc::new(Script::new(include_str!("online.lua"))),
+            publish: if options.cluster { "SPUBLISH" } else { "PUBLISH" },
             node: u64::from_le_bytes(id).to_string().into(),
-            history_len,
+            history_len: options.history_len,
         })
+    }
+
+    /// Whether Redis has answered within the bound (see [`Options`]).
+    pub fn reachable(&self) -> bool {
+        self.link.reachable()
+    }
+
+    /// `result`, noting that Redis answered when it is Ok.
+    fn answered<T>(&self, result: Result<T, FleetError>) -> Result<T, FleetError> {
+        if result.is_ok() {
+            self.link.answered();
+        }
+        result
     }
 
     /// Numbers `events` (each an encoded `RoomEvent` without `seq` and
@@ -185,23 +213,27 @@ impl Fleet {
         let [seq, log, epoch_key, channel] = keys(room);
         let mut invocation = self.script.key(seq);
         invocation.key(log).key(epoch_key).arg(channel).arg(self.history_len).arg(format!("{epoch:x}"));
+        invocation.arg(self.publish);
         for e in events {
             invocation.arg(e.as_ref());
         }
-        let (first, epoch): (u64, String) = invocation.invoke_async(&mut self.conn.clone()).await?;
+        let mut conn = self.link.conn().await?;
+        let reply = invocation.invoke_async(&mut conn).await.map_err(FleetError::from);
+        let (first, epoch): (u64, String) = self.answered(reply)?;
         Ok(Sequenced { first, epoch })
     }
 
     /// Starts receiving `room`'s events.
     pub async fn subscribe(&self, room: &RoomId) -> Result<(), FleetError> {
         let [.., channel] = keys(room);
-        Ok(self.conn.clone().subscribe(channel).await?)
+        let result = self.link.conn().await?.subscribe(channel).await;
+        self.answered(result)
     }
 
     /// Stops receiving `room`'s events.
     pub async fn unsubscribe(&self, room: &RoomId) -> Result<(), FleetError> {
         let [.., channel] = keys(room);
-        Ok(self.conn.clone().unsubscribe(channel).await?)
+        self.link.conn().await?.unsubscribe(channel).await
     }
 
     /// Reports `present` users of `room` on this node, kept for `ttl` unless
@@ -209,7 +241,8 @@ impl Fleet {
     pub async fn report_online(&self, room: &RoomId, present: u64, ttl: Duration) -> Result<u64, FleetError> {
         let r = room.as_str();
         let now = roomcast_protocol::unix_ms(std::time::SystemTime::now());
-        let others: u64 = self
+        let mut conn = self.link.conn().await?;
+        let others = self
             .online
             .key(format!("rc:{{{r}}}:online"))
             .key(format!("rc:{{{r}}}:online:exp"))
@@ -217,16 +250,17 @@ impl Fleet {
             .arg(present)
             .arg(now)
             .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(others)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(FleetError::from);
+        self.answered(others)
     }
 
     /// `room`'s epoch, the same on every node: `proposal` if the room has
     /// none yet.
     pub async fn epoch(&self, room: &RoomId, proposal: u64) -> Result<u64, FleetError> {
         let [_, _, key, _] = keys(room);
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn().await?;
         let _: Option<String> =
             redis::cmd("SET").arg(&key).arg(format!("{proposal:x}")).arg("NX").query_async(&mut conn).await?;
         let hex: String = conn.get(&key).await?;
@@ -236,7 +270,7 @@ impl Fleet {
     /// `room`'s last sequence number (0 before its first event).
     pub async fn current_seq(&self, room: &RoomId) -> Result<u64, FleetError> {
         let [seq, ..] = keys(room);
-        let n: Option<u64> = self.conn.clone().get(seq).await?;
+        let n: Option<u64> = self.link.conn().await?.get(seq).await?;
         Ok(n.unwrap_or(0))
     }
 
@@ -244,7 +278,7 @@ impl Fleet {
     pub async fn replay(&self, room: &RoomId, from: u64, to: u64) -> Result<Vec<v1::RoomEvent>, FleetError> {
         let [_, log, ..] = keys(room);
         let reply: redis::streams::StreamRangeReply =
-            self.conn.clone().xrange(log, format!("{from}-1"), format!("{to}-1")).await?;
+            self.link.conn().await?.xrange(log, format!("{from}-1"), format!("{to}-1")).await?;
         reply
             .ids
             .iter()

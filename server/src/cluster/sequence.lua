@@ -8,7 +8,9 @@
 -- ARGV[1]  the room's channel               rc:{ROOM}:events
 -- ARGV[2]  the stream's length bound (approximate trim)
 -- ARGV[3]  this room's epoch if it has none yet (hex)
--- ARGV[4..] the events, each an encoded RoomEvent without seq and message id
+-- ARGV[4]  PUBLISH, or SPUBLISH in a Redis Cluster (the channel shares the
+--          keys' hash tag, so it lives in their slot)
+-- ARGV[5..] the events, each an encoded RoomEvent without seq and message id
 --
 -- Each event gets its sequence number and message id appended as protobuf
 -- fields 2 and 3: a decoder takes the last value of a field, so the bytes
@@ -39,16 +41,16 @@ if not epoch then
   redis.call('SET', KEYS[3], epoch)
 end
 
-local n = #ARGV - 3
+local n = #ARGV - 4
 local last = redis.call('INCRBY', KEYS[1], n)
 local first = last - n + 1
 local batch = {}
 for i = 1, n do
   local seq = first + i - 1
   local id = epoch .. '-' .. seq
-  local event = ARGV[3 + i] .. '\16' .. varint(seq) .. '\26' .. varint(#id) .. id
+  local event = ARGV[4 + i] .. '\16' .. varint(seq) .. '\26' .. varint(#id) .. id
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'e', event)
   batch[#batch + 1] = be32(#event) .. event
 end
-redis.call('PUBLISH', ARGV[1], table.concat(batch))
+redis.call(ARGV[4], ARGV[1], table.concat(batch))
 return { first, epoch }

@@ -131,6 +131,14 @@ pub(super) async fn run_room(
                     }
                     continue;
                 }
+                if matches!(cmd, Command::Join { .. })
+                    && following.as_ref().is_some_and(|f| !f.fleet.reachable())
+                {
+                    // Nothing could be sequenced for the joiner: it is told
+                    // plainly, and its app tries again or another node.
+                    refuse_unavailable(cmd);
+                    continue;
+                }
                 let publisher = following.as_ref().map(|f| &f.publisher);
                 let room = Room { id: &id, metrics: &metrics, hooks: &rooms.hooks, publisher };
                 handle(&mut state, cmd, &room, &mut closed);

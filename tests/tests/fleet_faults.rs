@@ -1,0 +1,174 @@
+//! A fleet's faults and its cluster mode, against real `redis-server`
+//! processes the tests start on free ports: a node that starts before its
+//! Redis, a node killed mid-show, and rooms on a three-master Redis Cluster.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use roomcast_client::{Backoff, Client, ClientConfig, Error, Event, HistoryRange};
+use roomcast_protocol::ErrorCode;
+use roomcast_server::auth::Role;
+use roomcast_tests::redis::{RedisCluster, RedisServer};
+use roomcast_tests::{TestServer, sequenced, text, wait_for, wait_online};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_redis_is_not_up_refuses_joins_until_it_answers() {
+    let mut redis = RedisServer::stopped();
+    let url = redis.url();
+    let node = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.fleet.unreachable_after_ms = 1_000;
+    })
+    .await;
+    let (viewer, _events) = node.connect("vic", Role::Viewer).await;
+    let refused = viewer.join("early").await.unwrap_err();
+    assert!(matches!(refused, Error::Refused { code: ErrorCode::Unavailable, .. }), "{refused:?}");
+
+    redis.restart().await;
+    let mut joined = None;
+    for _ in 0..100 {
+        if let Ok(j) = viewer.join("early").await {
+            joined = Some(j);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(joined.expect("joins are taken once Redis answers").current_seq, 0);
+    let (host, _h) = node.connect("hana", Role::Host).await;
+    host.join("early").await.unwrap();
+    assert_eq!(host.send_chat("early", "first").await.unwrap().seq, 1);
+
+    // Redis gone for longer than the bound: even a live room takes no one.
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (late, _l) = node.connect("lee", Role::Viewer).await;
+    let refused = late.join("early").await.unwrap_err();
+    assert!(matches!(refused, Error::Refused { code: ErrorCode::Unavailable, .. }), "{refused:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_viewers_resume_on_another_and_its_count_expires() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = TestServer::start_killable_with({
+        let url = url.clone();
+        move |c| c.redis = Some(url)
+    })
+    .await;
+    let secret = a.secret.clone();
+    let b = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.auth.hs256_secret = Some(secret);
+    })
+    .await;
+    // Vic moves to B when A dies; Al does not reconnect at all.
+    let mut config =
+        ClientConfig::new(a.addr, a.token("vic", Role::Viewer), roomcast_tests::trust_all(&[&a, &b]));
+    config.alternates = vec![b.addr];
+    config.idle_timeout = Duration::from_secs(1);
+    config.reconnect = Some(Backoff { initial: Duration::from_millis(100), ..Backoff::default() });
+    let (vic, mut events) = Client::connect(config).await.unwrap();
+    vic.join("show").await.unwrap();
+    let (al, _al_events) = a.connect("al", Role::Viewer).await;
+    al.join("show").await.unwrap();
+    // B takes A's tokens (the platform's one secret).
+    let (bob, mut on_b) = Client::connect(b.client_config(a.token("bob", Role::Viewer))).await.unwrap();
+    bob.join("show").await.unwrap();
+    let (host, _h) = Client::connect(b.client_config(a.token("hana", Role::Host))).await.unwrap();
+    host.join("show").await.unwrap();
+    wait_online(&mut on_b, "show", 4).await;
+
+    let talk = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        for i in 0..40 {
+            seqs.push(host.send_chat("show", &format!("line {i}")).await.unwrap().seq);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seqs
+    });
+    assert_eq!(text(&sequenced(&mut events, 1).await[0]), "line 0");
+    a.kill();
+    // A's entry stops being renewed and expires: the count drops Al (and
+    // Vic until he is back on B).
+    wait_online(&mut on_b, "show", 3).await;
+    wait_for(&mut events, |e| matches!(e, Event::Reconnected { .. }).then_some(())).await;
+    assert_eq!(vic.server(), b.addr);
+    let seqs = talk.await.unwrap();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    let mut got = Vec::new();
+    let mut complete = None;
+    while got.len() < 39 || complete.is_none() {
+        let e = wait_for(&mut events, |e| match e {
+            Event::Message(m) if m.seq > 0 => Some(Ok(m.seq)),
+            Event::Resumed { complete, .. } => Some(Err(*complete)),
+            Event::Gap { from, to, .. } => panic!("gap {from}..={to}"),
+            _ => None,
+        })
+        .await;
+        match e {
+            Ok(seq) => got.push(seq),
+            Err(c) => complete = Some(c),
+        }
+    }
+    assert_eq!(complete, Some(true), "the resume on B was complete");
+    assert_eq!(got, (2..=40).collect::<Vec<_>>(), "everything after line 0, once, in order");
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_rooms_share_one_sequence_through_their_own_shard() {
+    let cluster = RedisCluster::start().await;
+    let start = |urls: String| {
+        TestServer::start_with(move |c| {
+            c.redis = Some(urls);
+            c.fleet.cluster = true;
+        })
+    };
+    let a = start(cluster.urls()).await;
+    let b = start(cluster.urls()).await;
+    // Rooms whose keys live on different masters.
+    let rooms = ["show", "news", "quiz-night", "match-7"];
+    let mut owners = Vec::new();
+    for r in rooms {
+        owners.push(cluster.owner_of(&format!("rc:{{{r}}}:seq")).await);
+    }
+    owners.sort_unstable();
+    owners.dedup();
+    assert!(owners.len() >= 2, "the rooms span masters: {owners:?}");
+
+    let (host, _h) = a.connect("hana", Role::Host).await;
+    let (viewer, mut on_b) = b.connect("bob", Role::Viewer).await;
+    for r in rooms {
+        host.join(r).await.unwrap();
+        viewer.join(r).await.unwrap();
+    }
+    for i in 0..3 {
+        for r in rooms {
+            let ack = host.send_chat(r, &format!("{r} {i}")).await.unwrap();
+            assert_eq!(ack.seq, i + 1, "{r}: numbered by its shard");
+        }
+    }
+    let got = sequenced(&mut on_b, 3 * rooms.len()).await;
+    for r in rooms {
+        let mine: Vec<(u64, &str)> = got.iter().filter(|e| e.room == r).map(|e| (e.seq, text(e))).collect();
+        let want: Vec<(u64, String)> = (0..3).map(|i| (i + 1, format!("{r} {i}"))).collect();
+        assert_eq!(mine, want.iter().map(|(s, t)| (*s, t.as_str())).collect::<Vec<_>>(), "{r} on B");
+    }
+    // Each room's events were published on its own master, sharded.
+    for r in rooms {
+        let owner = cluster.owner_of(&format!("rc:{{{r}}}:seq")).await;
+        let stats = cluster.commandstats(owner).await;
+        assert!(stats.contains("cmdstat_spublish:"), "{r}'s master ran SPUBLISH: {stats}");
+        assert!(!stats.contains("cmdstat_publish:"), "no cluster-wide PUBLISH: {stats}");
+    }
+    let page = viewer.fetch_history("news", HistoryRange::Seq { from: 2, to: 3 }, 0).await.unwrap();
+    assert_eq!(
+        page.events.iter().map(text).collect::<Vec<_>>(),
+        ["news 1", "news 2"],
+        "history from its shard"
+    );
+    a.stop().await;
+    b.stop().await;
+}
