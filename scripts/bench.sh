@@ -65,6 +65,15 @@ else
     run fanout-10000-nats fanout --peer nats --subscribers 10000 --rate 20 --size 120 --duration 10
 fi
 run join-storm join-storm --connections 5000
+# Two fleet nodes and a Redis (on the generator's core): one-node, split and
+# remote layouts of one room.
+if command -v redis-server >/dev/null; then
+    redis_pin=()
+    [ ${#gen[@]} -gt 0 ] && redis_pin=(--redis-cpus 1)
+    run cross-node-1000 cross-node --subscribers 1000 --rate 20 --size 120 --duration 10 "${redis_pin[@]}"
+else
+    echo "note: redis-server is not installed (scripts/redis.sh): no cross-node run" >&2
+fi
 run chat-storm chat-storm --subscribers 1000 --senders 200 --sender-rate 1 --duration 10
 run slow-consumers slow-consumers --subscribers 1000 --rate 20 --slow-share 0.01 --duration 10
 run idle idle --connections 20000 --rooms 100 --duration 60

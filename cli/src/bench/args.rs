@@ -34,6 +34,10 @@ pub(crate) enum Scenario {
     LikeStorm,
     /// Every player answers one quiz question within its window.
     QuizBurst,
+    /// Two fleet nodes and a Redis (all started for the run): one
+    /// publisher on the first node, its subscribers on the same node, split
+    /// across both, and all on the other.
+    CrossNode,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -120,6 +124,12 @@ pub(crate) struct BenchArgs {
     /// The server to measure: roomcast, or a peer measured the same way.
     #[arg(long, value_enum, default_value = "roomcast")]
     pub(crate) peer: PeerServer,
+    /// The redis-server executable cross-node starts.
+    #[arg(long, default_value = "redis-server")]
+    pub(crate) redis_server: String,
+    /// CPUs to pin cross-node's Redis to (`taskset -c` list).
+    #[arg(long, requires = "spawn")]
+    pub(crate) redis_cpus: Option<String>,
     /// The nats-server executable `--peer nats --spawn` starts.
     #[arg(long, default_value = "nats-server")]
     pub(crate) nats_server: String,

@@ -50,6 +50,15 @@ pub(crate) async fn run(ep: Endpoint, args: BenchArgs) -> Result<()> {
         report.print();
         return Ok(());
     }
+    if args.scenario == args::Scenario::CrossNode {
+        let reports = tokio::time::timeout(limit, scenarios::cross_node::run(&ep, &args))
+            .await
+            .context("the run took longer than --timeout")??;
+        for r in &reports {
+            r.print();
+        }
+        return Ok(());
+    }
     let setup = scenarios::Setup::new(&args).await?;
     let target = Arc::new(Target::new(&ep, &args, setup.config()).await?);
     let reports = tokio::time::timeout(limit, scenarios::run(&target, &args, &setup))

@@ -75,9 +75,15 @@ fn free_tcp() -> Result<SocketAddr> {
 /// Starts the `roomcast-server` next to this binary on a free loopback
 /// port, with a data directory, token secret and admin API key of its own
 /// (and `config` as its configuration file, if given), and waits until it
-/// serves.
-pub(crate) async fn node(args: &BenchArgs, config: Option<&std::path::Path>) -> Result<SpawnedNode> {
-    let dir = std::env::temp_dir().join(format!("roomcast-bench-{}", std::process::id()));
+/// serves. `extra` arguments go to it too; `tag` tells apart the data
+/// directories of nodes one run starts.
+pub(crate) async fn node(
+    args: &BenchArgs,
+    config: Option<&std::path::Path>,
+    extra: &[String],
+    tag: &str,
+) -> Result<SpawnedNode> {
+    let dir = std::env::temp_dir().join(format!("roomcast-bench-{}{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -102,6 +108,7 @@ pub(crate) async fn node(args: &BenchArgs, config: Option<&std::path::Path>) -> 
         .arg(admin.addr.to_string())
         .args(config.map(|c| format!("--config={}", c.display())))
         .args(&args.server_args)
+        .args(extra)
         .env("ROOMCAST_TOKEN_SECRET", &secret)
         .env("ROOMCAST_ADMIN_API_KEY", &admin.key)
         .env_remove("ROOMCAST_CONFIG")
@@ -149,6 +156,32 @@ pub(crate) async fn nats(args: &BenchArgs) -> Result<(SocketAddr, Spawned)> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok((addr, process))
+}
+
+/// Starts `--redis-server` on a free loopback port, pinned to
+/// `--redis-cpus` if given, with nothing kept on disk, and waits until it
+/// answers. Returns its URL.
+pub(crate) async fn redis(args: &BenchArgs) -> Result<(String, Spawned)> {
+    let port = free_tcp()?.port();
+    let child = pinned(&args.redis_server, args.redis_cpus.as_deref())
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} (scripts/redis.sh installs it)", args.redis_server))?;
+    let mut process = Spawned { child, data_dir: None };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if let Some(status) = process.exited() {
+            bail!("the spawned redis-server exited: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("the spawned redis-server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((format!("redis://127.0.0.1:{port}"), process))
 }
 
 fn random_hex(bytes: usize) -> String {

@@ -37,6 +37,17 @@ pub(crate) struct Target {
     next: AtomicUsize,
 }
 
+/// What is known of a node before its sockets are bound.
+struct Found {
+    addr: SocketAddr,
+    trust: Option<Trust>,
+    secret: Option<String>,
+    pid: Option<String>,
+    spawned: Option<Spawned>,
+    admin: Option<Admin>,
+    metrics: Option<SocketAddr>,
+}
+
 /// The unspecified address of `server`'s family, port 0: where a client socket binds.
 fn any_addr(server: &SocketAddr) -> SocketAddr {
     let ip: std::net::IpAddr = if server.is_ipv6() {
@@ -55,17 +66,37 @@ impl Target {
         args: &BenchArgs,
         config: Option<&std::path::Path>,
     ) -> Result<Self> {
-        let (addr, trust, secret, pid, spawned, admin, metrics) = if args.spawn {
-            let node = spawn::node(args, config).await?;
-            let pid = Some(node.process.pid());
-            let (admin, metrics) = (Some(node.admin), Some(node.metrics));
-            (node.addr, Some(node.trust), Some(node.secret), pid, Some(node.process), admin, metrics)
-        } else {
-            let admin =
-                args.admin.map(|addr| Admin { addr, key: args.admin_key.clone().unwrap_or_default() });
-            let pid = args.server_pid.map(|p| p.to_string());
-            (ep.server, ep.trust.clone(), args.secret.clone(), pid, None, admin, args.metrics)
+        if args.spawn {
+            return Self::spawned(ep, args, spawn::node(args, config, &[], "").await?);
+        }
+        let found = Found {
+            addr: ep.server,
+            trust: ep.trust.clone(),
+            secret: args.secret.clone(),
+            pid: args.server_pid.map(|p| p.to_string()),
+            spawned: None,
+            admin: args.admin.map(|addr| Admin { addr, key: args.admin_key.clone().unwrap_or_default() }),
+            metrics: args.metrics,
         };
+        Self::build(ep, args, found)
+    }
+
+    /// A node this run started.
+    pub(crate) fn spawned(ep: &Endpoint, args: &BenchArgs, node: spawn::SpawnedNode) -> Result<Self> {
+        let found = Found {
+            addr: node.addr,
+            trust: Some(node.trust),
+            secret: Some(node.secret),
+            pid: Some(node.process.pid()),
+            spawned: Some(node.process),
+            admin: Some(node.admin),
+            metrics: Some(node.metrics),
+        };
+        Self::build(ep, args, found)
+    }
+
+    fn build(ep: &Endpoint, args: &BenchArgs, found: Found) -> Result<Self> {
+        let Found { addr, trust, secret, pid, spawned, admin, metrics } = found;
         let trust = match trust {
             Some(t) => t,
             None => {

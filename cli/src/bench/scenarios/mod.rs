@@ -1,6 +1,7 @@
 //! The scenarios run against a roomcast node, one per file.
 
 mod chat_storm;
+pub(crate) mod cross_node;
 mod fanout;
 mod gift_burst;
 mod idle;
@@ -69,5 +70,6 @@ pub(crate) async fn run(target: &Arc<Target>, args: &BenchArgs, setup: &Setup) -
         Scenario::Fanout => fanout::run(target, args, 0.0, "fanout").await.map(|r| vec![r]),
         Scenario::ChatStorm => chat_storm::run(target, args).await.map(|r| vec![r]),
         Scenario::SlowConsumers => slow_consumers::run(target, args).await,
+        Scenario::CrossNode => anyhow::bail!("cross-node starts its own nodes (scenarios::cross_node::run)"),
     }
 }
