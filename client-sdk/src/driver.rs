@@ -285,6 +285,9 @@ impl Driver {
                 return false;
             }
             let backoff = backoff_delay(backoff, attempt, random_u64());
+            if let Some(resolver) = &self.config.resolver {
+                self.servers.refresh(&resolver.resolve());
+            }
             let (server, delay) = self.servers.next(Instant::now(), backoff, attempt == 1);
             let reconnecting = Event::Reconnecting { attempt, delay, code, reason: reason.clone(), server };
             let _ = self.events.send(reconnecting).await;

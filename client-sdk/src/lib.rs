@@ -57,6 +57,7 @@ use roomcast_protocol::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+pub use reconnect::{Backoff, Resolver};
 pub use roomcast_protocol::v1;
 pub use tls::Trust;
 
@@ -73,6 +74,11 @@ pub struct ClientConfig {
     /// Use addresses of `server`'s family (the UDP socket is bound to it).
     /// Default: none.
     pub alternates: Vec<SocketAddr>,
+    /// Asked for the nodes to try before every reconnect attempt (after
+    /// `server` and `alternates` are used up as the first list): the app's
+    /// own discovery, e.g. the list its backend last handed out. Default:
+    /// none.
+    pub resolver: Option<Resolver>,
     /// Name checked against the certificate with [`Trust::Roots`], and sent
     /// as SNI. Default `localhost`.
     pub server_name: String,
@@ -109,27 +115,12 @@ pub struct ClientConfig {
     pub stream_receive_window: Option<u32>,
 }
 
-/// Reconnection schedule: attempt *n* waits between half and all of
-/// `min(initial × 2^(n-1), max)`, at random.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-    /// Give up after this many failed attempts; `None` retries until closed.
-    pub max_attempts: Option<u32>,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { initial: Duration::from_millis(500), max: Duration::from_secs(30), max_attempts: None }
-    }
-}
-
 impl ClientConfig {
     pub fn new(server: SocketAddr, token: impl Into<String>, trust: Trust) -> Self {
         Self {
             server,
             alternates: Vec::new(),
+            resolver: None,
             server_name: "localhost".into(),
             token: token.into(),
             trust,

@@ -4,12 +4,50 @@
 //! hint has passed).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use roomcast_protocol::ErrorCode;
 use tokio::time::Instant;
 
-use crate::Backoff;
+/// Reconnection schedule: attempt *n* waits between half and all of
+/// `min(initial × 2^(n-1), max)`, at random.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    /// Give up after this many failed attempts; `None` retries until closed.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: Duration::from_millis(500), max: Duration::from_secs(30), max_attempts: None }
+    }
+}
+
+/// The app's answer to "which nodes now?", asked before each reconnect
+/// attempt. It runs on the SDK's task: it should answer from what the app
+/// already knows (a list it refreshes on its own), not wait on the network.
+/// An empty answer keeps the addresses the SDK had.
+#[derive(Clone)]
+pub struct Resolver(Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync>);
+
+impl Resolver {
+    pub fn new(f: impl Fn() -> Vec<SocketAddr> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub(crate) fn resolve(&self) -> Vec<SocketAddr> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver(..)")
+    }
+}
 
 /// Close codes after which connecting again cannot help.
 pub(crate) fn is_fatal(code: Option<ErrorCode>) -> bool {
@@ -76,6 +114,27 @@ impl Servers {
         }
         let held = vec![None; addrs.len()];
         Self { addrs, current: 0, held }
+    }
+
+    /// Takes `addrs` (the resolver's answer) as the list to try from now on:
+    /// hold-backs of addresses still in it are kept, and the next attempt
+    /// goes to the address after the current one, or to the first when the
+    /// current one is no longer listed. An empty list changes nothing.
+    pub(crate) fn refresh(&mut self, addrs: &[SocketAddr]) {
+        let mut fresh: Vec<SocketAddr> = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            if !fresh.contains(a) {
+                fresh.push(*a);
+            }
+        }
+        if fresh.is_empty() || fresh == self.addrs {
+            return;
+        }
+        let current = self.current();
+        self.held =
+            fresh.iter().map(|a| self.addrs.iter().position(|b| b == a).and_then(|i| self.held[i])).collect();
+        self.current = fresh.iter().position(|a| *a == current).unwrap_or(fresh.len() - 1);
+        self.addrs = fresh;
     }
 
     /// The address of the current (or last) connection.
@@ -187,6 +246,26 @@ mod tests {
             (addr(1), Duration::from_secs(9)),
             "backoff if longer"
         );
+    }
+
+    #[test]
+    fn a_resolvers_list_replaces_the_addresses_and_keeps_their_hold_backs() {
+        let now = Instant::now();
+        let backoff = Duration::from_millis(300);
+        let mut s = Servers::new(addr(1), &[addr(2)]);
+        s.hold_current(now, Duration::from_secs(5));
+        // Node 1 died; the app now knows of 3 and 4 only.
+        s.refresh(&[addr(3), addr(4), addr(3)]);
+        assert_eq!(s.next(now, backoff, true), (addr(3), Duration::ZERO), "the first listed, at once");
+        assert_eq!(s.next(now, backoff, false), (addr(4), backoff));
+        // A list that keeps a held-back node keeps it held back.
+        let mut s = Servers::new(addr(1), &[addr(2)]);
+        s.hold_current(now, Duration::from_secs(5));
+        s.refresh(&[addr(2), addr(1)]);
+        assert_eq!(s.next(now, backoff, true), (addr(2), Duration::ZERO));
+        assert_eq!(s.next(now, backoff, false), (addr(2), backoff), "node 1 is still held back");
+        s.refresh(&[]);
+        assert_eq!(s.current(), addr(2), "an empty answer changes nothing");
     }
 
     #[test]

@@ -126,9 +126,6 @@ pub async fn serve_with_drain(
     let metrics = Arc::new(metrics::Metrics::new());
     let (server_config, _) = endpoint::server_config(&config, metrics.tls_resumed.clone())?;
     let node_epoch = roomcast_protocol::unix_ms(SystemTime::now());
-    let gifts = gifts::Gifts::open(&config.gifts, &config.data_dir, node_epoch)
-        .with_context(|| format!("opening the gift ledger in {}", config.data_dir.display()))?;
-    let gifts = Arc::new(gifts);
     let (hooks, hook_dispatcher) = webhooks::start(&config.webhooks, &metrics, node_epoch)?;
     let archive = match config.room.archive_retention_secs {
         0 => None,
@@ -141,10 +138,10 @@ pub async fn serve_with_drain(
             Some(archive)
         }
     };
-    let rooms = match &config.redis {
-        None => room::Rooms::with_archive(config.room.clone(), metrics.clone(), hooks.clone(), archive),
+    let (tx, mut deliveries) = tokio::sync::mpsc::channel(cluster::DELIVERY_QUEUE);
+    let fleet = match &config.redis {
+        None => None,
         Some(url) => {
-            let (tx, mut deliveries) = tokio::sync::mpsc::channel(cluster::DELIVERY_QUEUE);
             let dropped = metrics.fleet_deliveries_dropped.clone();
             let options = cluster::Options {
                 redis: url.clone(),
@@ -157,6 +154,16 @@ pub async fn serve_with_drain(
             })
             .await
             .with_context(|| format!("the fleet's Redis URL {url}"))?;
+            info!(redis = %url, "in a fleet: rooms follow the shared log");
+            Some(fleet)
+        }
+    };
+    let gifts = gifts::Gifts::open(&config.gifts, &config.data_dir, node_epoch, fleet.as_ref())
+        .with_context(|| format!("opening the gift ledger in {}", config.data_dir.display()))?;
+    let gifts = Arc::new(gifts);
+    let rooms = match fleet {
+        None => room::Rooms::with_archive(config.room.clone(), metrics.clone(), hooks.clone(), archive),
+        Some(fleet) => {
             let rooms =
                 room::Rooms::in_fleet(config.room.clone(), metrics.clone(), hooks.clone(), archive, fleet);
             let router = rooms.clone();
@@ -165,7 +172,6 @@ pub async fn serve_with_drain(
                     router.deliver(d);
                 }
             });
-            info!(redis = %url, "in a fleet: rooms follow the shared log");
             rooms
         }
     };

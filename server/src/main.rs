@@ -173,6 +173,11 @@ async fn main() -> Result<()> {
                 config.gifts.ledger.url.is_none(),
                 "gifts.ledger.url is set: balances are kept by the backend; credit users there"
             );
+            anyhow::ensure!(
+                config.redis.is_none(),
+                "in a fleet, balances are kept in its Redis: credit users through the admin API \
+                 (POST /v1/users/USER/credit)"
+            );
             let now = roomcast_protocol::unix_ms(std::time::SystemTime::now());
             let ttl = Duration::from_secs(config.gifts.key_ttl_secs);
             let ledger = roomcast_server::gifts::EmbeddedLedger::open(&config.data_dir, ttl, now)

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use roomcast_client::{Backoff, Client, ClientConfig, Error, Event, HistoryRange};
+use roomcast_client::{Backoff, Client, ClientConfig, Error, Event, HistoryRange, Resolver};
 use roomcast_protocol::ErrorCode;
 use roomcast_server::auth::Role;
 use roomcast_tests::redis::{RedisCluster, RedisServer};
@@ -63,10 +63,12 @@ async fn a_killed_nodes_viewers_resume_on_another_and_its_count_expires() {
         c.auth.hs256_secret = Some(secret);
     })
     .await;
-    // Vic moves to B when A dies; Al does not reconnect at all.
+    // Vic moves to B when A dies, which the app's resolver names; Al does
+    // not reconnect at all.
     let mut config =
         ClientConfig::new(a.addr, a.token("vic", Role::Viewer), roomcast_tests::trust_all(&[&a, &b]));
-    config.alternates = vec![b.addr];
+    let b_addr = b.addr;
+    config.resolver = Some(Resolver::new(move || vec![b_addr]));
     config.idle_timeout = Duration::from_secs(1);
     config.reconnect = Some(Backoff { initial: Duration::from_millis(100), ..Backoff::default() });
     let (vic, mut events) = Client::connect(config).await.unwrap();

@@ -18,7 +18,10 @@
 //! the node talks to one Redis or a cluster. This module is the only one
 //! that imports `redis`.
 
+mod ledger;
 mod link;
+
+pub use ledger::FleetLedger;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +55,18 @@ fn keys(room: &RoomId) -> [String; 4] {
 fn room_of(channel: &str) -> Option<RoomId> {
     let inner = channel.strip_prefix("rc:{")?.strip_suffix("}:events")?;
     RoomId::new(inner).ok()
+}
+
+/// How long a room's like total outlives its last report.
+const LIKES_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A room's figures across the fleet, as a report returns them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetCounts {
+    /// Users present on the other nodes.
+    pub others_online: u64,
+    /// The room's like total, every node's counted likes included.
+    pub like_total: u64,
 }
 
 /// Events of one room as they arrived on its channel, in sequence order
@@ -237,23 +252,34 @@ impl Fleet {
     }
 
     /// Reports `present` users of `room` on this node, kept for `ttl` unless
-    /// reported again, and returns how many the other nodes have.
-    pub async fn report_online(&self, room: &RoomId, present: u64, ttl: Duration) -> Result<u64, FleetError> {
+    /// reported again, and `likes` counted here since the last report;
+    /// returns what the whole fleet has.
+    pub async fn report(
+        &self,
+        room: &RoomId,
+        present: u64,
+        likes: u64,
+        ttl: Duration,
+    ) -> Result<FleetCounts, FleetError> {
         let r = room.as_str();
         let now = roomcast_protocol::unix_ms(std::time::SystemTime::now());
         let mut conn = self.link.conn().await?;
-        let others = self
+        let counts = self
             .online
             .key(format!("rc:{{{r}}}:online"))
             .key(format!("rc:{{{r}}}:online:exp"))
+            .key(format!("rc:{{{r}}}:likes"))
             .arg(&*self.node)
             .arg(present)
             .arg(now)
             .arg(ttl.as_millis() as u64)
+            .arg(likes)
+            .arg(LIKES_TTL.as_millis() as u64)
             .invoke_async(&mut conn)
             .await
+            .map(|(others_online, like_total)| FleetCounts { others_online, like_total })
             .map_err(FleetError::from);
-        self.answered(others)
+        self.answered(counts)
     }
 
     /// `room`'s epoch, the same on every node: `proposal` if the room has

@@ -1,15 +1,19 @@
--- A node reports how many users it has present in a room, and learns how
--- many the other nodes have. Entries of nodes that stopped reporting (a node
--- that died) expire after the time to live, so the room's count corrects
--- itself without them.
+-- A node reports how many users it has present in a room and the likes
+-- it counted since its last report, and learns how many users the other
+-- nodes have and the room's like total. Entries of nodes that stopped
+-- reporting (a node that died) expire after the time to live, so the
+-- room's count corrects itself without them.
 --
 -- KEYS[1]  rc:{ROOM}:online       hash: node -> users present there
 -- KEYS[2]  rc:{ROOM}:online:exp   sorted set: node -> when its entry expires (ms)
+-- KEYS[3]  rc:{ROOM}:likes        the room's like total
 -- ARGV[1]  this node's id
 -- ARGV[2]  users present here (0 removes the entry)
 -- ARGV[3]  now, ms since the epoch
 -- ARGV[4]  time to live of the entry, ms
--- Returns the users present on the other nodes.
+-- ARGV[5]  likes counted here since the last report
+-- ARGV[6]  time to live of the like total, ms (renewed by every report)
+-- Returns { users present on the other nodes, the room's like total }.
 
 local now = tonumber(ARGV[3])
 for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
@@ -32,4 +36,6 @@ for i = 1, #all, 2 do
 end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
-return others
+local likes = redis.call('INCRBY', KEYS[3], ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
+return { others, likes }

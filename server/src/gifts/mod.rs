@@ -43,14 +43,21 @@ pub struct Gifts {
 
 impl Gifts {
     /// The gift service of a node: the catalogue from `config`, and the
-    /// ledger it names (the embedded one journaled in `data_dir` unless a
-    /// backend URL is set).
-    pub fn open(config: &GiftsConfig, data_dir: &std::path::Path, now_ms: u64) -> anyhow::Result<Self> {
+    /// ledger it names: the backend's when its URL is set, else the fleet's
+    /// in a fleet, else the embedded one journaled in `data_dir`.
+    pub fn open(
+        config: &GiftsConfig,
+        data_dir: &std::path::Path,
+        now_ms: u64,
+        fleet: Option<&crate::cluster::Fleet>,
+    ) -> anyhow::Result<Self> {
         let ttl = Duration::from_secs(config.key_ttl_secs);
-        let ledger = if config.ledger.url.is_some() {
-            Ledger::Webhook(Arc::new(WebhookLedger::open(&config.ledger, data_dir, ttl, now_ms)?))
-        } else {
-            Ledger::Embedded(Arc::new(EmbeddedLedger::open(data_dir, ttl, now_ms)?))
+        let ledger = match fleet {
+            _ if config.ledger.url.is_some() => {
+                Ledger::Webhook(Arc::new(WebhookLedger::open(&config.ledger, data_dir, ttl, now_ms)?))
+            }
+            Some(fleet) => Ledger::Fleet(ledger::FleetLedger::new(fleet.clone(), ttl)),
+            None => Ledger::Embedded(Arc::new(EmbeddedLedger::open(data_dir, ttl, now_ms)?)),
         };
         Self::new(config, ledger)
     }
@@ -111,7 +118,7 @@ mod tests {
     async fn the_gift_cap_refuses_beyond_its_rate_and_refills() {
         let config = GiftsConfig { per_user_per_sec: 30.0, ..GiftsConfig::default() };
         let dir = std::env::temp_dir().join(format!("roomcast-gifts-cap-{}", std::process::id()));
-        let gifts = Gifts::open(&config, &dir, 0).unwrap();
+        let gifts = Gifts::open(&config, &dir, 0, None).unwrap();
         let now = Instant::now();
         assert_eq!((0..40).filter(|_| gifts.admit("u", now)).count(), 30);
         assert!(gifts.admit("v", now), "the cap is per user");
@@ -124,11 +131,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("roomcast-gifts-catalogue-{}", std::process::id()));
         let item = |id: &str, price| GiftItem { id: id.into(), name: id.into(), price, tier: 0 };
         let huge = GiftsConfig { catalogue: vec![item("gold", MAX_PRICE + 1)], ..GiftsConfig::default() };
-        assert!(Gifts::open(&huge, &dir, 0).is_err());
+        assert!(Gifts::open(&huge, &dir, 0, None).is_err());
         let twice = GiftsConfig { catalogue: vec![item("a", 1), item("a", 2)], ..GiftsConfig::default() };
-        assert!(Gifts::open(&twice, &dir, 0).is_err());
+        assert!(Gifts::open(&twice, &dir, 0, None).is_err());
         let top = GiftsConfig { catalogue: vec![item("gold", MAX_PRICE)], ..GiftsConfig::default() };
-        let gifts = Gifts::open(&top, &dir, 0).unwrap();
+        let gifts = Gifts::open(&top, &dir, 0, None).unwrap();
         let gold = gifts.item("gold").unwrap();
         assert_eq!(Gifts::value(gold, MAX_GIFT_COUNT), MAX_PRICE * u64::from(MAX_GIFT_COUNT));
         let _ = std::fs::remove_dir_all(&dir);

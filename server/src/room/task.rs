@@ -17,6 +17,7 @@ use super::history::HistoryLog;
 use super::likes::LikeCounter;
 use super::registry::{RoomStats, Rooms};
 use super::state::{ChatOutcome, RoomLimits, RoomState};
+use crate::cluster::FleetCounts;
 use crate::config::RoomConfig;
 use crate::metrics::Metrics;
 use crate::webhooks::{HookEvent, Hooks, LeaveReason};
@@ -105,9 +106,9 @@ pub(super) async fn run_room(
     };
     let mut empty_since = Some(Instant::now());
     let mut closed = false;
-    // In a fleet: this node's users present, reported every second; the
-    // other nodes' come back.
-    let (others_tx, mut others_rx) = mpsc::channel::<u64>(1);
+    // In a fleet: this node's users present and likes counted, reported
+    // every second; the fleet's figures come back.
+    let (counts_tx, mut counts_rx) = mpsc::channel::<Result<FleetCounts, u64>>(1);
     let mut report_at = following.as_ref().map(|_| Instant::now());
     debug!("room opened");
     loop {
@@ -161,23 +162,24 @@ pub(super) async fn run_room(
             () = sleep_until(report_at.unwrap_or_else(far_future)), if report_at.is_some() => {
                 report_at = None;
                 if let Some(f) = &following {
-                    let (fleet, room, tx, present) = (f.fleet.clone(), id.clone(), others_tx.clone(), state.local_online());
+                    let (fleet, room, tx) = (f.fleet.clone(), id.clone(), counts_tx.clone());
+                    let (present, likes) = (state.local_online(), state.likes_to_report());
                     tokio::spawn(async move {
-                        match fleet.report_online(&room, present, ONLINE_TTL).await {
-                            Ok(others) => {
-                                let _ = tx.send(others).await;
-                            }
-                            Err(e) => {
-                                debug!(error = %e, "online count not reported");
-                                let _ = tx.send(u64::MAX).await;
-                            }
-                        }
+                        let counts = fleet.report(&room, present, likes, ONLINE_TTL).await.map_err(|e| {
+                            debug!(error = %e, "online count and likes not reported");
+                            likes
+                        });
+                        let _ = tx.send(counts).await;
                     });
                 }
             }
-            Some(others) = others_rx.recv() => {
-                if others != u64::MAX {
-                    state.set_fleet_others(others);
+            Some(counts) = counts_rx.recv() => {
+                match counts {
+                    Ok(c) => {
+                        state.set_fleet_others(c.others_online);
+                        state.set_fleet_likes(c.like_total);
+                    }
+                    Err(unreported) => state.likes_unreported(unreported),
                 }
                 report_at = Some(Instant::now() + ONLINE_REPORT);
             }
@@ -205,7 +207,8 @@ pub(super) async fn run_room(
     }
     if let Some(f) = following {
         // Gone from here: the other nodes count no one of this room here.
-        let _ = f.fleet.report_online(&id, 0, ONLINE_TTL).await;
+        let likes = state.likes_to_report();
+        let _ = f.fleet.report(&id, 0, likes, ONLINE_TTL).await;
         if let Err(e) = f.fleet.unsubscribe(&id).await {
             debug!(error = %e, "room not unsubscribed");
         }

@@ -5,7 +5,10 @@
 //!   an append-only journal in the data directory ([`journal`]);
 //! * [`WebhookLedger`]: the platform's backend keeps balances and charges
 //!   each gift when the node POSTs it, signed, retried with the same
-//!   idempotency key ([`webhook`]).
+//!   idempotency key ([`webhook`]);
+//! * `FleetLedger` (a fleet without a backend ledger): balances and keys in
+//!   the fleet's Redis, so every node charges against one balance
+//!   (`cluster::ledger`).
 //!
 //! **Exactly once.** Both keep the accepted idempotency keys of the last
 //! `key_ttl` (24 h by default) in a journal, with the room's receipt once the
@@ -31,6 +34,8 @@ use serde::{Deserialize, Serialize};
 
 pub use journal::{EmbeddedLedger, JOURNAL_FILE};
 pub use webhook::{KEYS_FILE, WebhookLedger};
+
+pub use crate::cluster::FleetLedger;
 
 /// How long a caller waits for the ledger before answering
 /// LEDGER_UNAVAILABLE, retries included.
@@ -98,6 +103,7 @@ pub enum LedgerError {
 pub enum Ledger {
     Embedded(Arc<EmbeddedLedger>),
     Webhook(Arc<WebhookLedger>),
+    Fleet(FleetLedger),
 }
 
 impl Ledger {
@@ -109,6 +115,7 @@ impl Ledger {
                 blocking(move || l.debit(&charge.user, charge.amount, &charge.key, charge.now_ms)).await
             }
             Self::Webhook(l) => bounded(l.debit(charge)).await,
+            Self::Fleet(l) => bounded(l.debit(&charge.user, charge.amount, &charge.key, charge.now_ms)).await,
         }
     }
 
@@ -120,6 +127,7 @@ impl Ledger {
                 blocking(move || l.credit(&user, amount, now_ms)).await
             }
             Self::Webhook(_) => Err(LedgerError::Remote),
+            Self::Fleet(l) => bounded(l.credit(user, amount, now_ms)).await,
         }
     }
 
@@ -132,15 +140,24 @@ impl Ledger {
                 blocking(move || l.refund(&charge.user, &charge.key, charge.now_ms)).await
             }
             Self::Webhook(l) => bounded(l.refund(charge)).await,
+            Self::Fleet(l) => bounded(l.refund(&charge.user, &charge.key, charge.now_ms)).await,
         }
     }
 
     /// Records what the room made of an accepted key.
     pub async fn settle(&self, user: &str, key: &str, receipt: Receipt) {
-        let journal = self.journal().clone();
-        let (user, key) = (user.to_string(), key.to_string());
-        if let Err(e) = blocking(move || journal.settle(&user, &key, receipt)).await {
-            tracing::warn!(error = %e, "gift receipt not journaled");
+        let journaled = |journal: &Arc<EmbeddedLedger>| {
+            let (journal, user, key, receipt) =
+                (journal.clone(), user.to_string(), key.to_string(), receipt.clone());
+            blocking(move || journal.settle(&user, &key, receipt))
+        };
+        let settled = match self {
+            Self::Embedded(l) => journaled(l).await,
+            Self::Webhook(l) => journaled(l.journal()).await,
+            Self::Fleet(l) => bounded(l.settle(user, key, &receipt)).await,
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, "gift receipt not recorded");
         }
     }
 
@@ -148,18 +165,15 @@ impl Ledger {
     /// away): the next send of its key sequences it. Harmless after a settle
     /// or a refund.
     pub fn release(&self, user: &str, key: &str) {
-        self.journal().release(user, key);
-    }
-
-    /// `user`'s balance: the node's own, or the backend's last answer.
-    pub fn balance(&self, user: &str) -> u64 {
-        self.journal().balance(user)
-    }
-
-    fn journal(&self) -> &Arc<EmbeddedLedger> {
         match self {
-            Self::Embedded(l) => l,
-            Self::Webhook(l) => l.journal(),
+            Self::Embedded(l) => l.release(user, key),
+            Self::Webhook(l) => l.journal().release(user, key),
+            Self::Fleet(l) => {
+                // Called from a drop: the release goes on by itself, and if
+                // it never lands the key's lease runs out instead.
+                let (l, user, key) = (l.clone(), user.to_string(), key.to_string());
+                tokio::spawn(async move { bounded(l.release(&user, &key)).await });
+            }
         }
     }
 }

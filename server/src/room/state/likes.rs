@@ -27,6 +27,11 @@ pub(super) struct LikePacer {
     /// as their slice of a round is served.
     pub(super) frame: Option<Bytes>,
     pub(super) version: u64,
+    /// In a fleet: this room's local total as last reported to the fleet,
+    /// and the likes the rest of the fleet counted (the fleet's total less
+    /// ours).
+    reported: u64,
+    others: u64,
 }
 
 impl RoomState {
@@ -70,12 +75,37 @@ impl RoomState {
         }
     }
 
+    /// In a fleet: the likes counted here since the last report, now
+    /// counted as reported.
+    pub fn likes_to_report(&mut self) -> u64 {
+        let total = self.likes.counter.total();
+        let delta = total.saturating_sub(self.likes.reported);
+        self.likes.reported = total;
+        delta
+    }
+
+    /// In a fleet: a report of `delta` likes did not reach Redis; the next
+    /// report carries them.
+    pub fn likes_unreported(&mut self, delta: u64) {
+        self.likes.reported = self.likes.reported.saturating_sub(delta);
+    }
+
+    /// In a fleet: the room's like total across the fleet, as the last
+    /// report returned it.
+    pub fn set_fleet_likes(&mut self, fleet_total: u64) {
+        let others = fleet_total.saturating_sub(self.likes.reported);
+        if others != self.likes.others {
+            self.likes.others = others;
+            self.likes.pending = true;
+        }
+    }
+
     /// Reads the total and, if it changed since the last push, encodes it as
     /// the datagram members are given next.
     pub(super) fn stage_likes(&mut self, now: Instant, now_ms: u64) -> Option<Bytes> {
         let l = &mut self.likes;
         l.pending = false;
-        let total = l.counter.take();
+        let total = l.counter.take() + l.others;
         if total == l.sent {
             return None;
         }
@@ -88,8 +118,9 @@ impl RoomState {
         Some(datagram)
     }
 
-    /// The total as the room's handles have counted it.
+    /// The total as the room's handles have counted it, and in a fleet the
+    /// other nodes' likes as of the last report.
     pub fn like_total(&self) -> u64 {
-        self.likes.counter.total()
+        self.likes.counter.total() + self.likes.others
     }
 }

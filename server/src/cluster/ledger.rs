@@ -1,0 +1,115 @@
+//! The gift ledger of a fleet: balances and idempotency keys in Redis, each
+//! change one atomic script (`ledger.lua`), so every node charges against
+//! the same balance and a key sent to two nodes charges once.
+//!
+//! Keys are hash-tagged by user (`rc:user:{USER}:…`): a user's balance and
+//! keys share a slot, so a Redis Cluster runs the script on one shard.
+//! A charged key carries a lease: while it runs, a repeat is answered
+//! "accepted, being sequenced"; once it lapses (the charging node died
+//! before the room's receipt) or the charging session let it go, the next
+//! send of the key is handed back as charged and sequenced then — the same
+//! contract as the embedded ledger's (see `gifts::ledger`).
+
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{Fleet, FleetError};
+use crate::gifts::ledger::{DebitOutcome, LedgerError, Receipt};
+
+/// How long a charge stays in flight before another send of its key may
+/// sequence it: longer than any sequencing takes, short enough that a
+/// node's death does not hold a gift back for long.
+const LEASE: Duration = Duration::from_secs(30);
+
+/// The fleet's ledger. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct FleetLedger {
+    fleet: Fleet,
+    script: std::sync::Arc<Script>,
+    key_ttl: Duration,
+}
+
+impl From<FleetError> for LedgerError {
+    fn from(e: FleetError) -> Self {
+        LedgerError::Backend(e.to_string())
+    }
+}
+
+impl FleetLedger {
+    /// Keys are kept for `key_ttl` after their last change.
+    pub fn new(fleet: Fleet, key_ttl: Duration) -> Self {
+        Self { fleet, script: std::sync::Arc::new(Script::new(include_str!("ledger.lua"))), key_ttl }
+    }
+
+    async fn call(
+        &self,
+        op: &str,
+        user: &str,
+        key: &str,
+        amount: u64,
+        now_ms: u64,
+        receipt: &str,
+    ) -> Result<(String, u64, String), LedgerError> {
+        let mut conn = self.fleet.link.conn().await?;
+        let reply = self
+            .script
+            .key(format!("rc:user:{{{user}}}:balance"))
+            .key(format!("rc:user:{{{user}}}:gift:{key}"))
+            .arg(op)
+            .arg(amount)
+            .arg(now_ms)
+            .arg(LEASE.as_millis() as u64)
+            .arg(self.key_ttl.as_millis() as u64)
+            .arg(receipt)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(FleetError::from);
+        Ok(self.fleet.answered(reply)?)
+    }
+
+    /// Charges `amount` to `user` once per `key`.
+    pub async fn debit(
+        &self,
+        user: &str,
+        amount: u64,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<DebitOutcome, LedgerError> {
+        let (outcome, balance, receipt) = self.call("debit", user, key, amount, now_ms, "").await?;
+        Ok(match outcome.as_str() {
+            "charged" => DebitOutcome::Charged { balance },
+            "insufficient" => DebitOutcome::Insufficient { balance },
+            "repeat" => DebitOutcome::Repeat {
+                balance,
+                receipt: if receipt.is_empty() { None } else { serde_json::from_str(&receipt).ok() },
+            },
+            other => return Err(LedgerError::Backend(format!("ledger script answered {other:?}"))),
+        })
+    }
+
+    /// Adds `amount` to `user`'s balance; returns the new balance.
+    pub async fn credit(&self, user: &str, amount: u64, now_ms: u64) -> Result<u64, LedgerError> {
+        match self.call("credit", user, "", amount, now_ms, "").await? {
+            (o, _, _) if o == "overflow" => Err(LedgerError::Overflow),
+            (_, balance, _) => Ok(balance),
+        }
+    }
+
+    /// Gives back the charge of `key` if it was never sequenced, and forgets
+    /// the key; returns the balance.
+    pub async fn refund(&self, user: &str, key: &str, now_ms: u64) -> Result<u64, LedgerError> {
+        Ok(self.call("refund", user, key, 0, now_ms, "").await?.1)
+    }
+
+    /// Records what the room made of `key`.
+    pub async fn settle(&self, user: &str, key: &str, receipt: &Receipt) -> Result<(), LedgerError> {
+        let json = serde_json::to_string(receipt).map_err(|e| LedgerError::Backend(e.to_string()))?;
+        self.call("settle", user, key, 0, 0, &json).await.map(|_| ())
+    }
+
+    /// Ends `key`'s time in flight without a receipt.
+    pub async fn release(&self, user: &str, key: &str) -> Result<(), LedgerError> {
+        self.call("release", user, key, 0, 0, "").await.map(|_| ())
+    }
+}

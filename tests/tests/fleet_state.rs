@@ -1,0 +1,118 @@
+//! What a fleet's nodes share through a real `redis-server`: one gift
+//! ledger (one balance per user, each idempotency key charged once whichever
+//! node it reaches) and one like total per room.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use roomcast_client::{Client, Event, v1};
+use roomcast_server::auth::Role;
+use roomcast_tests::redis::RedisServer;
+use roomcast_tests::{TestServer, wait_for};
+
+const ACCEPTED: i32 = v1::GiftOutcome::Accepted as i32;
+const INSUFFICIENT: i32 = v1::GiftOutcome::InsufficientBalance as i32;
+
+/// Two fleet nodes on `redis` that take the same tokens (the platform's one
+/// secret): A's.
+async fn two_nodes(redis: &RedisServer) -> (TestServer, TestServer) {
+    let url = redis.url();
+    let a = TestServer::start_with({
+        let url = url.clone();
+        move |c| c.redis = Some(url)
+    })
+    .await;
+    let secret = a.secret.clone();
+    let b = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.auth.hs256_secret = Some(secret);
+    })
+    .await;
+    (a, b)
+}
+
+/// A client of `node` for `user`, with A's token.
+async fn on(node: &TestServer, a: &TestServer, user: &str) -> (Client, roomcast_client::Events) {
+    Client::connect(node.client_config(a.token(user, Role::Viewer))).await.unwrap()
+}
+
+async fn credit(node: &TestServer, user: &str, amount: u64) -> u64 {
+    let body = format!(r#"{{"amount": {amount}}}"#);
+    let answer = node.admin("POST", &format!("/v1/users/{user}/credit"), Some(&body)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    json["balance"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_balance_and_gift_keys_are_the_fleets_not_a_nodes() {
+    let redis = RedisServer::start().await;
+    let (a, b) = two_nodes(&redis).await;
+    assert_eq!(credit(&a, "max", 55).await, 55);
+    assert_eq!(credit(&b, "max", 45).await, 100, "B credits the balance A credited");
+
+    let (on_a, _ea) = on(&a, &a, "max").await;
+    let (on_b, _eb) = on(&b, &a, "max").await;
+    on_a.join("rush").await.unwrap();
+    on_b.join("rush").await.unwrap();
+    // The same key sent to both nodes at once: charged once, one sequence
+    // number, whichever node charged it.
+    let (x, y) = tokio::join!(
+        on_a.send_gift("rush", "heart", 1, "max-1"),
+        on_b.send_gift("rush", "heart", 1, "max-1")
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!((x.outcome, y.outcome), (ACCEPTED, ACCEPTED));
+    assert_eq!((x.balance, y.balance), (90, 90), "charged once");
+    let first = on_a.send_gift("rush", "heart", 1, "max-1").await.unwrap();
+    assert!(first.seq > 0 && first.seq == x.seq.max(y.seq), "a repeat names the first send: {first:?}");
+    let again = on_b.send_gift("rush", "heart", 1, "max-1").await.unwrap();
+    assert_eq!((again.seq, again.balance), (first.seq, 90));
+
+    // Distinct keys from both nodes at once never overdraw: 90 buys nine.
+    let mut sends = Vec::new();
+    for i in 0..20 {
+        let c = if i % 2 == 0 { on_a.clone() } else { on_b.clone() };
+        sends.push(tokio::spawn(
+            async move { c.send_gift("rush", "heart", 1, &format!("k-{i}")).await.unwrap() },
+        ));
+    }
+    let mut acks = Vec::new();
+    for s in sends {
+        acks.push(s.await.unwrap());
+    }
+    let accepted = acks.iter().filter(|a| a.outcome == ACCEPTED).count();
+    let refused = acks.iter().filter(|a| a.outcome == INSUFFICIENT).count();
+    assert_eq!((accepted, refused), (9, 11), "{acks:?}");
+    let mut balances: Vec<u64> = acks.iter().filter(|a| a.outcome == ACCEPTED).map(|a| a.balance).collect();
+    balances.sort_unstable();
+    assert_eq!(balances, (0..9).map(|i| i * 10).collect::<Vec<_>>(), "each charge saw the one before");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_like_total_adds_up_every_nodes_likes() {
+    let redis = RedisServer::start().await;
+    let (a, b) = two_nodes(&redis).await;
+    let (ann, mut on_a) = on(&a, &a, "ann").await;
+    let (bob, mut on_b) = on(&b, &a, "bob").await;
+    ann.join("hearts").await.unwrap();
+    bob.join("hearts").await.unwrap();
+    ann.like("hearts", 5);
+    bob.like("hearts", 7);
+    for events in [&mut on_a, &mut on_b] {
+        wait_for(events, |e| match e {
+            Event::LikeTotal { room, total } if room == "hearts" && *total == 12 => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    // A joiner on either node starts from the fleet's total.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (cy, _c) = on(&b, &a, "cy").await;
+    assert_eq!(cy.join("hearts").await.unwrap().like_total, 12);
+    a.stop().await;
+    b.stop().await;
+}
