@@ -30,6 +30,13 @@ impl Bucket {
         Self { rate, burst, tokens: burst, last: None }
     }
 
+    /// Refills at `rate` from now on (0: no limit), its burst a second of it.
+    fn set_rate(&mut self, rate: f64) {
+        self.rate = rate;
+        self.burst = rate.max(1.0);
+        self.tokens = self.tokens.min(self.burst);
+    }
+
     pub(super) fn take(&mut self, now: Instant) -> bool {
         if self.rate <= 0.0 {
             return true;
@@ -100,6 +107,9 @@ pub(super) enum Admit {
 pub(super) struct Admission {
     chat_budget: Bucket,
     entered_budget: Bucket,
+    /// The room's budgets (per second) across the fleet; a node in a fleet
+    /// takes its share of them (see [`Admission::share_budgets`]).
+    room_budgets: (f64, f64),
     entered_on: bool,
     user_rate: f64,
     user_rates: HashMap<Arc<str>, Bucket>,
@@ -111,6 +121,7 @@ impl Admission {
         Self {
             chat_budget: Bucket::new(f64::from(limits.chat_budget_per_sec)),
             entered_budget: Bucket::new(f64::from(limits.entered_per_sec)),
+            room_budgets: (f64::from(limits.chat_budget_per_sec), f64::from(limits.entered_per_sec)),
             entered_on: limits.entered_per_sec > 0,
             user_rate: limits.user_chat_per_sec,
             user_rates: HashMap::new(),
@@ -153,6 +164,21 @@ impl Admission {
         {
             ack.seq = seq;
             ack.message_id = message_id.to_string();
+        }
+    }
+
+    /// In a fleet: this node admits `share` (0..=1) of the room's chat and
+    /// "entered" budgets, so that the nodes together admit the room's
+    /// budget, not one budget each.
+    pub(super) fn share_budgets(&mut self, share: f64) {
+        let share = share.clamp(0.0, 1.0);
+        let (chat, entered) = self.room_budgets;
+        // A budget of 0 means none; a share keeps it none.
+        if chat > 0.0 {
+            self.chat_budget.set_rate((chat * share).max(f64::MIN_POSITIVE));
+        }
+        if entered > 0.0 {
+            self.entered_budget.set_rate((entered * share).max(f64::MIN_POSITIVE));
         }
     }
 

@@ -191,9 +191,13 @@ impl RoomState {
         self.roster.online_count()
     }
 
-    /// In a fleet: the users the other nodes have present.
+    /// In a fleet: the users the other nodes have present. This node takes
+    /// the share of the room's chat budget its own users are of the room's,
+    /// since chat arrives where the users are.
     pub fn set_fleet_others(&mut self, others: u64) {
         self.fleet_others = others;
+        let here = self.roster.online_count().max(1) as f64;
+        self.admission.share_budgets(here / (here + others as f64));
     }
 
     pub fn current_seq(&self) -> u64 {

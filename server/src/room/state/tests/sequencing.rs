@@ -83,6 +83,26 @@ fn the_budget_samples_viewer_chat_but_never_hosts_or_admins() {
 }
 
 #[test]
+fn in_a_fleet_a_node_admits_its_users_share_of_the_rooms_budget() {
+    let mut r = room_with(RoomLimits { chat_budget_per_sec: 20, ..limits() }, 100);
+    let now = Instant::now();
+    join(&mut r, 1, id("v", Role::Viewer), &Outbox::new(100), now);
+    // One user here, three on other nodes: a quarter of 20/s.
+    r.set_fleet_others(3);
+    let broadcast = (0..40).filter(|_| r.publish(1, chat("x", ""), now, 0).unwrap().0.broadcast).count();
+    assert_eq!(broadcast, 5, "the burst of a 5/s share");
+    let later = now + Duration::from_secs(1);
+    let refilled = (0..40).filter(|_| r.publish(1, chat("x", ""), later, 0).unwrap().0.broadcast).count();
+    assert_eq!(refilled, 5, "refilled at 5/s");
+    // The others left: the whole budget again, from the next refill.
+    r.set_fleet_others(0);
+    let alone = (0..40)
+        .filter(|_| r.publish(1, chat("x", ""), later + Duration::from_secs(1), 0).unwrap().0.broadcast)
+        .count();
+    assert_eq!(alone, 20);
+}
+
+#[test]
 fn a_viewer_faster_than_the_user_rate_is_refused() {
     let mut r = room_with(RoomLimits { user_chat_per_sec: 1.0, ..limits() }, 100);
     let now = Instant::now();
