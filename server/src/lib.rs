@@ -189,6 +189,10 @@ pub async fn serve_with_drain(
         quizzes: Arc::default(),
         config,
     });
+    if let Some(fleet) = shared.rooms.fleet() {
+        let follow = moderation::follow_fleet(shared.moderation.clone(), shared.rooms.clone(), fleet.clone());
+        tokio::spawn(follow);
+    }
     if let Some(path) = shared.config.moderation.banned_words_file.clone() {
         let action = shared.config.moderation.banned_words_action;
         let watch = moderation::watch_words(shared.moderation.clone(), path, action, Duration::from_secs(2));

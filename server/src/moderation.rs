@@ -103,6 +103,17 @@ impl Moderation {
         lifted
     }
 
+    /// Takes `sanctions` as everything in force (a fleet's, read from its
+    /// Redis), replacing what was known.
+    pub fn replace_all(&self, sanctions: Vec<Sanction>) {
+        let mut map = self.sanctions.write().unwrap_or_else(PoisonError::into_inner);
+        map.clear();
+        for s in sanctions {
+            map.insert((s.room, s.user, s.kind), Entry { until_ms: s.until_ms, reason: s.reason });
+        }
+        self.count.store(map.len(), Ordering::Relaxed);
+    }
+
     /// When a kick given now ends.
     pub fn kick_until(&self, now_ms: u64) -> u64 {
         now_ms.saturating_add(self.kick.as_millis() as u64)
@@ -151,6 +162,65 @@ impl Moderation {
     /// message on.
     pub fn set_words(&self, filter: WordFilter) {
         *self.words.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(filter);
+    }
+}
+
+/// In a fleet: applies the sanction changes every node announces (this
+/// one's included), ending the memberships a ban or kick ends here, and
+/// reads every sanction again every `cluster::RELOAD_EVERY`, so that what
+/// was missed while Redis was unreachable is made up.
+pub async fn follow_fleet(
+    moderation: Arc<Moderation>,
+    rooms: Arc<crate::room::Rooms>,
+    fleet: crate::cluster::Fleet,
+) {
+    use crate::cluster::SanctionAction;
+    use crate::room::UserScope;
+    use roomcast_protocol::ErrorCode;
+
+    let Some(mut changes) = fleet.take_sanction_changes() else { return };
+    let mut reload = tokio::time::interval(crate::cluster::RELOAD_EVERY);
+    let mut subscribed = false;
+    loop {
+        tokio::select! {
+            _ = reload.tick() => {
+                if !subscribed {
+                    subscribed = fleet.subscribe_sanctions().await.is_ok();
+                }
+                match fleet.sanctions(unix_ms(SystemTime::now())).await {
+                    Ok(all) => moderation.replace_all(all),
+                    Err(e) => tracing::debug!(error = %e, "sanctions not read from the fleet"),
+                }
+            }
+            change = changes.recv() => {
+                let Some(c) = change else { return };
+                let room = match c.room.as_deref().map(RoomId::new) {
+                    None => None,
+                    Some(Ok(r)) => Some(r),
+                    Some(Err(_)) => continue,
+                };
+                let scope = room.clone().map_or(Scope::Node, Scope::Room);
+                let users = match &room {
+                    Some(r) => UserScope::Room(r),
+                    None => UserScope::Node,
+                };
+                match c.action {
+                    SanctionAction::Lift => {
+                        moderation.lift(&scope, &c.user, c.kind);
+                    }
+                    SanctionAction::Apply => {
+                        moderation.sanction(&scope, &c.user, c.kind, c.until_ms, &c.reason);
+                        if c.kind == SanctionKind::Ban {
+                            rooms.remove_user(users, &c.user, ErrorCode::Banned, &c.reason).await;
+                        }
+                    }
+                    SanctionAction::Kick => {
+                        moderation.sanction(&scope, &c.user, SanctionKind::Ban, c.until_ms, &c.reason);
+                        rooms.kick_user(users, &c.user, &c.reason).await;
+                    }
+                }
+            }
+        }
     }
 }
 

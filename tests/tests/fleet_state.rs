@@ -116,3 +116,72 @@ async fn a_rooms_like_total_adds_up_every_nodes_likes() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutes_and_bans_made_on_one_node_hold_on_every_node() {
+    use roomcast_protocol::ErrorCode;
+
+    let redis = RedisServer::start().await;
+    let (a, b) = two_nodes(&redis).await;
+    let (troll, mut on_b) = on(&b, &a, "troll").await;
+    troll.join("hall").await.unwrap();
+    troll.send_chat("hall", "hello").await.unwrap();
+
+    // Muted through A's admin API: refused on B.
+    let muted = a.admin("PUT", "/v1/rooms/hall/mutes/troll", Some(r#"{"reason": "spam"}"#)).await;
+    assert_eq!(muted.status, 200, "{}", muted.body);
+    let mut refused = None;
+    for _ in 0..50 {
+        match troll.send_chat("hall", "more").await {
+            Err(e) => {
+                refused = e.code();
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(refused, Some(ErrorCode::Muted), "the mute reached B");
+    let listed = b.admin("GET", "/v1/rooms/hall/sanctions", None).await;
+    assert!(listed.body.contains("troll"), "B lists A's mute: {}", listed.body);
+    // Lifted through B: chat passes again.
+    assert_eq!(b.admin("DELETE", "/v1/rooms/hall/mutes/troll", None).await.status, 204);
+    troll.send_chat("hall", "back").await.expect("unmuted");
+
+    // Kicked through A: B removes the member and refuses the rejoin.
+    let kicked = a.admin("POST", "/v1/rooms/hall/kicks/troll", Some(r#"{"reason": "calm down"}"#)).await;
+    assert_eq!(kicked.status, 200, "{}", kicked.body);
+    let (code, reason) = wait_for(&mut on_b, |e| match e {
+        Event::Removed { room, code, reason } if room == "hall" => Some((*code, reason.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!((code, reason.as_str()), (Some(ErrorCode::Banned), "calm down"));
+    assert_eq!(troll.join("hall").await.unwrap_err().code(), Some(ErrorCode::Banned));
+
+    // A node started later learns what is in force from Redis.
+    let url = redis.url();
+    let secret = a.secret.clone();
+    let c = TestServer::start_with(move |cfg| {
+        cfg.redis = Some(url);
+        cfg.auth.hs256_secret = Some(secret);
+    })
+    .await;
+    let (late, _l) = on(&c, &a, "troll").await;
+    let mut code = None;
+    for _ in 0..50 {
+        match late.join("hall").await {
+            Err(e) => {
+                code = e.code();
+                break;
+            }
+            Ok(_) => {
+                let _ = late.leave("hall").await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(code, Some(ErrorCode::Banned), "the new node refuses the kicked user");
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}

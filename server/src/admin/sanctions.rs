@@ -5,7 +5,9 @@
 //! connections from the room (or every room) at once and refuses a rejoin
 //! (`BANNED`); a kick is a ban that ends after `moderation.kick_secs`. A
 //! room-scoped sanction needs no live room: a user can be banned from a room
-//! before joining it.
+//! before joining it. In a fleet every change goes through its Redis first
+//! and holds on every node (node-wide sanctions hold fleet-wide); the
+//! `removed` count is this node's.
 
 use std::time::SystemTime;
 
@@ -19,6 +21,7 @@ use utoipa::ToSchema;
 use super::AdminState;
 use super::errors::{ApiError, ApiResult, OptionalJsonBody, PathParams, room_id, user_id};
 use super::rooms::MAX_REASON_BYTES;
+use crate::cluster::{SanctionAction, SanctionChange};
 use crate::moderation::{SanctionKind, Scope};
 use crate::room::UserScope;
 
@@ -130,6 +133,7 @@ async fn apply(
         Some(d) if (1..=MAX_DURATION_SECS).contains(&d) => Some(now.saturating_add(d * 1000)),
         Some(_) => return Err(ApiError::invalid(format!("duration_secs must be 1 to {MAX_DURATION_SECS}"))),
     };
+    announce(state, &scope, user, kind, until_ms, &req.reason, SanctionAction::Apply).await?;
     state.moderation.sanction(&scope, user, kind, until_ms, &req.reason);
     let removed = match kind {
         SanctionKind::Mute => 0,
@@ -154,6 +158,7 @@ async fn kick(
     let user = user_id(user)?;
     check_reason(&req.reason)?;
     let until_ms = Some(state.moderation.kick_until(unix_ms(SystemTime::now())));
+    announce(state, &scope, user, SanctionKind::Ban, until_ms, &req.reason, SanctionAction::Kick).await?;
     state.moderation.sanction(&scope, user, SanctionKind::Ban, until_ms, &req.reason);
     let removed = state.rooms.kick_user(user_scope(&scope), user, &req.reason).await;
     Ok(Json(SanctionApplied {
@@ -184,13 +189,41 @@ fn sanction(
 }
 
 /// Lifts a sanction: 204, or 404 `NOT_FOUND` when none was in force.
-fn lift(state: &AdminState, scope: Scope, user: &str, kind: SanctionKind) -> ApiResult<StatusCode> {
+async fn lift(state: &AdminState, scope: Scope, user: &str, kind: SanctionKind) -> ApiResult<StatusCode> {
     let user = user_id(user)?;
-    if state.moderation.lift(&scope, user, kind) {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("no such sanction in force"))
+    let now = unix_ms(SystemTime::now());
+    let in_force = state.moderation.list(&scope, now).iter().any(|s| s.user == user && s.kind == kind);
+    if !in_force {
+        return Err(ApiError::not_found("no such sanction in force"));
     }
+    announce(state, &scope, user, kind, None, "", SanctionAction::Lift).await?;
+    state.moderation.lift(&scope, user, kind);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// In a fleet: records the change in the fleet's Redis and tells every
+/// node, before this node applies it; `UNAVAILABLE` (503) when Redis cannot
+/// take it, and then nothing changed anywhere. A node alone has no one to
+/// tell.
+async fn announce(
+    state: &AdminState,
+    scope: &Scope,
+    user: &str,
+    kind: SanctionKind,
+    until_ms: Option<u64>,
+    reason: &str,
+    action: SanctionAction,
+) -> ApiResult<()> {
+    let Some(fleet) = state.rooms.fleet() else { return Ok(()) };
+    let room = match scope {
+        Scope::Node => None,
+        Scope::Room(r) => Some(r.to_string()),
+    };
+    let change =
+        SanctionChange { action, user: user.to_string(), kind, room, until_ms, reason: reason.to_string() };
+    fleet.change_sanction(&change).await.map_err(|e| {
+        ApiError::room(ErrorCode::Unavailable, format!("the fleet's Redis did not take the change: {e}"))
+    })
 }
 
 fn list(state: &AdminState, scope: Scope) -> Json<SanctionList> {
@@ -245,7 +278,7 @@ pub(super) async fn unmute_in_room(
     State(state): State<AdminState>,
     PathParams((room, user)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    lift(&state, Scope::Room(room_id(&room)?), &user, SanctionKind::Mute)
+    lift(&state, Scope::Room(room_id(&room)?), &user, SanctionKind::Mute).await
 }
 
 /// Bans a user from a room: removed at once, a rejoin refused with `BANNED`.
@@ -280,7 +313,7 @@ pub(super) async fn unban_in_room(
     State(state): State<AdminState>,
     PathParams((room, user)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    lift(&state, Scope::Room(room_id(&room)?), &user, SanctionKind::Ban)
+    lift(&state, Scope::Room(room_id(&room)?), &user, SanctionKind::Ban).await
 }
 
 /// Kicks a user from a room: removed at once, a rejoin refused with
@@ -344,7 +377,7 @@ pub(super) async fn unmute_on_node(
     State(state): State<AdminState>,
     PathParams(user): PathParams<String>,
 ) -> ApiResult<StatusCode> {
-    lift(&state, Scope::Node, &user, SanctionKind::Mute)
+    lift(&state, Scope::Node, &user, SanctionKind::Mute).await
 }
 
 /// Bans a user from every room of the node.
@@ -379,7 +412,7 @@ pub(super) async fn unban_on_node(
     State(state): State<AdminState>,
     PathParams(user): PathParams<String>,
 ) -> ApiResult<StatusCode> {
-    lift(&state, Scope::Node, &user, SanctionKind::Ban)
+    lift(&state, Scope::Node, &user, SanctionKind::Ban).await
 }
 
 /// Kicks a user from every room of the node.

@@ -20,8 +20,10 @@
 
 mod ledger;
 mod link;
+mod sanctions;
 
 pub use ledger::FleetLedger;
+pub use sanctions::{RELOAD_EVERY, SanctionAction, SanctionChange};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +38,9 @@ use tokio::sync::mpsc;
 /// Most deliveries waiting for the node; beyond it a delivery is dropped
 /// and counted, and the rooms it was for fill the hole from the stream.
 pub const DELIVERY_QUEUE: usize = 4_096;
+
+/// Sanction changes waiting for the node.
+const SANCTION_QUEUE: usize = 1_024;
 
 /// Most events one `sequence` call carries.
 pub const MAX_BATCH: usize = 256;
@@ -131,6 +136,8 @@ pub struct Fleet {
     node: Arc<str>,
     /// Stream entries kept per room (approximately).
     history_len: usize,
+    /// Sanction changes as they arrive, until the node takes the receiver.
+    sanction_changes: Arc<std::sync::Mutex<Option<mpsc::Receiver<SanctionChange>>>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -169,8 +176,17 @@ impl Fleet {
         deliveries: mpsc::Sender<Delivery>,
         dropped: impl Fn() + Send + Sync + 'static,
     ) -> Result<Self, FleetError> {
+        let (sanctions_tx, sanctions_rx) = mpsc::channel(SANCTION_QUEUE);
         let push = move |info: PushInfo| -> Result<(), ()> {
             let Some(msg) = redis::Msg::from_push_info(info) else { return Ok(()) };
+            if msg.get_channel_name() == sanctions::SANCTIONS_CHANNEL {
+                // A change that finds the queue full is made up by the next
+                // reload of the whole hash.
+                if let Some(change) = sanctions::decode(msg.get_payload_bytes()) {
+                    let _ = sanctions_tx.try_send(change);
+                }
+                return Ok(());
+            }
             let Some(room) = room_of(msg.get_channel_name()) else { return Ok(()) };
             match decode_batch(msg.get_payload_bytes()) {
                 Ok(events) => {
@@ -196,7 +212,14 @@ impl Fleet {
             publish: if options.cluster { "SPUBLISH" } else { "PUBLISH" },
             node: u64::from_le_bytes(id).to_string().into(),
             history_len: options.history_len,
+            sanction_changes: Arc::new(std::sync::Mutex::new(Some(sanctions_rx))),
         })
+    }
+
+    /// The sanction changes announced to the fleet (see `sanctions`), once:
+    /// the node applies them.
+    pub fn take_sanction_changes(&self) -> Option<mpsc::Receiver<SanctionChange>> {
+        self.sanction_changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
     /// Whether Redis has answered within the bound (see [`Options`]).

@@ -157,6 +157,11 @@ impl Rooms {
         }
     }
 
+    /// The fleet these rooms follow, if any.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_ref()
+    }
+
     /// Number of rooms alive on this node.
     pub fn len(&self) -> usize {
         self.lock().len()
