@@ -1,5 +1,7 @@
 //! Running a live quiz in a room: create it, start each question, reveal it,
-//! end the quiz. The correct option stays on the node until the reveal.
+//! end the quiz. The correct option stays on the node (in a fleet, in its
+//! Redis) until the reveal. In a fleet any node's API runs the room's one
+//! quiz, and players on every node answer it.
 
 use std::time::SystemTime;
 
@@ -24,6 +26,7 @@ impl From<QuizError> for ApiError {
             QuizError::NoRoundsLeft => (StatusCode::CONFLICT, "NO_ROUNDS_LEFT"),
             QuizError::NoQuestion => (StatusCode::NOT_FOUND, "NO_QUESTION"),
             QuizError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ARGUMENT"),
+            QuizError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -162,8 +165,16 @@ pub(super) async fn create(
         revive_cards: body.revive_cards,
         stream_delay_ms: body.stream_delay_ms,
     };
-    let run = state.quizzes.create(&room, spec, unix_ms(SystemTime::now()))?;
-    Ok((StatusCode::CREATED, Json(Quiz::of(room.as_str(), run.status()))))
+    let now = unix_ms(SystemTime::now());
+    let status = match state.rooms.fleet() {
+        Some(fleet) => {
+            spec.check()?;
+            fleet.quiz_create(&room, &crate::quiz::quiz_id(&room, now), &spec).await?;
+            fleet.quiz_status(&room).await?
+        }
+        None => state.quizzes.create(&room, spec, now)?.status(),
+    };
+    Ok((StatusCode::CREATED, Json(Quiz::of(room.as_str(), status))))
 }
 
 /// A room's quiz: running, or the last one that ended.
@@ -182,8 +193,11 @@ pub(super) async fn status(
     PathParams(room): PathParams<String>,
 ) -> ApiResult<Json<Quiz>> {
     let room = room_id(&room)?;
-    let run = state.quizzes.get(room.as_str()).ok_or(QuizError::NoQuiz)?;
-    Ok(Json(Quiz::of(room.as_str(), run.status())))
+    let status = match state.rooms.fleet() {
+        Some(fleet) => fleet.quiz_status(&room).await?,
+        None => state.quizzes.get(room.as_str()).ok_or(QuizError::NoQuiz)?.status(),
+    };
+    Ok(Json(Quiz::of(room.as_str(), status)))
 }
 
 /// Starts the next question: sequenced in the room at once, answers taken
@@ -207,7 +221,6 @@ pub(super) async fn start(
     JsonBody(body): JsonBody<StartQuestion>,
 ) -> ApiResult<Json<Question>> {
     let room = room_id(&room)?;
-    let run = state.quizzes.get(room.as_str()).filter(|r| !r.is_ended()).ok_or(QuizError::NoQuiz)?;
     let spec = QuestionSpec {
         text: body.text,
         options: body.options,
@@ -216,13 +229,27 @@ pub(super) async fn start(
         window_ms: body.answer_window_ms.unwrap_or(DEFAULT_WINDOW_MS),
         latest_display_ms: body.latest_display_ms,
     };
-    let question = run.start(spec, unix_ms(SystemTime::now()))?;
+    let now = unix_ms(SystemTime::now());
+    let fleet = state.rooms.fleet();
+    let run = match fleet {
+        Some(_) => None,
+        None => Some(state.quizzes.get(room.as_str()).filter(|r| !r.is_ended()).ok_or(QuizError::NoQuiz)?),
+    };
+    let question = match (fleet, &run) {
+        (Some(fleet), _) => fleet.quiz_start(&room, spec, now).await?,
+        (None, Some(run)) => run.start(spec, now)?,
+        (None, None) => return Err(QuizError::NoQuiz.into()),
+    };
     let (id, index, closes_at_ms, latest_display_ms) =
         (question.question_id.clone(), question.index, question.closes_at_ms, question.latest_display_ms);
     match state.rooms.quiz_event(&room, QuizEvent::Question(question)).await {
         Ok(seq) => Ok(Json(Question { question_id: id, index, seq, closes_at_ms, latest_display_ms })),
         Err(code) => {
-            run.withdraw(&id);
+            match (fleet, run) {
+                (Some(fleet), _) => fleet.quiz_withdraw(&room, &id).await,
+                (None, Some(run)) => run.withdraw(&id),
+                (None, None) => {}
+            }
             Err(code.into())
         }
     }
@@ -246,8 +273,13 @@ pub(super) async fn reveal(
     PathParams((room, question_id)): PathParams<(String, String)>,
 ) -> ApiResult<Json<Reveal>> {
     let room = room_id(&room)?;
-    let run = state.quizzes.get(room.as_str()).ok_or(QuizError::NoQuiz)?;
-    let result = run.reveal(&question_id)?;
+    let (result, run) = match state.rooms.fleet() {
+        Some(fleet) => (fleet.quiz_reveal(&room, &question_id).await?, None),
+        None => {
+            let run = state.quizzes.get(room.as_str()).ok_or(QuizError::NoQuiz)?;
+            (run.reveal(&question_id)?, Some(run))
+        }
+    };
     let (index, reveal) = (
         result.index,
         Reveal {
@@ -260,9 +292,12 @@ pub(super) async fn reveal(
         },
     );
     // The standings are decided: players hear of them even if the room is
-    // gone.
+    // gone (in a fleet, every node's players hear of them when the result
+    // comes through the sequence).
     let sequenced = state.rooms.quiz_event(&room, QuizEvent::Result(result)).await;
-    run.announce(index);
+    if let Some(run) = run {
+        run.announce(index);
+    }
     Ok(Json(Reveal { seq: sequenced?, ..reveal }))
 }
 
@@ -282,6 +317,12 @@ pub(super) async fn end(
     PathParams(room): PathParams<String>,
 ) -> ApiResult<Json<Ended>> {
     let room = room_id(&room)?;
-    let run = state.quizzes.get(room.as_str()).ok_or(QuizError::NoQuiz)?;
-    Ok(Json(Ended { quiz_id: run.id.clone(), winners: run.end() }))
+    let (quiz_id, winners) = match state.rooms.fleet() {
+        Some(fleet) => fleet.quiz_end(&room).await?,
+        None => {
+            let run = state.quizzes.get(room.as_str()).ok_or(QuizError::NoQuiz)?;
+            (run.id.clone(), run.end())
+        }
+    };
+    Ok(Json(Ended { quiz_id, winners }))
 }

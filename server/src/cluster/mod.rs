@@ -20,9 +20,11 @@
 
 mod ledger;
 mod link;
+mod quiz;
 mod sanctions;
 
 pub use ledger::FleetLedger;
+pub use quiz::Revealed;
 pub use sanctions::{RELOAD_EVERY, SanctionAction, SanctionChange};
 
 use std::sync::Arc;
@@ -138,6 +140,10 @@ pub struct Fleet {
     history_len: usize,
     /// Sanction changes as they arrive, until the node takes the receiver.
     sanction_changes: Arc<std::sync::Mutex<Option<mpsc::Receiver<SanctionChange>>>>,
+    /// Quiz answers on their way to Redis (see `quiz`).
+    answers: quiz::AnswerBatcher,
+    /// Per room, the last quiz reveal this node heard of.
+    reveals: Arc<quiz::RevealWatches>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -205,7 +211,8 @@ impl Fleet {
         link.keep_checking();
         let mut id = [0u8; 8];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
-        Ok(Self {
+        let (answers, answers_rx) = quiz::start_batcher();
+        let fleet = Self {
             link,
             script: Arc::new(Script::new(include_str!("sequence.lua"))),
             online: Arc::new(Script::new(include_str!("online.lua"))),
@@ -213,7 +220,11 @@ impl Fleet {
             node: u64::from_le_bytes(id).to_string().into(),
             history_len: options.history_len,
             sanction_changes: Arc::new(std::sync::Mutex::new(Some(sanctions_rx))),
-        })
+            answers,
+            reveals: Arc::default(),
+        };
+        tokio::spawn(quiz::run_batcher(fleet.clone(), answers_rx));
+        Ok(fleet)
     }
 
     /// The sanction changes announced to the fleet (see `sanctions`), once:

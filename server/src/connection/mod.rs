@@ -370,8 +370,8 @@ impl Session {
                     }
                 },
                 _ = presence_check.tick() => Box::pin(self.check_presence()).await,
-                index = quiz::next_reveal(&mut self.quiz) => {
-                    if let Err((code, why)) = Box::pin(self.send_verdict(index)).await {
+                reveal = quiz::next_reveal(&mut self.quiz) => {
+                    if let Err((code, why)) = Box::pin(self.send_verdict(reveal)).await {
                         close(&self.conn, Some(&mut self.send), code, &why).await;
                         break;
                     }
@@ -483,7 +483,7 @@ impl Session {
             Some(Req::FetchHistory(f)) => later(self.fetch_history(f)),
             Some(Req::SendGift(g)) => later(self.gift(g)),
             Some(Req::FetchCatalogue(_)) => now(Ok(Resp::Catalogue(self.shared.gifts.catalogue()))),
-            Some(Req::SubmitAnswer(a)) => now(self.answer_quiz(a)),
+            Some(Req::SubmitAnswer(a)) => later(self.answer_quiz(a)),
         };
         match outcome {
             Outcome::Now(result) => self.answer(rid, *result).await,

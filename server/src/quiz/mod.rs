@@ -64,6 +64,40 @@ pub struct QuestionSpec {
     pub latest_display_ms: Option<u64>,
 }
 
+impl QuestionSpec {
+    /// Refuses a question the platform may not start: 2 to [`MAX_OPTIONS`]
+    /// options, texts of 1 to [`MAX_TEXT_BYTES`], a correct option among
+    /// them, a window of at most ten minutes.
+    pub fn check(&self) -> Result<(), QuizError> {
+        if self.options.len() < 2 || self.options.len() > MAX_OPTIONS {
+            return Err(QuizError::Invalid(format!("a question has 2 to {MAX_OPTIONS} options")));
+        }
+        if self.text.is_empty()
+            || self.text.len() > MAX_TEXT_BYTES
+            || self.options.iter().any(|o| o.len() > MAX_TEXT_BYTES)
+        {
+            return Err(QuizError::Invalid(format!("text and options are 1 to {MAX_TEXT_BYTES} bytes")));
+        }
+        if self.correct as usize >= self.options.len() {
+            return Err(QuizError::Invalid("correct must index an option".into()));
+        }
+        if self.window_ms == 0 || self.window_ms > 600_000 {
+            return Err(QuizError::Invalid("answer_window_ms must be 1 to 600000".into()));
+        }
+        Ok(())
+    }
+}
+
+impl QuizSpec {
+    /// Refuses a quiz of no rounds or more than [`MAX_ROUNDS`].
+    pub fn check(&self) -> Result<(), QuizError> {
+        if self.rounds == 0 || self.rounds > MAX_ROUNDS {
+            return Err(QuizError::Invalid(format!("rounds must be 1 to {MAX_ROUNDS}")));
+        }
+        Ok(())
+    }
+}
+
 /// Why the platform's request cannot be done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuizError {
@@ -79,6 +113,8 @@ pub enum QuizError {
     NoQuestion,
     #[error("{0}")]
     Invalid(String),
+    #[error("the fleet's quiz cannot be reached: {0}")]
+    Unavailable(String),
 }
 
 /// What became of an answer.
@@ -117,6 +153,11 @@ impl AnswerOutcome {
     }
 }
 
+/// The id of a quiz created in `room` at `now_ms`.
+pub fn quiz_id(room: &RoomId, now_ms: u64) -> String {
+    format!("{}-{now_ms:x}", room.as_str())
+}
+
 /// The node's quizzes, one per room at most.
 #[derive(Debug, Default)]
 pub struct Quizzes {
@@ -130,14 +171,12 @@ impl Quizzes {
 
     /// Creates a quiz in `room`; refused while one runs there.
     pub fn create(&self, room: &RoomId, spec: QuizSpec, now_ms: u64) -> Result<Arc<QuizRun>, QuizError> {
-        if spec.rounds == 0 || spec.rounds > MAX_ROUNDS {
-            return Err(QuizError::Invalid(format!("rounds must be 1 to {MAX_ROUNDS}")));
-        }
+        spec.check()?;
         let mut map = self.lock();
         if map.get(room).is_some_and(|q| !q.is_ended()) {
             return Err(QuizError::Running);
         }
-        let run = Arc::new(QuizRun::new(format!("{}-{now_ms:x}", room.as_str()), spec));
+        let run = Arc::new(QuizRun::new(quiz_id(room, now_ms), spec));
         map.insert(room.clone(), run.clone());
         Ok(run)
     }
@@ -228,21 +267,7 @@ impl QuizRun {
     /// Opens the next question and returns its event body (the caller has
     /// the room sequence it). Refused while the previous one is unrevealed.
     pub fn start(&self, q: QuestionSpec, now_ms: u64) -> Result<v1::QuizQuestion, QuizError> {
-        if q.options.len() < 2 || q.options.len() > MAX_OPTIONS {
-            return Err(QuizError::Invalid(format!("a question has 2 to {MAX_OPTIONS} options")));
-        }
-        if q.text.is_empty()
-            || q.text.len() > MAX_TEXT_BYTES
-            || q.options.iter().any(|o| o.len() > MAX_TEXT_BYTES)
-        {
-            return Err(QuizError::Invalid(format!("text and options are 1 to {MAX_TEXT_BYTES} bytes")));
-        }
-        if q.correct as usize >= q.options.len() {
-            return Err(QuizError::Invalid("correct must index an option".into()));
-        }
-        if q.window_ms == 0 || q.window_ms > 600_000 {
-            return Err(QuizError::Invalid("answer_window_ms must be 1 to 600000".into()));
-        }
+        q.check()?;
         let mut inner = self.lock();
         if inner.ended {
             return Err(QuizError::NoQuiz);

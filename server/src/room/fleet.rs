@@ -201,6 +201,10 @@ impl Following {
     pub(super) async fn ingest(&mut self, room: &RoomId, state: &mut RoomState, events: Vec<v1::RoomEvent>) {
         let now = tokio::time::Instant::now();
         for e in events {
+            if let Some(v1::room_event::Kind::QuizResult(r)) = &e.kind {
+                // This node's players read their verdicts.
+                self.fleet.quiz_revealed(room, r);
+            }
             match self.orderer.arrive(e.seq) {
                 Arrival::Repeat => {}
                 Arrival::Next => state.ingest(e, now),
