@@ -317,17 +317,21 @@ async fn a_nodes_online_entry_counts_until_it_stops_reporting() {
     // two reports of this test.
     let ttl = Duration::from_millis(1_500);
     let others = |c: roomcast_server::cluster::FleetCounts| c.others_online;
-    assert_eq!(others(a.report(&room, 5, 0, ttl).await.unwrap()), 0);
-    assert_eq!(others(b.report(&room, 2, 0, ttl).await.unwrap()), 5, "B hears of A's five");
-    assert_eq!(others(a.report(&room, 4, 0, ttl).await.unwrap()), 2);
+    assert_eq!(others(a.report(&room, 5, 0, &[], ttl).await.unwrap()), 0);
+    assert_eq!(others(b.report(&room, 2, 0, &[], ttl).await.unwrap()), 5, "B hears of A's five");
+    assert_eq!(others(a.report(&room, 4, 0, &[], ttl).await.unwrap()), 2);
     // A dies: it reports no more, and its entry lapses.
     tokio::time::sleep(Duration::from_millis(1_700)).await;
-    assert_eq!(others(b.report(&room, 2, 0, ttl).await.unwrap()), 0);
-    assert_eq!(others(a.report(&room, 0, 0, ttl).await.unwrap()), 2, "0 removes an entry without adding one");
+    assert_eq!(others(b.report(&room, 2, 0, &[], ttl).await.unwrap()), 0);
+    assert_eq!(
+        others(a.report(&room, 0, 0, &[], ttl).await.unwrap()),
+        2,
+        "0 removes an entry without adding one"
+    );
     // Likes add up across the nodes' reports.
-    assert_eq!(a.report(&room, 1, 30, ttl).await.unwrap().like_total, 30);
-    assert_eq!(b.report(&room, 1, 12, ttl).await.unwrap().like_total, 42);
-    assert_eq!(a.report(&room, 1, 0, ttl).await.unwrap().like_total, 42);
+    assert_eq!(a.report(&room, 1, 30, &[], ttl).await.unwrap().like_total, 30);
+    assert_eq!(b.report(&room, 1, 12, &[], ttl).await.unwrap().like_total, 42);
+    assert_eq!(a.report(&room, 1, 0, &[], ttl).await.unwrap().like_total, 42);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

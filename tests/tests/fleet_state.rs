@@ -1,6 +1,7 @@
 //! What a fleet's nodes share through a real `redis-server`: one gift
 //! ledger (one balance per user, each idempotency key charged once whichever
-//! node it reaches) and one like total per room.
+//! node it reaches), one like total and viewer page per room, sanctions
+//! that hold on every node.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -93,7 +94,7 @@ async fn a_users_balance_and_gift_keys_are_the_fleets_not_a_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rooms_like_total_adds_up_every_nodes_likes() {
+async fn a_rooms_like_total_and_viewer_page_span_every_node() {
     let redis = RedisServer::start().await;
     let (a, b) = two_nodes(&redis).await;
     let (ann, mut on_a) = on(&a, &a, "ann").await;
@@ -109,10 +110,15 @@ async fn a_rooms_like_total_adds_up_every_nodes_likes() {
         })
         .await;
     }
-    // A joiner on either node starts from the fleet's total.
+    // A joiner on either node starts from the fleet's total, and its first
+    // page of viewers names the users of both nodes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (cy, _c) = on(&b, &a, "cy").await;
-    assert_eq!(cy.join("hearts").await.unwrap().like_total, 12);
+    let joined = cy.join("hearts").await.unwrap();
+    assert_eq!(joined.like_total, 12);
+    let mut page: Vec<&str> = joined.viewers.iter().map(|u| u.user_id.as_str()).collect();
+    page.sort_unstable();
+    assert_eq!(page, ["ann", "bob", "cy"], "A's ann on B's page");
     a.stop().await;
     b.stop().await;
 }

@@ -68,12 +68,14 @@ fn room_of(channel: &str) -> Option<RoomId> {
 const LIKES_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// A room's figures across the fleet, as a report returns them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetCounts {
     /// Users present on the other nodes.
     pub others_online: u64,
     /// The room's like total, every node's counted likes included.
     pub like_total: u64,
+    /// The first page of the other nodes' users, node by node.
+    pub others_page: Vec<v1::User>,
 }
 
 /// Events of one room as they arrived on its channel, in sequence order
@@ -285,33 +287,48 @@ impl Fleet {
         self.link.conn().await?.unsubscribe(channel).await
     }
 
-    /// Reports `present` users of `room` on this node, kept for `ttl` unless
-    /// reported again, and `likes` counted here since the last report;
-    /// returns what the whole fleet has.
+    /// Reports `present` users of `room` on this node (and the first `page`
+    /// of them), kept for `ttl` unless reported again, and `likes` counted
+    /// here since the last report; returns what the rest of the fleet has.
     pub async fn report(
         &self,
         room: &RoomId,
         present: u64,
         likes: u64,
+        page: &[v1::User],
         ttl: Duration,
     ) -> Result<FleetCounts, FleetError> {
         let r = room.as_str();
         let now = roomcast_protocol::unix_ms(std::time::SystemTime::now());
+        let page: Vec<(&str, &str, i32)> =
+            page.iter().map(|u| (u.user_id.as_str(), u.display_name.as_str(), u.role)).collect();
+        let page = serde_json::to_string(&page).map_err(|e| FleetError::Decode(e.to_string()))?;
         let mut conn = self.link.conn().await?;
         let counts = self
             .online
             .key(format!("rc:{{{r}}}:online"))
             .key(format!("rc:{{{r}}}:online:exp"))
             .key(format!("rc:{{{r}}}:likes"))
+            .key(format!("rc:{{{r}}}:page"))
             .arg(&*self.node)
             .arg(present)
             .arg(now)
             .arg(ttl.as_millis() as u64)
             .arg(likes)
             .arg(LIKES_TTL.as_millis() as u64)
+            .arg(page)
             .invoke_async(&mut conn)
             .await
-            .map(|(others_online, like_total)| FleetCounts { others_online, like_total })
+            .map(|(others_online, like_total, pages): (u64, u64, Vec<String>)| FleetCounts {
+                others_online,
+                like_total,
+                others_page: pages
+                    .iter()
+                    .filter_map(|p| serde_json::from_str::<Vec<(String, String, i32)>>(p).ok())
+                    .flatten()
+                    .map(|(user_id, display_name, role)| v1::User { user_id, display_name, role })
+                    .collect(),
+            })
             .map_err(FleetError::from);
         self.answered(counts)
     }

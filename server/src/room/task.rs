@@ -163,9 +163,9 @@ pub(super) async fn run_room(
                 report_at = None;
                 if let Some(f) = &following {
                     let (fleet, room, tx) = (f.fleet.clone(), id.clone(), counts_tx.clone());
-                    let (present, likes) = (state.local_online(), state.likes_to_report());
+                    let (present, likes, page) = (state.local_online(), state.likes_to_report(), state.local_page());
                     tokio::spawn(async move {
-                        let counts = fleet.report(&room, present, likes, ONLINE_TTL).await.map_err(|e| {
+                        let counts = fleet.report(&room, present, likes, &page, ONLINE_TTL).await.map_err(|e| {
                             debug!(error = %e, "online count and likes not reported");
                             likes
                         });
@@ -178,6 +178,7 @@ pub(super) async fn run_room(
                     Ok(c) => {
                         state.set_fleet_others(c.others_online);
                         state.set_fleet_likes(c.like_total);
+                        state.set_fleet_page(c.others_page);
                     }
                     Err(unreported) => state.likes_unreported(unreported),
                 }
@@ -208,7 +209,7 @@ pub(super) async fn run_room(
     if let Some(f) = following {
         // Gone from here: the other nodes count no one of this room here.
         let likes = state.likes_to_report();
-        let _ = f.fleet.report(&id, 0, likes, ONLINE_TTL).await;
+        let _ = f.fleet.report(&id, 0, likes, &[], ONLINE_TTL).await;
         if let Err(e) = f.fleet.unsubscribe(&id).await {
             debug!(error = %e, "room not unsubscribed");
         }

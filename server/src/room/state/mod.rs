@@ -151,6 +151,8 @@ pub struct RoomState {
     stats: FlushStats,
     /// In a fleet: users present on the other nodes.
     fleet_others: u64,
+    /// In a fleet: the other nodes' first pages of users.
+    fleet_page: Vec<v1::User>,
 }
 
 impl RoomState {
@@ -169,6 +171,7 @@ impl RoomState {
             ranking: ranking::Ranking::default(),
             stats: FlushStats::default(),
             fleet_others: 0,
+            fleet_page: Vec::new(),
         }
     }
 
@@ -189,6 +192,33 @@ impl RoomState {
     /// Users present on this node.
     pub fn local_online(&self) -> u64 {
         self.roster.online_count()
+    }
+
+    /// The first page of this node's users in the room.
+    pub fn local_page(&self) -> Vec<v1::User> {
+        self.roster.viewer_page()
+    }
+
+    /// In a fleet: the first pages of the other nodes' users, which a
+    /// joiner's page is filled up from after this node's own.
+    pub fn set_fleet_page(&mut self, page: Vec<v1::User>) {
+        self.fleet_page = page;
+    }
+
+    /// The page a joiner gets: this node's users first (hosts first, then
+    /// the latest arrivals), then the other nodes', one entry per user.
+    fn joiner_page(&self) -> Vec<v1::User> {
+        let mut page = self.roster.viewer_page();
+        let limit = self.limits.viewer_page;
+        for u in &self.fleet_page {
+            if page.len() >= limit {
+                break;
+            }
+            if !page.iter().any(|p| p.user_id == u.user_id) {
+                page.push(u.clone());
+            }
+        }
+        page
     }
 
     /// In a fleet: the users the other nodes have present. This node takes
@@ -260,7 +290,7 @@ impl RoomState {
             room: self.id.to_string(),
             current_seq,
             online_count: self.online_count(),
-            viewers: self.roster.viewer_page(),
+            viewers: self.joiner_page(),
             history,
             resumed,
             epoch,
