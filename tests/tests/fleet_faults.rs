@@ -165,6 +165,39 @@ async fn on_a_redis_cluster_rooms_share_one_sequence_through_their_own_shard() {
         assert!(stats.contains("cmdstat_spublish:"), "{r}'s master ran SPUBLISH: {stats}");
         assert!(!stats.contains("cmdstat_publish:"), "no cluster-wide PUBLISH: {stats}");
     }
+    // The shared state works on the cluster too: a balance, a quiz, a mute.
+    let credit = a.admin("POST", "/v1/users/bob/credit", Some(r#"{"amount": 30}"#)).await;
+    assert_eq!(credit.status, 200, "{}", credit.body);
+    let gift = viewer.send_gift("show", "heart", 1, "bob-1").await.unwrap();
+    assert_eq!(gift.balance, 20);
+    assert_eq!(a.admin("POST", "/v1/rooms/show/quiz", Some(r#"{"rounds": 1}"#)).await.status, 201);
+    let q = a
+        .admin(
+            "POST",
+            "/v1/rooms/show/quiz/questions",
+            Some(r#"{"text": "?", "options": ["a", "b"], "correct": 1, "media_ts_ms": 0}"#),
+        )
+        .await;
+    let qid = serde_json::from_str::<serde_json::Value>(&q.body).unwrap()["question_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let answered = viewer.answer("show", &qid, 1).await.unwrap();
+    assert_eq!(answered.outcome, roomcast_client::v1::AnswerOutcome::Accepted as i32);
+    let reveal = b.admin("POST", &format!("/v1/rooms/show/quiz/questions/{qid}/reveal"), None).await;
+    assert!(reveal.body.contains(r#""counts":[0,1]"#), "{}", reveal.body);
+    assert_eq!(a.admin("PUT", "/v1/rooms/news/mutes/bob", None).await.status, 200);
+    let mut muted = None;
+    for _ in 0..50 {
+        match viewer.send_chat("news", "x").await {
+            Err(e) => {
+                muted = e.code();
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(muted, Some(ErrorCode::Muted));
     let page = viewer.fetch_history("news", HistoryRange::Seq { from: 2, to: 3 }, 0).await.unwrap();
     assert_eq!(
         page.events.iter().map(text).collect::<Vec<_>>(),
