@@ -4,7 +4,8 @@
 //!
 //! * Answers are batched: sessions hand them to the node's [`AnswerBatcher`],
 //!   which sends what has queued up (at most [`MAX_ANSWERS`]) per room in
-//!   one script call and completes each session's answer.
+//!   one script call, a few calls in flight at once, and completes each
+//!   session's answer.
 //! * A reveal closes the question in one script call, then the revealing
 //!   node walks the players in pages (`HSCAN`), decides each one's standing
 //!   and writes the verdicts, so no single call holds Redis for the whole
@@ -392,21 +393,34 @@ pub(super) fn start_batcher() -> (AnswerBatcher, mpsc::Receiver<Answer>) {
     mpsc::channel(ANSWER_QUEUE)
 }
 
+/// Script calls of the batcher in flight at once: while one runs, the
+/// answers arriving meanwhile go out in the next, pipelined on the same
+/// connection.
+const CALLS_IN_FLIGHT: usize = 4;
+
 /// The batcher: what has queued goes to Redis per room, at most
-/// [`MAX_ANSWERS`] per call.
+/// [`MAX_ANSWERS`] per call and [`CALLS_IN_FLIGHT`] calls at once.
 pub(super) async fn run_batcher(fleet: Fleet, mut rx: mpsc::Receiver<Answer>) {
     let mut queued: Vec<Answer> = Vec::new();
-    while rx.recv_many(&mut queued, MAX_ANSWERS * 4).await > 0 {
+    let mut calls = tokio::task::JoinSet::new();
+    loop {
+        while calls.len() >= CALLS_IN_FLIGHT {
+            let _ = calls.join_next().await;
+        }
+        let got = tokio::select! {
+            n = rx.recv_many(&mut queued, MAX_ANSWERS) => n,
+            Some(_) = calls.join_next(), if !calls.is_empty() => continue,
+        };
+        if got == 0 {
+            break;
+        }
         let mut by_room: HashMap<RoomId, Vec<Answer>> = HashMap::new();
         for a in queued.drain(..) {
             by_room.entry(a.room.clone()).or_default().push(a);
         }
-        for (room, answers) in by_room {
-            let mut answers = answers.into_iter().peekable();
-            while answers.peek().is_some() {
-                let chunk: Vec<Answer> = answers.by_ref().take(MAX_ANSWERS).collect();
-                check(&fleet, &room, chunk).await;
-            }
+        for (room, chunk) in by_room {
+            let fleet = fleet.clone();
+            calls.spawn(async move { check(&fleet, &room, chunk).await });
         }
     }
 }
