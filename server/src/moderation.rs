@@ -188,7 +188,28 @@ pub async fn follow_fleet(
                     subscribed = fleet.subscribe_sanctions().await.is_ok();
                 }
                 match fleet.sanctions(unix_ms(SystemTime::now())).await {
-                    Ok(all) => moderation.replace_all(all),
+                    Ok(all) => {
+                        // Bans this node had not heard of (their message was
+                        // missed) end the memberships here too.
+                        let now = unix_ms(SystemTime::now());
+                        let missed: Vec<Sanction> = all
+                            .iter()
+                            .filter(|s| s.kind == SanctionKind::Ban)
+                            .filter(|s| {
+                                let scope = s.room.clone().map_or(Scope::Node, Scope::Room);
+                                !moderation.list(&scope, now).iter().any(|k| k.user == s.user && k.kind == s.kind)
+                            })
+                            .cloned()
+                            .collect();
+                        moderation.replace_all(all);
+                        for s in missed {
+                            let users = match &s.room {
+                                Some(r) => UserScope::Room(r),
+                                None => UserScope::Node,
+                            };
+                            rooms.remove_user(users, &s.user, ErrorCode::Banned, &s.reason).await;
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "sanctions not read from the fleet"),
                 }
             }

@@ -110,6 +110,15 @@ async fn players_on_every_node_answer_one_quiz_once_each_and_hear_their_verdicts
     assert!(!verdict(&mut cy_events).await.still_in);
     let ended = admin(&b, "DELETE", "/v1/rooms/show/quiz", None).await;
     assert_eq!(ended["winners"], json!(["ann"]));
+
+    // The room's next quiz starts clean: last quiz's answers and standings
+    // count for nothing.
+    admin(&a, "POST", "/v1/rooms/show/quiz", Some(json!({"rounds": 1}))).await;
+    let next = ask(&b, "show", 0).await;
+    assert_eq!(bob.answer("show", &next, 0).await.unwrap().outcome, ACCEPTED, "bob plays again");
+    assert_eq!(ann.answer("show", &next, 0).await.unwrap().outcome, ACCEPTED);
+    let reveal = admin(&a, "POST", &format!("/v1/rooms/show/quiz/questions/{next}/reveal"), None).await;
+    assert_eq!((reveal["counts"].clone(), reveal["remaining"].clone()), (json!([2, 0, 0]), json!(2)));
     a.stop().await;
     b.stop().await;
 }

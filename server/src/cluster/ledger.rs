@@ -28,6 +28,9 @@ pub struct FleetLedger {
     fleet: Fleet,
     script: std::sync::Arc<Script>,
     key_ttl: Duration,
+    /// Keys whose receipt is on its way to Redis: a release must not hand
+    /// them to the next send, which would sequence them a second time.
+    settling: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 impl From<FleetError> for LedgerError {
@@ -39,7 +42,12 @@ impl From<FleetError> for LedgerError {
 impl FleetLedger {
     /// Keys are kept for `key_ttl` after their last change.
     pub fn new(fleet: Fleet, key_ttl: Duration) -> Self {
-        Self { fleet, script: std::sync::Arc::new(Script::new(include_str!("ledger.lua"))), key_ttl }
+        Self {
+            fleet,
+            script: std::sync::Arc::new(Script::new(include_str!("ledger.lua"))),
+            key_ttl,
+            settling: std::sync::Arc::default(),
+        }
     }
 
     async fn call(
@@ -102,14 +110,43 @@ impl FleetLedger {
         Ok(self.call("refund", user, key, 0, now_ms, "").await?.1)
     }
 
-    /// Records what the room made of `key`.
+    /// Records what the room made of `key`. It runs on a task of its own,
+    /// retried for most of the key's lease, so that neither a Redis blip nor
+    /// the sender going away leaves a sequenced gift looking unsequenced.
     pub async fn settle(&self, user: &str, key: &str, receipt: &Receipt) -> Result<(), LedgerError> {
         let json = serde_json::to_string(receipt).map_err(|e| LedgerError::Backend(e.to_string()))?;
-        self.call("settle", user, key, 0, 0, &json).await.map(|_| ())
+        let id = (user.to_string(), key.to_string());
+        self.lock_settling().insert(id.clone());
+        let ledger = self.clone();
+        let task = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + LEASE * 5 / 6;
+            let mut wait = Duration::from_millis(100);
+            let result = loop {
+                match ledger.call("settle", &id.0, &id.1, 0, 0, &json).await {
+                    Ok(_) => break Ok(()),
+                    Err(e) if tokio::time::Instant::now() + wait > deadline => break Err(e),
+                    Err(_) => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                }
+            };
+            ledger.lock_settling().remove(&id);
+            result
+        });
+        task.await.map_err(|e| LedgerError::Backend(e.to_string()))?
     }
 
-    /// Ends `key`'s time in flight without a receipt.
+    /// Ends `key`'s time in flight without a receipt, unless its receipt is
+    /// being recorded.
     pub async fn release(&self, user: &str, key: &str) -> Result<(), LedgerError> {
+        if self.lock_settling().contains(&(user.to_string(), key.to_string())) {
+            return Ok(());
+        }
         self.call("release", user, key, 0, 0, "").await.map(|_| ())
+    }
+
+    fn lock_settling(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, String)>> {
+        self.settling.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -8,7 +8,8 @@
 --   ..:q:N   question N: id, options, correct, closes, phase, c0..c9
 --   ..:a:N   question N's answers: user -> option
 --   ..:p     players: user -> "in:REVIVES_LEFT" | "out"
---   ..:v:N   verdicts after question N's reveal (written by the revealing node)
+--   ..:v:N   verdicts after question N's reveal (written by the revealing
+--            node, which sets `deciding` to 0 in the meta hash when done)
 -- ARGV[1]  op; the rest per op (below).
 
 local meta = KEYS[1]
@@ -36,7 +37,7 @@ if op == 'create' then
   end
   redis.call('DEL', meta, players)
   redis.call('HSET', meta, 'id', ARGV[2], 'rounds', ARGV[3], 'revive', ARGV[4], 'delay', ARGV[5],
-    'asked', 0, 'open', '', 'revealed', 0, 'ended', 0, 'players', 0, 'remaining', 0)
+    'asked', 0, 'open', '', 'revealed', 0, 'deciding', 0, 'ended', 0, 'players', 0, 'remaining', 0)
   redis.call('PEXPIRE', meta, ARGV[6])
   return { 'ok' }
 end
@@ -53,7 +54,7 @@ end
 if op == 'start' then
   local m = redis.call('HMGET', meta, 'id', 'rounds', 'asked', 'open', 'ended', 'delay')
   if not m[1] or m[5] ~= '0' then return { 'no_quiz' } end
-  if m[4] ~= '' then return { 'question_open' } end
+  if m[4] ~= '' or (redis.call('HGET', meta, 'deciding') or '0') ~= '0' then return { 'question_open' } end
   local index = tonumber(m[3]) + 1
   if index > tonumber(m[2]) then return { 'no_rounds' } end
   local now, delay = tonumber(ARGV[2]), tonumber(m[6])
@@ -61,6 +62,8 @@ if op == 'start' then
   local latest = ARGV[6]
   if latest == '' then latest = tostring(now + 2000 + delay) end
   local id = m[1] .. '-q' .. index
+  -- Nothing of an earlier quiz's question of this index counts.
+  redis.call('DEL', q(index), a(index), meta .. ':v:' .. index)
   redis.call('HSET', q(index), 'id', id, 'options', ARGV[3], 'correct', ARGV[4], 'closes', closes,
     'phase', 'open')
   for k = 0, tonumber(ARGV[3]) - 1 do redis.call('HSET', q(index), 'c' .. k, 0) end
@@ -79,14 +82,13 @@ if op == 'withdraw' then
   return { 'ok' }
 end
 
--- answer NOW TTL_MS then USER QID OPTION, repeated
--- Returns OUTCOME OPTION per answer.
+-- answer TTL_MS then USER QID OPTION AT (the answer's server time, ms),
+-- repeated. Returns OUTCOME OPTION per answer.
 if op == 'answer' then
-  local now = tonumber(ARGV[2])
   local m = redis.call('HMGET', meta, 'ended', 'revealed', 'revive')
   local out = {}
-  for i = 4, #ARGV, 3 do
-    local user, qid, option = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  for i = 3, #ARGV, 4 do
+    local user, qid, option, now = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
     local n = index_of(qid)
     local question = n and redis.call('HMGET', q(n), 'phase', 'closes', 'options', 'id')
     if not n or not question[1] or question[4] ~= qid then
@@ -115,24 +117,32 @@ if op == 'answer' then
             redis.call('HINCRBY', meta, 'remaining', 1)
           end
           redis.call('HSET', a(n), user, option)
+          redis.call('PEXPIRE', a(n), ARGV[2])
           redis.call('HINCRBY', q(n), 'c' .. option, 1)
           out[#out + 1] = 'accepted'; out[#out + 1] = option
         end
       end
     end
   end
-  redis.call('PEXPIRE', players, ARGV[3])
+  redis.call('PEXPIRE', players, ARGV[2])
   return out
 end
 
 -- close QID: the reveal's first step; answers stop here. Returns the
 -- index, the correct option, the rounds and the counts.
+-- A reveal whose deciding was cut short (its node or Redis failed) closes
+-- again and is decided again; players already decided are skipped.
 if op == 'close' then
   local n = index_of(ARGV[2])
-  if not n or redis.call('HGET', q(n), 'phase') ~= 'open' then return { 'no_question' } end
+  if not n then return { 'no_question' } end
+  local phase = redis.call('HGET', q(n), 'phase')
+  local deciding = redis.call('HGET', meta, 'deciding') or '0'
+  if phase ~= 'open' and not (phase == 'revealed' and deciding == tostring(n)) then
+    return { 'no_question' }
+  end
   local question = redis.call('HMGET', q(n), 'options', 'correct')
   redis.call('HSET', q(n), 'phase', 'revealed')
-  redis.call('HSET', meta, 'open', '', 'revealed', n)
+  redis.call('HSET', meta, 'open', '', 'revealed', n, 'deciding', n)
   local out = { 'ok', n, question[2], redis.call('HGET', meta, 'rounds') }
   for k = 0, tonumber(question[1]) - 1 do
     out[#out + 1] = redis.call('HGET', q(n), 'c' .. k)

@@ -238,6 +238,7 @@ impl Fleet {
         let mut conn = self.link.conn().await?;
         let mut cursor: u64 = 0;
         let mut remaining = 0u64;
+        let mut seen = std::collections::HashSet::new();
         loop {
             let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
                 .arg(&players)
@@ -247,13 +248,35 @@ impl Fleet {
                 .query_async(&mut conn)
                 .await
                 .map_err(FleetError::from)?;
-            let still: Vec<(String, u32)> = page
+            let candidates: Vec<(String, u32)> = page
                 .into_iter()
                 .filter_map(|(user, s)| match Standing::parse(&s) {
                     Standing::In { revives } => Some((user, revives)),
                     Standing::Out => None,
                 })
                 .collect();
+            // A player decided already (HSCAN may name one twice, and a
+            // reveal cut short is decided again) is counted, not decided
+            // twice.
+            let mut still = Vec::with_capacity(candidates.len());
+            if !candidates.is_empty() {
+                let users: Vec<&str> = candidates.iter().map(|(u, _)| u.as_str()).collect();
+                let decided: Vec<Option<String>> = redis::cmd("HMGET")
+                    .arg(&verdicts)
+                    .arg(&users)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(FleetError::from)?;
+                for (c, d) in candidates.into_iter().zip(decided) {
+                    if !seen.insert(c.0.clone()) {
+                        continue;
+                    }
+                    match d {
+                        Some(v) => remaining += u64::from(v.split(',').nth(1) == Some("1")),
+                        None => still.push(c),
+                    }
+                }
+            }
             if !still.is_empty() {
                 let users: Vec<&str> = still.iter().map(|(u, _)| u.as_str()).collect();
                 let given: Vec<Option<u32>> = redis::cmd("HMGET")
@@ -289,7 +312,12 @@ impl Fleet {
         }
         let ttl = QUIZ_TTL.as_millis() as i64;
         let mut pipe = redis::pipe();
-        pipe.hset(&meta, "remaining", remaining).ignore().pexpire(&verdicts, ttl).ignore();
+        pipe.hset(&meta, "remaining", remaining)
+            .ignore()
+            .hset(&meta, "deciding", 0)
+            .ignore()
+            .pexpire(&verdicts, ttl)
+            .ignore();
         let _: () = pipe.query_async(&mut conn).await.map_err(FleetError::from)?;
         self.link.answered();
         tracing::debug!(room = %room, quiz = %quiz_id, index, remaining, "quiz question decided");
@@ -304,13 +332,27 @@ impl Fleet {
         }
         let players = format!("{}:p", meta_key(room));
         let mut conn = self.link.conn().await?;
-        let all: HashMap<String, String> = conn.hgetall(&players).await.map_err(FleetError::from)?;
-        let mut winners: Vec<String> = all
-            .into_iter()
-            .filter(|(_, s)| matches!(Standing::parse(s), Standing::In { .. }))
-            .map(|(u, _)| u)
-            .collect();
-        winners.sort();
+        // In pages, like a reveal: no call holds Redis for the whole crowd.
+        let mut winners = std::collections::BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(&players)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(REVEAL_PAGE)
+                .query_async(&mut conn)
+                .await
+                .map_err(FleetError::from)?;
+            let still_in =
+                page.into_iter().filter(|(_, s)| matches!(Standing::parse(s), Standing::In { .. }));
+            winners.extend(still_in.map(|(u, _)| u));
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let winners: Vec<String> = winners.into_iter().collect();
         Ok((text(&r[1]), winners))
     }
 
@@ -426,12 +468,12 @@ pub(super) async fn run_batcher(fleet: Fleet, mut rx: mpsc::Receiver<Answer>) {
 }
 
 async fn check(fleet: &Fleet, room: &RoomId, chunk: Vec<Answer>) {
-    let now = chunk.iter().map(|a| a.now_ms).max().unwrap_or(0);
     let ttl = QUIZ_TTL.as_millis() as u64;
-    let mut args: Vec<String> = Vec::with_capacity(3 + 3 * chunk.len());
-    args.extend(["answer".into(), now.to_string(), ttl.to_string()]);
+    let mut args: Vec<String> = Vec::with_capacity(2 + 4 * chunk.len());
+    args.extend(["answer".into(), ttl.to_string()]);
     for a in &chunk {
-        args.extend([a.user.clone(), a.question_id.clone(), a.option.to_string()]);
+        // Each answer is judged late or not by its own arrival time.
+        args.extend([a.user.clone(), a.question_id.clone(), a.option.to_string(), a.now_ms.to_string()]);
     }
     let reply = fleet.quiz(room, &args).await;
     match reply {

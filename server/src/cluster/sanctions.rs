@@ -98,14 +98,19 @@ impl Fleet {
         let all: std::collections::HashMap<String, String> = conn.hgetall(SANCTIONS_KEY).await?;
         self.link.answered();
         let mut live = Vec::new();
-        let mut ended = Vec::new();
+        let mut ended: Vec<String> = vec!["prune".into()];
         for (key, value) in all {
             let Ok(s) = serde_json::from_str::<Stored>(&value) else {
-                ended.push(key);
+                ended.extend([key, value]);
                 continue;
             };
+            // A minute's grace: a node whose clock runs ahead prunes no
+            // sanction the others still hold in force.
+            if s.until_ms.is_some_and(|u| u.saturating_add(60_000) <= now_ms) {
+                ended.extend([key, value]);
+                continue;
+            }
             if s.until_ms.is_some_and(|u| u <= now_ms) {
-                ended.push(key);
                 continue;
             }
             let room = match s.room {
@@ -117,8 +122,11 @@ impl Fleet {
             };
             live.push(Sanction { user: s.user, kind: s.kind, room, until_ms: s.until_ms, reason: s.reason });
         }
-        if !ended.is_empty() {
-            let _: Result<i64, _> = conn.hdel(SANCTIONS_KEY, ended).await;
+        if ended.len() > 1 {
+            let script = Script::new(include_str!("sanction.lua"));
+            let mut prune = script.key(SANCTIONS_KEY);
+            prune.arg(ended);
+            let _: Result<i64, _> = prune.invoke_async(&mut conn).await;
         }
         Ok(live)
     }

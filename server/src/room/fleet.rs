@@ -215,6 +215,9 @@ impl Following {
                         Ok(Ok(missed)) => {
                             for m in missed {
                                 if m.seq >= from && m.seq <= to {
+                                    if let Some(v1::room_event::Kind::QuizResult(r)) = &m.kind {
+                                        self.fleet.quiz_revealed(room, r);
+                                    }
                                     state.ingest(m, now);
                                 }
                             }

@@ -115,7 +115,16 @@ impl Ledger {
                 blocking(move || l.debit(&charge.user, charge.amount, &charge.key, charge.now_ms)).await
             }
             Self::Webhook(l) => bounded(l.debit(charge)).await,
-            Self::Fleet(l) => bounded(l.debit(&charge.user, charge.amount, &charge.key, charge.now_ms)).await,
+            Self::Fleet(l) => {
+                let debited = bounded(l.debit(&charge.user, charge.amount, &charge.key, charge.now_ms)).await;
+                if debited.is_err() {
+                    // The script may have run and its answer been lost: the
+                    // key is let go, so that the sender's retry sequences
+                    // what was charged instead of waiting out the lease.
+                    self.release(&charge.user, &charge.key);
+                }
+                debited
+            }
         }
     }
 
