@@ -4,7 +4,7 @@
 --
 -- KEYS[1]  rc:user:{USER}:balance       the balance (absent: 0)
 -- KEYS[2]  rc:user:{USER}:gift:KEY      hash: state (charged | settled),
---                                       amount, lease (ms), receipt (JSON)
+--                                       amount, lease (ms), owner, receipt (JSON)
 -- ARGV[1]  op: debit | credit | refund | settle | release
 -- ARGV[2]  amount (debit, credit)
 -- ARGV[3]  now, ms since the epoch
@@ -12,6 +12,8 @@
 --          send of it may sequence it (its node died in between)
 -- ARGV[5]  time to live of a key, ms
 -- ARGV[6]  receipt (settle)
+-- ARGV[7]  the send holding the lease (debit, refund, release): a refund or
+--          release by another send changes nothing
 --
 -- A balance stays below 2^53, which Lua's numbers hold exactly.
 -- Returns { outcome, balance, receipt }.
@@ -28,8 +30,8 @@ if op == 'credit' then
   return { 'credited', redis.call('INCRBY', KEYS[1], amount), '' }
 end
 
-local key = redis.call('HMGET', KEYS[2], 'state', 'amount', 'lease', 'receipt')
-local state, held, lease, receipt = key[1], key[2], key[3], key[4]
+local key = redis.call('HMGET', KEYS[2], 'state', 'amount', 'lease', 'receipt', 'owner')
+local state, held, lease, receipt, owner = key[1], key[2], key[3], key[4], key[5]
 
 if op == 'debit' then
   if state == 'settled' then
@@ -40,7 +42,7 @@ if op == 'debit' then
       return { 'repeat', balance, '' }
     end
     -- Charged, never sequenced, no longer in flight: the caller sequences it.
-    redis.call('HSET', KEYS[2], 'lease', now + tonumber(ARGV[4]))
+    redis.call('HSET', KEYS[2], 'lease', now + tonumber(ARGV[4]), 'owner', ARGV[7])
     return { 'charged', balance, '' }
   end
   local amount = tonumber(ARGV[2])
@@ -48,13 +50,14 @@ if op == 'debit' then
     return { 'insufficient', balance, '' }
   end
   balance = redis.call('DECRBY', KEYS[1], amount)
-  redis.call('HSET', KEYS[2], 'state', 'charged', 'amount', amount, 'lease', now + tonumber(ARGV[4]))
+  redis.call('HSET', KEYS[2], 'state', 'charged', 'amount', amount, 'lease', now + tonumber(ARGV[4]),
+    'owner', ARGV[7])
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   return { 'charged', balance, '' }
 end
 
 if op == 'refund' then
-  if state == 'charged' then
+  if state == 'charged' and owner == ARGV[7] then
     balance = redis.call('INCRBY', KEYS[1], held)
     redis.call('DEL', KEYS[2])
   end
@@ -70,7 +73,7 @@ if op == 'settle' then
 end
 
 if op == 'release' then
-  if state == 'charged' then
+  if state == 'charged' and owner == ARGV[7] then
     redis.call('HSET', KEYS[2], 'lease', 0)
   end
   return { 'released', balance, '' }

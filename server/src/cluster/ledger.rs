@@ -15,7 +15,25 @@ use std::time::Duration;
 use redis::Script;
 
 use super::{Fleet, FleetError};
-use crate::gifts::ledger::{DebitOutcome, LedgerError, Receipt};
+use crate::gifts::ledger::{Charge, DebitOutcome, LedgerError, Receipt};
+
+/// One call of `ledger.lua`.
+struct Op<'a> {
+    name: &'static str,
+    user: &'a str,
+    key: &'a str,
+    amount: u64,
+    now_ms: u64,
+    receipt: &'a str,
+    owner: &'a str,
+}
+
+impl<'a> Op<'a> {
+    /// `name` on `charge`'s key, with nothing else set.
+    fn new(name: &'static str, charge: &'a Charge) -> Self {
+        Self { name, user: &charge.user, key: &charge.key, amount: 0, now_ms: 0, receipt: "", owner: "" }
+    }
+}
 
 /// How long a charge stays in flight before another send of its key may
 /// sequence it: longer than any sequencing takes, short enough that a
@@ -50,41 +68,39 @@ impl FleetLedger {
         }
     }
 
-    async fn call(
-        &self,
-        op: &str,
-        user: &str,
-        key: &str,
-        amount: u64,
-        now_ms: u64,
-        receipt: &str,
-    ) -> Result<(String, u64, String), LedgerError> {
+    /// The holder of a charge's lease: this node and the send's time. A
+    /// refund or release by anyone else (a node that stalled past the lease
+    /// while another sequenced the key) changes nothing.
+    fn owner(&self, charge: &Charge) -> String {
+        format!("{}:{}", self.fleet.node, charge.now_ms)
+    }
+
+    async fn call(&self, op: Op<'_>) -> Result<(String, u64, String), LedgerError> {
+        let user = op.user;
         let mut conn = self.fleet.link.conn().await?;
         let reply = self
             .script
             .key(format!("rc:user:{{{user}}}:balance"))
-            .key(format!("rc:user:{{{user}}}:gift:{key}"))
-            .arg(op)
-            .arg(amount)
-            .arg(now_ms)
+            .key(format!("rc:user:{{{user}}}:gift:{}", op.key))
+            .arg(op.name)
+            .arg(op.amount)
+            .arg(op.now_ms)
             .arg(LEASE.as_millis() as u64)
             .arg(self.key_ttl.as_millis() as u64)
-            .arg(receipt)
+            .arg(op.receipt)
+            .arg(op.owner)
             .invoke_async(&mut conn)
             .await
             .map_err(FleetError::from);
         Ok(self.fleet.answered(reply)?)
     }
 
-    /// Charges `amount` to `user` once per `key`.
-    pub async fn debit(
-        &self,
-        user: &str,
-        amount: u64,
-        key: &str,
-        now_ms: u64,
-    ) -> Result<DebitOutcome, LedgerError> {
-        let (outcome, balance, receipt) = self.call("debit", user, key, amount, now_ms, "").await?;
+    /// Charges `charge.amount` to its user once per key.
+    pub async fn debit(&self, charge: &Charge) -> Result<DebitOutcome, LedgerError> {
+        let owner = self.owner(charge);
+        let op =
+            Op { amount: charge.amount, now_ms: charge.now_ms, owner: &owner, ..Op::new("debit", charge) };
+        let (outcome, balance, receipt) = self.call(op).await?;
         Ok(match outcome.as_str() {
             "charged" => DebitOutcome::Charged { balance },
             "insufficient" => DebitOutcome::Insufficient { balance },
@@ -98,16 +114,18 @@ impl FleetLedger {
 
     /// Adds `amount` to `user`'s balance; returns the new balance.
     pub async fn credit(&self, user: &str, amount: u64, now_ms: u64) -> Result<u64, LedgerError> {
-        match self.call("credit", user, "", amount, now_ms, "").await? {
+        let op = Op { name: "credit", user, key: "", amount, now_ms, receipt: "", owner: "" };
+        match self.call(op).await? {
             (o, _, _) if o == "overflow" => Err(LedgerError::Overflow),
             (_, balance, _) => Ok(balance),
         }
     }
 
-    /// Gives back the charge of `key` if it was never sequenced, and forgets
-    /// the key; returns the balance.
-    pub async fn refund(&self, user: &str, key: &str, now_ms: u64) -> Result<u64, LedgerError> {
-        Ok(self.call("refund", user, key, 0, now_ms, "").await?.1)
+    /// Gives back `charge` if it was never sequenced and this send still
+    /// holds its lease, and forgets the key; returns the balance.
+    pub async fn refund(&self, charge: &Charge) -> Result<u64, LedgerError> {
+        let owner = self.owner(charge);
+        Ok(self.call(Op { owner: &owner, ..Op::new("refund", charge) }).await?.1)
     }
 
     /// Records what the room made of `key`. It runs on a task of its own,
@@ -122,7 +140,16 @@ impl FleetLedger {
             let deadline = tokio::time::Instant::now() + LEASE * 5 / 6;
             let mut wait = Duration::from_millis(100);
             let result = loop {
-                match ledger.call("settle", &id.0, &id.1, 0, 0, &json).await {
+                let op = Op {
+                    name: "settle",
+                    user: &id.0,
+                    key: &id.1,
+                    amount: 0,
+                    now_ms: 0,
+                    receipt: &json,
+                    owner: "",
+                };
+                match ledger.call(op).await {
                     Ok(_) => break Ok(()),
                     Err(e) if tokio::time::Instant::now() + wait > deadline => break Err(e),
                     Err(_) => {
@@ -137,13 +164,14 @@ impl FleetLedger {
         task.await.map_err(|e| LedgerError::Backend(e.to_string()))?
     }
 
-    /// Ends `key`'s time in flight without a receipt, unless its receipt is
-    /// being recorded.
-    pub async fn release(&self, user: &str, key: &str) -> Result<(), LedgerError> {
-        if self.lock_settling().contains(&(user.to_string(), key.to_string())) {
+    /// Ends `charge`'s time in flight without a receipt, unless its receipt
+    /// is being recorded or another send holds the lease now.
+    pub async fn release(&self, charge: &Charge) -> Result<(), LedgerError> {
+        if self.lock_settling().contains(&(charge.user.clone(), charge.key.clone())) {
             return Ok(());
         }
-        self.call("release", user, key, 0, 0, "").await.map(|_| ())
+        let owner = self.owner(charge);
+        self.call(Op { owner: &owner, ..Op::new("release", charge) }).await.map(|_| ())
     }
 
     fn lock_settling(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, String)>> {

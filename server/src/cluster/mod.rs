@@ -28,6 +28,7 @@ pub use quiz::Revealed;
 pub use sanctions::{RELOAD_EVERY, SanctionAction, SanctionChange};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -58,6 +59,13 @@ fn keys(room: &RoomId) -> [String; 4] {
     ]
 }
 
+/// Where each node's last batch (or report) number in a room is kept, so a
+/// script run twice by a client library's retry changes nothing the second
+/// time.
+fn done_key(room: &RoomId, what: &str) -> String {
+    format!("rc:{{{}}}:{what}", room.as_str())
+}
+
 /// The room a channel name is for.
 fn room_of(channel: &str) -> Option<RoomId> {
     let inner = channel.strip_prefix("rc:{")?.strip_suffix("}:events")?;
@@ -66,6 +74,15 @@ fn room_of(channel: &str) -> Option<RoomId> {
 
 /// How long a room's like total outlives its last report.
 const LIKES_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The likes one room instance (a room's life on one node) has counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LikesCounted {
+    /// The room's epoch on this node.
+    pub instance: u64,
+    /// Every like it counted so far.
+    pub total: u64,
+}
 
 /// A room's figures across the fleet, as a report returns them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +163,8 @@ pub struct Fleet {
     answers: quiz::AnswerBatcher,
     /// Per room, the last quiz reveal this node heard of.
     reveals: Arc<quiz::RevealWatches>,
+    /// Numbers this node's script calls, for `done_key`.
+    calls: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -224,6 +243,7 @@ impl Fleet {
             sanction_changes: Arc::new(std::sync::Mutex::new(Some(sanctions_rx))),
             answers,
             reveals: Arc::default(),
+            calls: Arc::new(AtomicU64::new(1)),
         };
         tokio::spawn(quiz::run_batcher(fleet.clone(), answers_rx));
         Ok(fleet)
@@ -263,8 +283,9 @@ impl Fleet {
         }
         let [seq, log, epoch_key, channel] = keys(room);
         let mut invocation = self.script.key(seq);
-        invocation.key(log).key(epoch_key).arg(channel).arg(self.history_len).arg(format!("{epoch:x}"));
-        invocation.arg(self.publish);
+        invocation.key(log).key(epoch_key).key(done_key(room, "batches"));
+        invocation.arg(channel).arg(self.history_len).arg(format!("{epoch:x}"));
+        invocation.arg(self.publish).arg(&*self.node).arg(self.calls.fetch_add(1, Ordering::Relaxed));
         for e in events {
             invocation.arg(e.as_ref());
         }
@@ -288,13 +309,14 @@ impl Fleet {
     }
 
     /// Reports `present` users of `room` on this node (and the first `page`
-    /// of them), kept for `ttl` unless reported again, and `likes` counted
-    /// here since the last report; returns what the rest of the fleet has.
+    /// of them), kept for `ttl` unless reported again, and the `likes` this
+    /// room instance has counted so far; returns what the rest of the fleet
+    /// has.
     pub async fn report(
         &self,
         room: &RoomId,
         present: u64,
-        likes: u64,
+        likes: LikesCounted,
         page: &[v1::User],
         ttl: Duration,
     ) -> Result<FleetCounts, FleetError> {
@@ -314,7 +336,8 @@ impl Fleet {
             .arg(present)
             .arg(now)
             .arg(ttl.as_millis() as u64)
-            .arg(likes)
+            .arg(format!("{}:{:x}", self.node, likes.instance))
+            .arg(likes.total)
             .arg(LIKES_TTL.as_millis() as u64)
             .arg(page)
             .invoke_async(&mut conn)

@@ -1,20 +1,23 @@
--- A node reports how many users it has present in a room and the likes
--- it counted since its last report, and learns how many users the other
--- nodes have and the room's like total. Entries of nodes that stopped
--- reporting (a node that died) expire after the time to live, so the
--- room's count corrects itself without them.
+-- A node reports, for one room, how many users it has present, the first
+-- page of them and the likes its room instance has counted, and learns how
+-- many users the other nodes have, their pages and the room's like total.
+-- Entries of nodes that stopped reporting (a node that died) expire after
+-- the time to live, so the room's count corrects itself without them.
 --
 -- KEYS[1]  rc:{ROOM}:online       hash: node -> users present there
 -- KEYS[2]  rc:{ROOM}:online:exp   sorted set: node -> when its entry expires (ms)
--- KEYS[3]  rc:{ROOM}:likes        the room's like total
+-- KEYS[3]  rc:{ROOM}:likes        hash: room instance -> the likes it counted
 -- KEYS[4]  rc:{ROOM}:page         hash: node -> the first page of its users (JSON)
 -- ARGV[1]  this node's id
 -- ARGV[2]  users present here (0 removes the entry)
 -- ARGV[3]  now, ms since the epoch
 -- ARGV[4]  time to live of the entry, ms
--- ARGV[5]  likes counted here since the last report
--- ARGV[6]  time to live of the like total, ms (renewed by every report)
--- ARGV[7]  the first page of this node's users (JSON)
+-- ARGV[5]  this room instance's id (the node's id and the room's epoch)
+-- ARGV[6]  the likes this room instance has counted so far: a total, not a
+--          change, so a report run twice or sent again after a lost answer
+--          counts nothing twice
+-- ARGV[7]  time to live of the like totals, ms (renewed by every report)
+-- ARGV[8]  the first page of this node's users (JSON)
 -- Returns { users present on the other nodes, the room's like total, the
 -- other nodes' pages }.
 
@@ -26,7 +29,7 @@ for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('HSET', KEYS[4], ARGV[1], ARGV[7])
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[8])
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
 else
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -50,6 +53,12 @@ end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
 redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[4]) * 2)
-local likes = redis.call('INCRBY', KEYS[3], ARGV[5])
-redis.call('PEXPIRE', KEYS[3], ARGV[6])
+if tonumber(ARGV[6]) > tonumber(redis.call('HGET', KEYS[3], ARGV[5]) or '0') then
+  redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[7])
+local likes = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[3])) do
+  likes = likes + tonumber(n)
+end
 return { others, likes, pages }

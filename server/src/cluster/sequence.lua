@@ -5,12 +5,16 @@
 -- KEYS[1]  the room's sequence counter     rc:{ROOM}:seq
 -- KEYS[2]  the room's event stream          rc:{ROOM}:log
 -- KEYS[3]  the room's epoch                 rc:{ROOM}:epoch
+-- KEYS[4]  each node's last batch           rc:{ROOM}:batches (hash: node -> "ID FIRST")
 -- ARGV[1]  the room's channel               rc:{ROOM}:events
 -- ARGV[2]  the stream's length bound (approximate trim)
 -- ARGV[3]  this room's epoch if it has none yet (hex)
 -- ARGV[4]  PUBLISH, or SPUBLISH in a Redis Cluster (the channel shares the
 --          keys' hash tag, so it lives in their slot)
--- ARGV[5..] the events, each an encoded RoomEvent without seq and message id
+-- ARGV[5]  this node's id, and ARGV[6] this batch's number on it: a batch
+--          run again (a client library's retry after a lost answer) is
+--          answered as the first time and not appended twice
+-- ARGV[7..] the events, each an encoded RoomEvent without seq and message id
 --
 -- Each event gets its sequence number and message id appended as protobuf
 -- fields 2 and 3: a decoder takes the last value of a field, so the bytes
@@ -35,22 +39,32 @@ local function be32(n)
     math.floor(n / 256) % 256, n % 256)
 end
 
+local last = redis.call('HGET', KEYS[4], ARGV[5])
+if last then
+  local id, first = string.match(last, '^(%d+) (%d+)$')
+  if id == ARGV[6] then
+    return { tonumber(first), redis.call('GET', KEYS[3]) }
+  end
+end
+
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
   epoch = ARGV[3]
   redis.call('SET', KEYS[3], epoch)
 end
 
-local n = #ARGV - 4
+local n = #ARGV - 6
 local last = redis.call('INCRBY', KEYS[1], n)
 local first = last - n + 1
 local batch = {}
 for i = 1, n do
   local seq = first + i - 1
   local id = epoch .. '-' .. seq
-  local event = ARGV[4 + i] .. '\16' .. varint(seq) .. '\26' .. varint(#id) .. id
+  local event = ARGV[6 + i] .. '\16' .. varint(seq) .. '\26' .. varint(#id) .. id
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'e', event)
   batch[#batch + 1] = be32(#event) .. event
 end
 redis.call(ARGV[4], ARGV[1], table.concat(batch))
+redis.call('HSET', KEYS[4], ARGV[5], ARGV[6] .. ' ' .. first)
+redis.call('PEXPIRE', KEYS[4], 86400000)
 return { first, epoch }

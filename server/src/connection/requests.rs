@@ -282,6 +282,6 @@ struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.ledger.release(&self.charge.user, &self.charge.key);
+        self.ledger.release(self.charge);
     }
 }

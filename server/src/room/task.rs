@@ -17,7 +17,7 @@ use super::history::HistoryLog;
 use super::likes::LikeCounter;
 use super::registry::{RoomStats, Rooms};
 use super::state::{ChatOutcome, RoomLimits, RoomState};
-use crate::cluster::FleetCounts;
+use crate::cluster::{FleetCounts, LikesCounted};
 use crate::config::RoomConfig;
 use crate::metrics::Metrics;
 use crate::webhooks::{HookEvent, Hooks, LeaveReason};
@@ -108,7 +108,7 @@ pub(super) async fn run_room(
     let mut closed = false;
     // In a fleet: this node's users present and likes counted, reported
     // every second; the fleet's figures come back.
-    let (counts_tx, mut counts_rx) = mpsc::channel::<Result<FleetCounts, u64>>(1);
+    let (counts_tx, mut counts_rx) = mpsc::channel::<Result<FleetCounts, crate::cluster::FleetError>>(1);
     let mut report_at = following.as_ref().map(|_| Instant::now());
     debug!("room opened");
     loop {
@@ -163,24 +163,24 @@ pub(super) async fn run_room(
                 report_at = None;
                 if let Some(f) = &following {
                     let (fleet, room, tx) = (f.fleet.clone(), id.clone(), counts_tx.clone());
-                    let (present, likes, page) = (state.local_online(), state.likes_to_report(), state.local_page());
+                    let likes = LikesCounted { instance: epoch, total: state.likes_to_report() };
+                    let (present, page) = (state.local_online(), state.local_page());
                     tokio::spawn(async move {
-                        let counts = fleet.report(&room, present, likes, &page, ONLINE_TTL).await.map_err(|e| {
+                        let counts = fleet.report(&room, present, likes, &page, ONLINE_TTL).await;
+                        if let Err(e) = &counts {
                             debug!(error = %e, "online count and likes not reported");
-                            likes
-                        });
+                        }
                         let _ = tx.send(counts).await;
                     });
                 }
             }
             Some(counts) = counts_rx.recv() => {
-                match counts {
-                    Ok(c) => {
-                        state.set_fleet_others(c.others_online);
-                        state.set_fleet_likes(c.like_total);
-                        state.set_fleet_page(c.others_page);
-                    }
-                    Err(unreported) => state.likes_unreported(unreported),
+                // A report that failed changes nothing: the next one sends
+                // the like total again.
+                if let Ok(c) = counts {
+                    state.set_fleet_others(c.others_online);
+                    state.set_fleet_likes(c.like_total);
+                    state.set_fleet_page(c.others_page);
                 }
                 report_at = Some(Instant::now() + ONLINE_REPORT);
             }
@@ -208,7 +208,7 @@ pub(super) async fn run_room(
     }
     if let Some(f) = following {
         // Gone from here: the other nodes count no one of this room here.
-        let likes = state.likes_to_report();
+        let likes = LikesCounted { instance: epoch, total: state.likes_to_report() };
         let _ = f.fleet.report(&id, 0, likes, &[], ONLINE_TTL).await;
         if let Err(e) = f.fleet.unsubscribe(&id).await {
             debug!(error = %e, "room not unsubscribed");

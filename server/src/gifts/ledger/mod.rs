@@ -116,12 +116,12 @@ impl Ledger {
             }
             Self::Webhook(l) => bounded(l.debit(charge)).await,
             Self::Fleet(l) => {
-                let debited = bounded(l.debit(&charge.user, charge.amount, &charge.key, charge.now_ms)).await;
+                let debited = bounded(l.debit(&charge)).await;
                 if debited.is_err() {
                     // The script may have run and its answer been lost: the
                     // key is let go, so that the sender's retry sequences
                     // what was charged instead of waiting out the lease.
-                    self.release(&charge.user, &charge.key);
+                    self.release(&charge);
                 }
                 debited
             }
@@ -149,7 +149,7 @@ impl Ledger {
                 blocking(move || l.refund(&charge.user, &charge.key, charge.now_ms)).await
             }
             Self::Webhook(l) => bounded(l.refund(charge)).await,
-            Self::Fleet(l) => bounded(l.refund(&charge.user, &charge.key, charge.now_ms)).await,
+            Self::Fleet(l) => bounded(l.refund(&charge)).await,
         }
     }
 
@@ -173,15 +173,15 @@ impl Ledger {
     /// Ends a charge's time in flight without a receipt (its sender went
     /// away): the next send of its key sequences it. Harmless after a settle
     /// or a refund.
-    pub fn release(&self, user: &str, key: &str) {
+    pub fn release(&self, charge: &Charge) {
         match self {
-            Self::Embedded(l) => l.release(user, key),
-            Self::Webhook(l) => l.journal().release(user, key),
+            Self::Embedded(l) => l.release(&charge.user, &charge.key),
+            Self::Webhook(l) => l.journal().release(&charge.user, &charge.key),
             Self::Fleet(l) => {
                 // Called from a drop: the release goes on by itself, and if
                 // it never lands the key's lease runs out instead.
-                let (l, user, key) = (l.clone(), user.to_string(), key.to_string());
-                tokio::spawn(async move { bounded(l.release(&user, &key)).await });
+                let (l, charge) = (l.clone(), charge.clone());
+                tokio::spawn(async move { bounded(l.release(&charge)).await });
             }
         }
     }

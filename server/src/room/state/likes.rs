@@ -27,7 +27,7 @@ pub(super) struct LikePacer {
     /// as their slice of a round is served.
     pub(super) frame: Option<Bytes>,
     pub(super) version: u64,
-    /// In a fleet: this room's local total as last reported to the fleet,
+    /// In a fleet: this room's local total as the last report sent it,
     /// and the likes the rest of the fleet counted (the fleet's total less
     /// ours).
     reported: u64,
@@ -75,19 +75,11 @@ impl RoomState {
         }
     }
 
-    /// In a fleet: the likes counted here since the last report, now
-    /// counted as reported.
+    /// In a fleet: every like counted here, as the next report sends it.
     pub fn likes_to_report(&mut self) -> u64 {
         let total = self.likes.counter.total();
-        let delta = total.saturating_sub(self.likes.reported);
         self.likes.reported = total;
-        delta
-    }
-
-    /// In a fleet: a report of `delta` likes did not reach Redis; the next
-    /// report carries them.
-    pub fn likes_unreported(&mut self, delta: u64) {
-        self.likes.reported = self.likes.reported.saturating_sub(delta);
+        total
     }
 
     /// In a fleet: the room's like total across the fleet, as the last
