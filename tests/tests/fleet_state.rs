@@ -191,3 +191,54 @@ async fn mutes_and_bans_made_on_one_node_hold_on_every_node() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_in_flight_is_refunded_or_let_go_only_by_the_send_that_holds_it() {
+    use roomcast_server::cluster::{Fleet, FleetLedger, Options};
+    use roomcast_server::gifts::{Charge, DebitOutcome, Receipt};
+
+    let redis = RedisServer::start().await;
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let fleet = Fleet::connect(&Options::new(redis.url(), 100), tx, || {}).await.unwrap();
+    let ledger = FleetLedger::new(fleet, Duration::from_secs(3600));
+    assert_eq!(ledger.credit("gia", 100, 1).await.unwrap(), 100);
+    let charge = |key: &str, now_ms| Charge {
+        user: "gia".into(),
+        key: key.into(),
+        amount: 10,
+        room: "r".into(),
+        gift_id: "heart".into(),
+        count: 1,
+        now_ms,
+    };
+    let now = roomcast_protocol::unix_ms(std::time::SystemTime::now());
+    let first = charge("k1", now);
+    assert_eq!(ledger.debit(&first).await.unwrap(), DebitOutcome::Charged { balance: 90 });
+    // A repeat while the first send holds the key: accepted, nothing charged,
+    // no receipt yet.
+    let repeat = charge("k1", now + 5);
+    assert_eq!(ledger.debit(&repeat).await.unwrap(), DebitOutcome::Repeat { balance: 90, receipt: None });
+    // The repeat's refund or release changes nothing; the first's does.
+    assert_eq!(ledger.refund(&repeat).await.unwrap(), 90, "not the repeat's to refund");
+    ledger.release(&repeat).await.unwrap();
+    assert_eq!(ledger.debit(&repeat).await.unwrap(), DebitOutcome::Repeat { balance: 90, receipt: None });
+    assert_eq!(ledger.refund(&first).await.unwrap(), 100, "the first send's refund");
+
+    // Let go by its send: the next send of the key sequences it without a
+    // second charge, and its receipt answers every repeat after.
+    let second = charge("k2", now + 10);
+    assert_eq!(ledger.debit(&second).await.unwrap(), DebitOutcome::Charged { balance: 90 });
+    ledger.release(&second).await.unwrap();
+    let retry = charge("k2", now + 20);
+    assert_eq!(
+        ledger.debit(&retry).await.unwrap(),
+        DebitOutcome::Charged { balance: 90 },
+        "handed back, not charged"
+    );
+    let receipt = Receipt { seq: 7, message_id: "e-7".into(), combo_id: String::new(), combo_count: 1 };
+    ledger.settle("gia", "k2", &receipt).await.unwrap();
+    assert_eq!(
+        ledger.debit(&charge("k2", now + 30)).await.unwrap(),
+        DebitOutcome::Repeat { balance: 90, receipt: Some(receipt) }
+    );
+}
