@@ -138,6 +138,11 @@ pub async fn serve_with_drain(
             Some(archive)
         }
     };
+    // Where clients reach this node, as the platform is told.
+    let advertise = config.fleet.advertise.clone().unwrap_or_else(|| match endpoint.local_addr() {
+        Ok(a) if !a.ip().is_unspecified() => a.to_string(),
+        _ => String::new(),
+    });
     let (tx, mut deliveries) = tokio::sync::mpsc::channel(cluster::DELIVERY_QUEUE);
     let fleet = match &config.redis {
         None => None,
@@ -148,6 +153,7 @@ pub async fn serve_with_drain(
                 cluster: config.fleet.cluster,
                 history_len: config.room.history_len,
                 unreachable_after: Duration::from_millis(config.fleet.unreachable_after_ms),
+                advertise: advertise.clone(),
             };
             let fleet = cluster::Fleet::connect(&options, tx, move || {
                 dropped.inc();
@@ -203,7 +209,7 @@ pub async fn serve_with_drain(
     endpoint.set_server_config(Some(server_config));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(());
     if let Some(listener) = admin_listener {
-        let state = admin::AdminState::new(
+        let mut state = admin::AdminState::new(
             &shared.config,
             shared.rooms.clone(),
             shared.moderation.clone(),
@@ -212,6 +218,7 @@ pub async fn serve_with_drain(
             shared.gifts.clone(),
             shared.quizzes.clone(),
         )?;
+        state.advertise = advertise.as_str().into();
         let mut stop_rx = stop_tx.subscribe();
         let stopped = async move {
             let _ = stop_rx.changed().await;

@@ -119,6 +119,24 @@ async fn a_rooms_like_total_and_viewer_page_span_every_node() {
     let mut page: Vec<&str> = joined.viewers.iter().map(|u| u.user_id.as_str()).collect();
     page.sort_unstable();
     assert_eq!(page, ["ann", "bob", "cy"], "A's ann on B's page");
+
+    // The platform asks which nodes carry the room, busiest first, to send
+    // its next viewers there.
+    let want = serde_json::json!([
+        {"address": b.addr.to_string(), "online": 2},
+        {"address": a.addr.to_string(), "online": 1},
+    ]);
+    let mut nodes = serde_json::Value::Null;
+    for _ in 0..50 {
+        let answer = a.admin("GET", "/v1/rooms/hearts/nodes", None).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        nodes = serde_json::from_str::<serde_json::Value>(&answer.body).unwrap()["nodes"].clone();
+        if nodes == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(nodes, want);
     a.stop().await;
     b.stop().await;
 }
@@ -241,4 +259,17 @@ async fn a_charge_in_flight_is_refunded_or_let_go_only_by_the_send_that_holds_it
         ledger.debit(&charge("k2", now + 30)).await.unwrap(),
         DebitOutcome::Repeat { balance: 90, receipt: Some(receipt) }
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_names_itself_as_the_rooms_node() {
+    let node = TestServer::start().await;
+    let (ann, _e) = node.connect("ann", Role::Viewer).await;
+    ann.join("solo").await.unwrap();
+    let answer = node.admin("GET", "/v1/rooms/solo/nodes", None).await;
+    let nodes = serde_json::from_str::<serde_json::Value>(&answer.body).unwrap()["nodes"].clone();
+    assert_eq!(nodes, serde_json::json!([{"address": node.addr.to_string(), "online": 1}]));
+    let none = node.admin("GET", "/v1/rooms/nowhere/nodes", None).await;
+    assert!(none.body.contains(r#""nodes":[]"#), "{}", none.body);
+    node.stop().await;
 }

@@ -72,6 +72,8 @@ pub struct AdminState {
     pub gifts: Arc<crate::gifts::Gifts>,
     /// The live quizzes the API runs.
     pub quizzes: Arc<crate::quiz::Quizzes>,
+    /// The address clients reach this node at (empty if unknown).
+    pub advertise: Arc<str>,
 }
 
 impl AdminState {
@@ -97,6 +99,7 @@ impl AdminState {
             max_body_bytes: config.admin.max_body_bytes,
             gifts,
             quizzes,
+            advertise: Arc::from(""),
         })
     }
 }
@@ -107,6 +110,7 @@ fn routes() -> (OpenApiRouter<AdminState>, OpenApiRouter<AdminState>) {
     let protected = OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(rooms::list))
         .routes(routes!(rooms::info))
+        .routes(routes!(rooms::nodes))
         .routes(routes!(rooms::history))
         .routes(routes!(rooms::ranking))
         .routes(routes!(rooms::open))

@@ -27,6 +27,7 @@ pub use ledger::FleetLedger;
 pub use quiz::Revealed;
 pub use sanctions::{RELOAD_EVERY, SanctionAction, SanctionChange};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -84,6 +85,15 @@ pub struct LikesCounted {
     pub total: u64,
 }
 
+/// A node that carries a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomNode {
+    /// Where clients reach it (empty if it does not say).
+    pub address: String,
+    /// The room's users present there.
+    pub online: u64,
+}
+
 /// A room's figures across the fleet, as a report returns them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetCounts {
@@ -136,12 +146,21 @@ pub struct Options {
     pub history_len: usize,
     /// How long Redis may go unanswered before the node refuses joins.
     pub unreachable_after: Duration,
+    /// The address clients reach this node at, named to the platform with
+    /// the rooms it carries (`Fleet::room_nodes`); empty if unknown.
+    pub advertise: String,
 }
 
 impl Options {
     /// A single Redis at `url`, with the defaults.
     pub fn new(url: impl Into<String>, history_len: usize) -> Self {
-        Self { redis: url.into(), cluster: false, history_len, unreachable_after: Duration::from_secs(3) }
+        Self {
+            redis: url.into(),
+            cluster: false,
+            history_len,
+            unreachable_after: Duration::from_secs(3),
+            advertise: String::new(),
+        }
     }
 }
 
@@ -165,6 +184,8 @@ pub struct Fleet {
     reveals: Arc<quiz::RevealWatches>,
     /// Numbers this node's script calls, for `done_key`.
     calls: Arc<AtomicU64>,
+    /// The address clients reach this node at (see [`Options::advertise`]).
+    advertise: Arc<str>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -244,6 +265,7 @@ impl Fleet {
             answers,
             reveals: Arc::default(),
             calls: Arc::new(AtomicU64::new(1)),
+            advertise: options.advertise.as_str().into(),
         };
         tokio::spawn(quiz::run_batcher(fleet.clone(), answers_rx));
         Ok(fleet)
@@ -332,6 +354,7 @@ impl Fleet {
             .key(format!("rc:{{{r}}}:online:exp"))
             .key(format!("rc:{{{r}}}:likes"))
             .key(format!("rc:{{{r}}}:page"))
+            .key(format!("rc:{{{r}}}:addr"))
             .arg(&*self.node)
             .arg(present)
             .arg(now)
@@ -340,6 +363,7 @@ impl Fleet {
             .arg(likes.total)
             .arg(LIKES_TTL.as_millis() as u64)
             .arg(page)
+            .arg(&*self.advertise)
             .invoke_async(&mut conn)
             .await
             .map(|(others_online, like_total, pages): (u64, u64, Vec<String>)| FleetCounts {
@@ -354,6 +378,32 @@ impl Fleet {
             })
             .map_err(FleetError::from);
         self.answered(counts)
+    }
+
+    /// The nodes that carry `room` now, by the address clients reach them
+    /// at, busiest first: where a platform sends the room's next viewers,
+    /// so that a room stays on as few nodes as its viewers need.
+    pub async fn room_nodes(&self, room: &RoomId) -> Result<Vec<RoomNode>, FleetError> {
+        let r = room.as_str();
+        let now = roomcast_protocol::unix_ms(std::time::SystemTime::now());
+        let mut conn = self.link.conn().await?;
+        let (online, addrs, live): (HashMap<String, u64>, HashMap<String, String>, Vec<String>) =
+            redis::pipe()
+                .hgetall(format!("rc:{{{r}}}:online"))
+                .hgetall(format!("rc:{{{r}}}:addr"))
+                .zrangebyscore(format!("rc:{{{r}}}:online:exp"), now, "+inf")
+                .query_async(&mut conn)
+                .await?;
+        self.link.answered();
+        let mut nodes: Vec<RoomNode> = live
+            .iter()
+            .filter_map(|node| {
+                let online = *online.get(node)?;
+                Some(RoomNode { address: addrs.get(node).cloned().unwrap_or_default(), online })
+            })
+            .collect();
+        nodes.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.address.cmp(&b.address)));
+        Ok(nodes)
     }
 
     /// `room`'s epoch, the same on every node: `proposal` if the room has

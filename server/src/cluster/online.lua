@@ -8,6 +8,7 @@
 -- KEYS[2]  rc:{ROOM}:online:exp   sorted set: node -> when its entry expires (ms)
 -- KEYS[3]  rc:{ROOM}:likes        hash: room instance -> the likes it counted
 -- KEYS[4]  rc:{ROOM}:page         hash: node -> the first page of its users (JSON)
+-- KEYS[5]  rc:{ROOM}:addr         hash: node -> the address clients reach it at
 -- ARGV[1]  this node's id
 -- ARGV[2]  users present here (0 removes the entry)
 -- ARGV[3]  now, ms since the epoch
@@ -18,6 +19,7 @@
 --          counts nothing twice
 -- ARGV[7]  time to live of the like totals, ms (renewed by every report)
 -- ARGV[8]  the first page of this node's users (JSON)
+-- ARGV[9]  the address clients reach this node at ('' if none is known)
 -- Returns { users present on the other nodes, the room's like total, the
 -- other nodes' pages }.
 
@@ -25,15 +27,18 @@ local now = tonumber(ARGV[3])
 for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('HDEL', KEYS[1], node)
   redis.call('HDEL', KEYS[4], node)
+  redis.call('HDEL', KEYS[5], node)
   redis.call('ZREM', KEYS[2], node)
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   redis.call('HSET', KEYS[4], ARGV[1], ARGV[8])
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[9])
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
 else
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[4], ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
 local others = 0
@@ -53,6 +58,7 @@ end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
 redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[4]) * 2)
+redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[4]) * 2)
 if tonumber(ARGV[6]) > tonumber(redis.call('HGET', KEYS[3], ARGV[5]) or '0') then
   redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
 end

@@ -200,10 +200,14 @@ pub struct FleetConfig {
     /// joins (`UNAVAILABLE`) rather than accept members it cannot sequence
     /// for; joins are taken again as soon as it answers.
     pub unreachable_after_ms: u64,
+    /// The address clients reach this node at (`host:port`), which the
+    /// admin API names with the rooms it carries. Default: the address the
+    /// node listens on, unless that is a wildcard.
+    pub advertise: Option<String>,
 }
 
 impl Default for FleetConfig {
     fn default() -> Self {
-        Self { cluster: false, unreachable_after_ms: 3_000 }
+        Self { cluster: false, unreachable_after_ms: 3_000, advertise: None }
     }
 }
