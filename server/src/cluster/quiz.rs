@@ -12,13 +12,13 @@
 //!   crowd.
 //! * Every node learns of a reveal from the room's sequenced `QuizResult`,
 //!   wakes its players' sessions ([`Fleet::quiz_revealed`]), and each reads
-//!   its own verdict.
+//!   its own verdict, through the same batcher (one `HMGET` per batch).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::{AsyncCommands, Script, Value};
+use redis::{Script, Value};
 use roomcast_protocol::{RoomId, v1};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -365,10 +365,13 @@ impl Fleet {
         index: u32,
         user: &str,
     ) -> Option<v1::QuizVerdict> {
-        let key = format!("{}:v:{index}", meta_key(room));
-        let mut conn = self.link.conn().await.ok()?;
-        let v: Option<String> = conn.hget(key, user).await.ok()?;
-        let fields: Vec<u32> = v?.split(',').filter_map(|f| f.parse().ok()).collect();
+        // Through the batcher: a reveal wakes every player's session here at
+        // once, and their reads go out together, one HMGET per batch.
+        let (reply, read) = oneshot::channel();
+        let ask = VerdictAsk { room: room.clone(), index, user: user.to_string(), reply };
+        self.answers.try_send(Job::Verdict(ask)).ok()?;
+        let v = read.await.ok()??;
+        let fields: Vec<u32> = v.split(',').filter_map(|f| f.parse().ok()).collect();
         let [correct, still_in, revive_used, revives_left] = fields[..] else { return None };
         Some(v1::QuizVerdict {
             room: room.to_string(),
@@ -411,7 +414,7 @@ impl Fleet {
             reply,
         };
         self.answers
-            .try_send(answer)
+            .try_send(Job::Answer(answer))
             .map_err(|_| QuizError::Unavailable("too many answers waiting for the fleet's Redis".into()))?;
         answered.await.map_err(|_| QuizError::Unavailable("the answer batcher stopped".into()))?
     }
@@ -427,11 +430,25 @@ pub(super) struct Answer {
     reply: oneshot::Sender<Result<(AnswerOutcome, u32), QuizError>>,
 }
 
-/// The node's answer batcher: the sending end sessions use.
-pub(super) type AnswerBatcher = mpsc::Sender<Answer>;
+/// One player's verdict to read.
+pub(super) struct VerdictAsk {
+    room: RoomId,
+    index: u32,
+    user: String,
+    reply: oneshot::Sender<Option<String>>,
+}
 
-/// Starts the batcher task over `fleet`'s link.
-pub(super) fn start_batcher() -> (AnswerBatcher, mpsc::Receiver<Answer>) {
+/// What sessions hand the batcher.
+pub(super) enum Job {
+    Answer(Answer),
+    Verdict(VerdictAsk),
+}
+
+/// The node's batcher: the sending end sessions use.
+pub(super) type AnswerBatcher = mpsc::Sender<Job>;
+
+/// The batcher's channel.
+pub(super) fn start_batcher() -> (AnswerBatcher, mpsc::Receiver<Job>) {
     mpsc::channel(ANSWER_QUEUE)
 }
 
@@ -440,10 +457,11 @@ pub(super) fn start_batcher() -> (AnswerBatcher, mpsc::Receiver<Answer>) {
 /// connection.
 const CALLS_IN_FLIGHT: usize = 4;
 
-/// The batcher: what has queued goes to Redis per room, at most
-/// [`MAX_ANSWERS`] per call and [`CALLS_IN_FLIGHT`] calls at once.
-pub(super) async fn run_batcher(fleet: Fleet, mut rx: mpsc::Receiver<Answer>) {
-    let mut queued: Vec<Answer> = Vec::new();
+/// The batcher: what has queued goes to Redis per room (answers) or per
+/// question (verdict reads), at most [`MAX_ANSWERS`] per call and
+/// [`CALLS_IN_FLIGHT`] calls at once.
+pub(super) async fn run_batcher(fleet: Fleet, mut rx: mpsc::Receiver<Job>) {
+    let mut queued: Vec<Job> = Vec::new();
     let mut calls = tokio::task::JoinSet::new();
     loop {
         while calls.len() >= CALLS_IN_FLIGHT {
@@ -457,12 +475,43 @@ pub(super) async fn run_batcher(fleet: Fleet, mut rx: mpsc::Receiver<Answer>) {
             break;
         }
         let mut by_room: HashMap<RoomId, Vec<Answer>> = HashMap::new();
-        for a in queued.drain(..) {
-            by_room.entry(a.room.clone()).or_default().push(a);
+        let mut by_question: HashMap<(RoomId, u32), Vec<VerdictAsk>> = HashMap::new();
+        for job in queued.drain(..) {
+            match job {
+                Job::Answer(a) => by_room.entry(a.room.clone()).or_default().push(a),
+                Job::Verdict(v) => by_question.entry((v.room.clone(), v.index)).or_default().push(v),
+            }
         }
         for (room, chunk) in by_room {
             let fleet = fleet.clone();
             calls.spawn(async move { check(&fleet, &room, chunk).await });
+        }
+        for ((room, index), asks) in by_question {
+            let fleet = fleet.clone();
+            calls.spawn(async move { read_verdicts(&fleet, &room, index, asks).await });
+        }
+    }
+}
+
+/// Reads the verdicts `asks` want in one HMGET; a failed read gives none.
+async fn read_verdicts(fleet: &Fleet, room: &RoomId, index: u32, asks: Vec<VerdictAsk>) {
+    let key = format!("{}:v:{index}", meta_key(room));
+    let users: Vec<&str> = asks.iter().map(|a| a.user.as_str()).collect();
+    let read = async {
+        let mut conn = fleet.link.conn().await?;
+        let v: Vec<Option<String>> = redis::cmd("HMGET").arg(&key).arg(&users).query_async(&mut conn).await?;
+        Ok::<_, FleetError>(v)
+    };
+    match read.await {
+        Ok(values) if values.len() == asks.len() => {
+            for (ask, v) in asks.into_iter().zip(values) {
+                let _ = ask.reply.send(v);
+            }
+        }
+        _ => {
+            for ask in asks {
+                let _ = ask.reply.send(None);
+            }
         }
     }
 }
