@@ -439,9 +439,17 @@ async fn in_a_fleet_quiz_nudges_name_the_number_redis_gave_the_question() {
 
     let redis = RedisServer::start().await;
     let url = redis.url();
-    let node = TestServer::start_with(move |c| c.redis = Some(url)).await;
+    let node = TestServer::start_with({
+        let url = url.clone();
+        move |c| c.redis = Some(url)
+    })
+    .await;
+    let other = TestServer::start_with(move |c| c.redis = Some(url)).await;
     let mut raw = node.raw_session("raw", Role::Viewer).await;
     raw.join(2, v1::Join { room: "quiz".into(), ..Default::default() }).await;
+    // A member on another node, where the question was not started.
+    let mut far = other.raw_session("far", Role::Viewer).await;
+    far.join(2, v1::Join { room: "quiz".into(), ..Default::default() }).await;
     let created = node.admin("POST", "/v1/rooms/quiz/quiz", Some(r#"{"rounds": 1}"#)).await;
     assert_eq!(created.status, 201, "{}", created.body);
     let question =
@@ -450,17 +458,24 @@ async fn in_a_fleet_quiz_nudges_name_the_number_redis_gave_the_question() {
     let started: serde_json::Value = serde_json::from_str(&started.body).unwrap();
     let seq = started["seq"].as_u64().unwrap();
     assert!(seq > 0);
-    let nudge = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let Ok(ServerDatagram::QuizNudge { seq, .. }) =
-                ServerDatagram::decode(raw.conn.read_datagram().await.unwrap())
-            {
-                return seq;
+    for session in [&raw, &far] {
+        let nudge = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Ok(ServerDatagram::QuizNudge { seq, .. }) =
+                    ServerDatagram::decode(session.conn.read_datagram().await.unwrap())
+                {
+                    return seq;
+                }
             }
-        }
-    })
-    .await
-    .expect("a nudge");
-    assert_eq!(nudge, seq);
+        })
+        .await
+        .expect("a nudge on both nodes");
+        assert_eq!(nudge, seq);
+    }
+    // A joiner on the other node gets the open question with its number.
+    let mut late = other.raw_session("late", Role::Viewer).await;
+    let joined = late.join(2, v1::Join { room: "quiz".into(), ..Default::default() }).await;
+    assert_eq!(joined.open_question.map(|e| e.seq), Some(seq));
     node.stop().await;
+    other.stop().await;
 }

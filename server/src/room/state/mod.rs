@@ -420,7 +420,7 @@ impl RoomState {
             // A retry of a message sent here is answered with its number.
             self.admission.numbered(&sender.user_id, id, event.seq, &event.message_id);
         }
-        self.quiz_numbered(&event);
+        self.quiz_ingested(&event, now);
         let subscribed = !self.roster.subscribers.is_empty();
         self.log.ingest(event, subscribed, now);
     }

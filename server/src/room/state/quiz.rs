@@ -65,20 +65,45 @@ impl RoomState {
         }
     }
 
-    /// In a fleet: the open question came back numbered; joiners and nudges
-    /// carry its number from now on.
-    pub(super) fn quiz_numbered(&mut self, event: &v1::RoomEvent) {
-        let Some(Kind::QuizQuestion(q)) = &event.kind else { return };
-        if let Some(open) = &mut self.quiz.open
-            && matches!(&open.event.kind, Some(Kind::QuizQuestion(o)) if o.question_id == q.question_id)
-        {
-            open.event = event.clone();
-            open.nudge = ServerDatagram::QuizNudge {
-                room: self.id.to_string(),
-                question_id: q.question_id.clone(),
-                seq: event.seq,
+    /// In a fleet: a quiz event came through the room's sequence. The open
+    /// question, this node's or another's, is the one joiners get and
+    /// members are nudged about, under the number Redis gave it; a result
+    /// closes it.
+    pub(super) fn quiz_ingested(&mut self, event: &v1::RoomEvent, now: Instant) {
+        match &event.kind {
+            Some(Kind::QuizQuestion(q)) => {
+                // Its window on this node's clock, from when it was sequenced.
+                let left = q.closes_at_ms.saturating_sub(event.server_time_ms);
+                let nudge = ServerDatagram::QuizNudge {
+                    room: self.id.to_string(),
+                    question_id: q.question_id.clone(),
+                    seq: event.seq,
+                }
+                .encode();
+                match &mut self.quiz.open {
+                    Some(open) if matches!(&open.event.kind, Some(Kind::QuizQuestion(o)) if o.question_id == q.question_id) =>
+                    {
+                        open.event = event.clone();
+                        open.nudge = nudge;
+                    }
+                    _ => {
+                        self.quiz.open = Some(Open {
+                            event: event.clone(),
+                            until: now + Duration::from_millis(left),
+                            next_nudge: now + NUDGE_INTERVAL,
+                            nudge,
+                        });
+                    }
+                }
             }
-            .encode();
+            Some(Kind::QuizResult(r))
+                if self.quiz.open.as_ref().is_some_and(
+                    |o| matches!(&o.event.kind, Some(Kind::QuizQuestion(q)) if q.question_id == r.question_id),
+                ) =>
+            {
+                self.quiz.open = None;
+            }
+            _ => {}
         }
     }
 
