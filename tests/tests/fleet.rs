@@ -444,6 +444,7 @@ async fn in_a_fleet_quiz_nudges_name_the_number_redis_gave_the_question() {
         move |c| c.redis = Some(url)
     })
     .await;
+    let url_third = url.clone();
     let other = TestServer::start_with(move |c| c.redis = Some(url)).await;
     let mut raw = node.raw_session("raw", Role::Viewer).await;
     raw.join(2, v1::Join { room: "quiz".into(), ..Default::default() }).await;
@@ -476,6 +477,12 @@ async fn in_a_fleet_quiz_nudges_name_the_number_redis_gave_the_question() {
     let mut late = other.raw_session("late", Role::Viewer).await;
     let joined = late.join(2, v1::Join { room: "quiz".into(), ..Default::default() }).await;
     assert_eq!(joined.open_question.map(|e| e.seq), Some(seq));
+    // So does a joiner on a node whose room begins to follow mid-question.
+    let third = TestServer::start_with(move |c| c.redis = Some(url_third)).await;
+    let mut latest = third.raw_session("latest", Role::Viewer).await;
+    let joined = latest.join(2, v1::Join { room: "quiz".into(), ..Default::default() }).await;
+    assert_eq!(joined.open_question.map(|e| e.seq), Some(seq), "caught up from the stream");
     node.stop().await;
     other.stop().await;
+    third.stop().await;
 }

@@ -186,7 +186,8 @@ pub(super) async fn follow(
     let last = fleet.current_seq(room).await?;
     let from = last.saturating_sub(recent as u64) + 1;
     let events = if last > 0 { fleet.replay(room, from, last).await? } else { Vec::new() };
-    state.join_fleet(last, epoch, events, tokio::time::Instant::now());
+    let now_ms = roomcast_protocol::unix_ms(std::time::SystemTime::now());
+    state.join_fleet(last, epoch, events, tokio::time::Instant::now(), now_ms);
     debug!(last, epoch, "room follows the fleet");
     Ok(Following {
         fleet: fleet.clone(),

@@ -394,9 +394,17 @@ impl RoomState {
     /// In a fleet: this room follows the fleet's sequence from `last`
     /// (with `recent`, its newest events, as history) and numbers nothing
     /// itself.
-    pub fn join_fleet(&mut self, last: u64, epoch: u64, recent: Vec<v1::RoomEvent>, now: Instant) {
+    pub fn join_fleet(
+        &mut self,
+        last: u64,
+        epoch: u64,
+        recent: Vec<v1::RoomEvent>,
+        now: Instant,
+        now_ms: u64,
+    ) {
         self.log.join_fleet(recent.first().map_or(last, |e| e.seq.saturating_sub(1)), epoch);
         for e in recent {
+            self.quiz_caught_up(&e, now, now_ms);
             self.log.ingest(e, false, now);
         }
         self.log.join_fleet(last, epoch);

@@ -107,6 +107,24 @@ impl RoomState {
         }
     }
 
+    /// In a fleet, a room catching up on its recent events when it begins
+    /// to follow: a question whose answers are still open at `now_ms` (wall
+    /// clock) is the open one; a result closes it.
+    pub(super) fn quiz_caught_up(&mut self, event: &v1::RoomEvent, now: Instant, now_ms: u64) {
+        match &event.kind {
+            Some(Kind::QuizQuestion(q)) if q.closes_at_ms > now_ms => {
+                // Judged by the wall clock, not by when it was sequenced.
+                let caught_up = v1::RoomEvent { server_time_ms: now_ms, ..event.clone() };
+                self.quiz_ingested(&caught_up, now);
+                if let Some(open) = &mut self.quiz.open {
+                    open.event = event.clone();
+                }
+            }
+            Some(Kind::QuizResult(_)) => self.quiz_ingested(event, now),
+            _ => {}
+        }
+    }
+
     /// The open question's event, for a member joining now.
     pub(super) fn open_question(&self, now: Instant) -> Option<v1::RoomEvent> {
         self.quiz.open.as_ref().filter(|o| now < o.until).map(|o| o.event.clone())
