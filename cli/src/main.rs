@@ -25,6 +25,11 @@ struct Cli {
     /// Server address (UDP).
     #[arg(long, env = "ROOMCAST_SERVER", default_value = "127.0.0.1:4433", global = true)]
     server: SocketAddr,
+    /// Another node of the fleet to reconnect to when the server drains or
+    /// dies (repeatable); trust them all, e.g. with --ca holding each one's
+    /// certificate.
+    #[arg(long = "alternate", global = true)]
+    alternates: Vec<SocketAddr>,
     /// Connection token (mint one with `roomcast-server token --user NAME`).
     #[arg(long, env = "ROOMCAST_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -174,6 +179,7 @@ async fn main() -> Result<()> {
     };
     let mut config = ClientConfig::new(cli.server, token, cli.trust()?);
     config.server_name = cli.server_name.clone();
+    config.alternates = cli.alternates.clone();
     config.client_name = "roomcast-cli".into();
     let (client, mut events) = Client::connect(config).await.context("connecting")?;
     match cli.command {
