@@ -319,25 +319,25 @@ async fn a_nodes_online_entry_counts_until_it_stops_reporting() {
     let others = |c: roomcast_server::cluster::FleetCounts| c.others_online;
     // Each report carries the likes its room instance counted so far.
     let likes = |instance, total| roomcast_server::cluster::LikesCounted { instance, total };
-    assert_eq!(others(a.report(&room, 5, likes(1, 0), &[], ttl).await.unwrap()), 0);
-    assert_eq!(others(b.report(&room, 2, likes(1, 0), &[], ttl).await.unwrap()), 5, "B hears of A's five");
-    assert_eq!(others(a.report(&room, 4, likes(1, 0), &[], ttl).await.unwrap()), 2);
+    assert_eq!(others(a.report(&room, 5, likes(1, 0), &[], 0, ttl).await.unwrap()), 0);
+    assert_eq!(others(b.report(&room, 2, likes(1, 0), &[], 0, ttl).await.unwrap()), 5, "B hears of A's five");
+    assert_eq!(others(a.report(&room, 4, likes(1, 0), &[], 0, ttl).await.unwrap()), 2);
     // A dies: it reports no more, and its entry lapses.
     tokio::time::sleep(Duration::from_millis(1_700)).await;
-    assert_eq!(others(b.report(&room, 2, likes(1, 0), &[], ttl).await.unwrap()), 0);
+    assert_eq!(others(b.report(&room, 2, likes(1, 0), &[], 0, ttl).await.unwrap()), 0);
     assert_eq!(
-        others(a.report(&room, 0, likes(1, 0), &[], ttl).await.unwrap()),
+        others(a.report(&room, 0, likes(1, 0), &[], 0, ttl).await.unwrap()),
         2,
         "0 removes an entry without adding one"
     );
     // Likes add up across the nodes' room instances; a total sent twice
     // (a report repeated after a lost answer) counts once.
-    assert_eq!(a.report(&room, 1, likes(1, 30), &[], ttl).await.unwrap().like_total, 30);
-    assert_eq!(b.report(&room, 1, likes(1, 12), &[], ttl).await.unwrap().like_total, 42);
-    assert_eq!(a.report(&room, 1, likes(1, 30), &[], ttl).await.unwrap().like_total, 42);
-    assert_eq!(a.report(&room, 1, likes(1, 35), &[], ttl).await.unwrap().like_total, 47);
+    assert_eq!(a.report(&room, 1, likes(1, 30), &[], 0, ttl).await.unwrap().like_total, 30);
+    assert_eq!(b.report(&room, 1, likes(1, 12), &[], 0, ttl).await.unwrap().like_total, 42);
+    assert_eq!(a.report(&room, 1, likes(1, 30), &[], 0, ttl).await.unwrap().like_total, 42);
+    assert_eq!(a.report(&room, 1, likes(1, 35), &[], 0, ttl).await.unwrap().like_total, 47);
     // A room that closed and opened again on A keeps what it counted before.
-    assert_eq!(a.report(&room, 1, likes(2, 3), &[], ttl).await.unwrap().like_total, 50);
+    assert_eq!(a.report(&room, 1, likes(2, 3), &[], 0, ttl).await.unwrap().like_total, 50);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

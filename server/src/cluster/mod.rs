@@ -101,8 +101,9 @@ pub struct FleetCounts {
     pub others_online: u64,
     /// The room's like total, every node's counted likes included.
     pub like_total: u64,
-    /// The first page of the other nodes' users, node by node.
-    pub others_page: Vec<v1::User>,
+    /// The first page of the other nodes' users, node by node, when the
+    /// report asked for it.
+    pub others_page: Option<Vec<v1::User>>,
 }
 
 /// Events of one room as they arrived on its channel, in sequence order
@@ -333,13 +334,14 @@ impl Fleet {
     /// Reports `present` users of `room` on this node (and the first `page`
     /// of them), kept for `ttl` unless reported again, and the `likes` this
     /// room instance has counted so far; returns what the rest of the fleet
-    /// has.
+    /// has, with up to `pages` of the other nodes' pages.
     pub async fn report(
         &self,
         room: &RoomId,
         present: u64,
         likes: LikesCounted,
         page: &[v1::User],
+        pages: usize,
         ttl: Duration,
     ) -> Result<FleetCounts, FleetError> {
         let r = room.as_str();
@@ -364,17 +366,19 @@ impl Fleet {
             .arg(LIKES_TTL.as_millis() as u64)
             .arg(page)
             .arg(&*self.advertise)
+            .arg(pages)
             .invoke_async(&mut conn)
             .await
-            .map(|(others_online, like_total, pages): (u64, u64, Vec<String>)| FleetCounts {
+            .map(|(others_online, like_total, got): (u64, u64, Vec<String>)| FleetCounts {
                 others_online,
                 like_total,
-                others_page: pages
-                    .iter()
-                    .filter_map(|p| serde_json::from_str::<Vec<(String, String, i32)>>(p).ok())
-                    .flatten()
-                    .map(|(user_id, display_name, role)| v1::User { user_id, display_name, role })
-                    .collect(),
+                others_page: (pages > 0).then(|| {
+                    got.iter()
+                        .filter_map(|p| serde_json::from_str::<Vec<(String, String, i32)>>(p).ok())
+                        .flatten()
+                        .map(|(user_id, display_name, role)| v1::User { user_id, display_name, role })
+                        .collect()
+                }),
             })
             .map_err(FleetError::from);
         self.answered(counts)

@@ -20,6 +20,9 @@
 -- ARGV[7]  time to live of the like totals, ms (renewed by every report)
 -- ARGV[8]  the first page of this node's users (JSON)
 -- ARGV[9]  the address clients reach this node at ('' if none is known)
+-- ARGV[10] how many of the other nodes' pages to return (0: none; a node
+--          asks now and then, not every second, so that a room on many
+--          nodes does not read every page every second)
 -- Returns { users present on the other nodes, the room's like total, the
 -- other nodes' pages }.
 
@@ -49,10 +52,14 @@ for i = 1, #all, 2 do
   end
 end
 local pages = {}
-local all_pages = redis.call('HGETALL', KEYS[4])
-for i = 1, #all_pages, 2 do
-  if all_pages[i] ~= ARGV[1] then
-    pages[#pages + 1] = all_pages[i + 1]
+local want = tonumber(ARGV[10])
+if want > 0 then
+  local all_pages = redis.call('HGETALL', KEYS[4])
+  for i = 1, #all_pages, 2 do
+    if #pages >= want then break end
+    if all_pages[i] ~= ARGV[1] then
+      pages[#pages + 1] = all_pages[i + 1]
+    end
   end
 end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)

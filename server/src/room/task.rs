@@ -68,6 +68,11 @@ const ONLINE_REPORT: Duration = Duration::from_secs(1);
 /// How long a report counts: a node that stops reporting (it died) is out
 /// of the room's count within this.
 const ONLINE_TTL: Duration = Duration::from_secs(3);
+/// Every how many reports a room reads the other nodes' first pages of
+/// users (and at once while it has none).
+const PAGES_EVERY: u64 = 10;
+/// How many other nodes' pages it reads: enough to fill a joiner's page.
+const PAGES: usize = 4;
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
@@ -110,6 +115,7 @@ pub(super) async fn run_room(
     // every second; the fleet's figures come back.
     let (counts_tx, mut counts_rx) = mpsc::channel::<Result<FleetCounts, crate::cluster::FleetError>>(1);
     let mut report_at = following.as_ref().map(|_| Instant::now());
+    let mut reports = 0u64;
     debug!("room opened");
     loop {
         let now = Instant::now();
@@ -165,8 +171,11 @@ pub(super) async fn run_room(
                     let (fleet, room, tx) = (f.fleet.clone(), id.clone(), counts_tx.clone());
                     let likes = LikesCounted { instance: epoch, total: state.likes_to_report() };
                     let (present, page) = (state.local_online(), state.local_page());
+                    // The other nodes' pages now and then, not every second.
+                    reports += 1;
+                    let pages = if reports % PAGES_EVERY == 1 || !state.has_fleet_page() { PAGES } else { 0 };
                     tokio::spawn(async move {
-                        let counts = fleet.report(&room, present, likes, &page, ONLINE_TTL).await;
+                        let counts = fleet.report(&room, present, likes, &page, pages, ONLINE_TTL).await;
                         if let Err(e) = &counts {
                             debug!(error = %e, "online count and likes not reported");
                         }
@@ -180,7 +189,9 @@ pub(super) async fn run_room(
                 if let Ok(c) = counts {
                     state.set_fleet_others(c.others_online);
                     state.set_fleet_likes(c.like_total);
-                    state.set_fleet_page(c.others_page);
+                    if let Some(page) = c.others_page {
+                        state.set_fleet_page(page);
+                    }
                 }
                 report_at = Some(Instant::now() + ONLINE_REPORT);
             }
@@ -209,7 +220,7 @@ pub(super) async fn run_room(
     if let Some(f) = following {
         // Gone from here: the other nodes count no one of this room here.
         let likes = LikesCounted { instance: epoch, total: state.likes_to_report() };
-        let _ = f.fleet.report(&id, 0, likes, &[], ONLINE_TTL).await;
+        let _ = f.fleet.report(&id, 0, likes, &[], 0, ONLINE_TTL).await;
         if let Err(e) = f.fleet.unsubscribe(&id).await {
             debug!(error = %e, "room not unsubscribed");
         }

@@ -199,6 +199,11 @@ impl RoomState {
         self.roster.viewer_page()
     }
 
+    /// In a fleet: whether the other nodes' first pages are known.
+    pub fn has_fleet_page(&self) -> bool {
+        !self.fleet_page.is_empty()
+    }
+
     /// In a fleet: the first pages of the other nodes' users, which a
     /// joiner's page is filled up from after this node's own.
     pub fn set_fleet_page(&mut self, page: Vec<v1::User>) {
