@@ -117,6 +117,19 @@ impl TestServer {
         }
     }
 
+    /// A fleet node on the Redis at `redis`; with `secret`, it takes the
+    /// tokens another node signs (the platform's one secret).
+    pub async fn in_fleet(redis: &str, secret: Option<&str>) -> Self {
+        let (redis, secret) = (redis.to_string(), secret.map(str::to_string));
+        Self::start_with(move |c| {
+            c.redis = Some(redis);
+            if let Some(secret) = secret {
+                c.auth.hs256_secret = Some(secret);
+            }
+        })
+        .await
+    }
+
     /// Like [`TestServer::start_with`], on a runtime of its own, so that
     /// [`TestServer::kill`] can stop it the way a crash would.
     pub async fn start_killable_with(tweak: impl FnOnce(&mut Config) + Send + 'static) -> Self {

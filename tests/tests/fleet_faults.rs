@@ -57,12 +57,7 @@ async fn a_killed_nodes_viewers_resume_on_another_and_its_count_expires() {
         move |c| c.redis = Some(url)
     })
     .await;
-    let secret = a.secret.clone();
-    let b = TestServer::start_with(move |c| {
-        c.redis = Some(url);
-        c.auth.hs256_secret = Some(secret);
-    })
-    .await;
+    let b = TestServer::in_fleet(&url, Some(&a.secret)).await;
     // Vic moves to B when A dies, which the app's resolver names; Al does
     // not reconnect at all.
     let mut config =

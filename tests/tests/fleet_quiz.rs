@@ -49,18 +49,8 @@ async fn verdict(events: &mut Events) -> v1::QuizVerdict {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_on_every_node_answer_one_quiz_once_each_and_hear_their_verdicts() {
     let redis = RedisServer::start().await;
-    let url = redis.url();
-    let a = TestServer::start_with({
-        let url = url.clone();
-        move |c| c.redis = Some(url)
-    })
-    .await;
-    let secret = a.secret.clone();
-    let b = TestServer::start_with(move |c| {
-        c.redis = Some(url);
-        c.auth.hs256_secret = Some(secret);
-    })
-    .await;
+    let a = TestServer::in_fleet(&redis.url(), None).await;
+    let b = TestServer::in_fleet(&redis.url(), Some(&a.secret)).await;
     let connect =
         |node: &TestServer, user: &str| Client::connect(node.client_config(a.token(user, Role::Viewer)));
     let (host, _h) = Client::connect(a.client_config(a.token("hana", Role::Host))).await.unwrap();

@@ -18,18 +18,8 @@ const INSUFFICIENT: i32 = v1::GiftOutcome::InsufficientBalance as i32;
 /// Two fleet nodes on `redis` that take the same tokens (the platform's one
 /// secret): A's.
 async fn two_nodes(redis: &RedisServer) -> (TestServer, TestServer) {
-    let url = redis.url();
-    let a = TestServer::start_with({
-        let url = url.clone();
-        move |c| c.redis = Some(url)
-    })
-    .await;
-    let secret = a.secret.clone();
-    let b = TestServer::start_with(move |c| {
-        c.redis = Some(url);
-        c.auth.hs256_secret = Some(secret);
-    })
-    .await;
+    let a = TestServer::in_fleet(&redis.url(), None).await;
+    let b = TestServer::in_fleet(&redis.url(), Some(&a.secret)).await;
     (a, b)
 }
 
@@ -183,13 +173,7 @@ async fn mutes_and_bans_made_on_one_node_hold_on_every_node() {
     assert_eq!(troll.join("hall").await.unwrap_err().code(), Some(ErrorCode::Banned));
 
     // A node started later learns what is in force from Redis.
-    let url = redis.url();
-    let secret = a.secret.clone();
-    let c = TestServer::start_with(move |cfg| {
-        cfg.redis = Some(url);
-        cfg.auth.hs256_secret = Some(secret);
-    })
-    .await;
+    let c = TestServer::in_fleet(&redis.url(), Some(&a.secret)).await;
     let (late, _l) = on(&c, &a, "troll").await;
     let mut code = None;
     for _ in 0..50 {

@@ -27,6 +27,7 @@ pub mod dashboard;
 pub mod errors;
 pub mod messages;
 pub mod node;
+pub mod nodes;
 pub mod openapi;
 pub mod quiz;
 pub mod rooms;
@@ -110,7 +111,7 @@ fn routes() -> (OpenApiRouter<AdminState>, OpenApiRouter<AdminState>) {
     let protected = OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(rooms::list))
         .routes(routes!(rooms::info))
-        .routes(routes!(rooms::nodes))
+        .routes(routes!(nodes::nodes))
         .routes(routes!(rooms::history))
         .routes(routes!(rooms::ranking))
         .routes(routes!(rooms::open))

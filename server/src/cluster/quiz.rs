@@ -240,14 +240,7 @@ impl Fleet {
         let mut remaining = 0u64;
         let mut seen = std::collections::HashSet::new();
         loop {
-            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-                .arg(&players)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(REVEAL_PAGE)
-                .query_async(&mut conn)
-                .await
-                .map_err(FleetError::from)?;
+            let (next, page) = players_page(&mut conn, &players, cursor).await?;
             let candidates: Vec<(String, u32)> = page
                 .into_iter()
                 .filter_map(|(user, s)| match Standing::parse(&s) {
@@ -336,14 +329,7 @@ impl Fleet {
         let mut winners = std::collections::BTreeSet::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-                .arg(&players)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(REVEAL_PAGE)
-                .query_async(&mut conn)
-                .await
-                .map_err(FleetError::from)?;
+            let (next, page) = players_page(&mut conn, &players, cursor).await?;
             let still_in =
                 page.into_iter().filter(|(_, s)| matches!(Standing::parse(s), Standing::In { .. }));
             winners.extend(still_in.map(|(u, _)| u));
@@ -418,6 +404,16 @@ impl Fleet {
             .map_err(|_| QuizError::Unavailable("too many answers waiting for the fleet's Redis".into()))?;
         answered.await.map_err(|_| QuizError::Unavailable("the answer batcher stopped".into()))?
     }
+}
+
+/// One page of a quiz's players (user, standing) from `cursor`, and the
+/// cursor of the next (0: none).
+async fn players_page(
+    conn: &mut super::link::Conn,
+    players: &str,
+    cursor: u64,
+) -> Result<(u64, Vec<(String, String)>), FleetError> {
+    Ok(redis::cmd("HSCAN").arg(players).arg(cursor).arg("COUNT").arg(REVEAL_PAGE).query_async(conn).await?)
 }
 
 /// One answer waiting to be checked.
