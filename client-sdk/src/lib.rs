@@ -136,6 +136,13 @@ impl ClientConfig {
             stream_receive_window: None,
         }
     }
+
+    /// The QUIC and TLS configuration a connection with these options uses:
+    /// for a client that drives its own QUIC connections (the load
+    /// generator) and should look to the node exactly like this SDK.
+    pub fn quic_config(&self) -> Result<quinn::ClientConfig, Error> {
+        tls::client_config(self)
+    }
 }
 
 /// Something that happened on the connection.

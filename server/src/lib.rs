@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod config;
 mod connection;
 pub mod drain;
+pub mod edge;
 pub mod endpoint;
 pub mod gate;
 pub mod gifts;

@@ -85,6 +85,10 @@ pub(crate) struct BenchArgs {
     /// Connection attempts in flight at once while ramping up.
     #[arg(long, default_value_t = 256)]
     pub(crate) concurrency: usize,
+    /// What the watching viewers run on: the edge driver (many connections
+    /// per task, cheaper per delivery than the node) or SDK clients.
+    #[arg(long, value_enum, default_value = "edge")]
+    pub(crate) clients: Clients,
     /// UDP sockets the connections are spread over.
     #[arg(long, default_value_t = 8)]
     pub(crate) sockets: usize,
@@ -139,6 +143,13 @@ pub(crate) struct BenchArgs {
     /// Give up on the run after this many seconds in all.
     #[arg(long, default_value_t = 600.0)]
     pub(crate) timeout: f64,
+}
+
+/// What the watching viewers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Clients {
+    Edge,
+    Sdk,
 }
 
 /// Where the global client options point.

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use roomcast_client::v1;
 use tokio::sync::watch;
 
 /// Microseconds since the process started: publishers stamp it into the
@@ -56,12 +57,63 @@ pub(crate) struct Received {
     pub(crate) like_total: u64,
     /// When (see [`now_us`]) a quiz result arrived.
     pub(crate) quiz_result_at: Option<u64>,
+    /// The highest sequence number seen.
+    last: u64,
 }
 
 impl Received {
     /// A subscriber that joined after sequence number `base`.
     pub(crate) fn after(base: u64, host_only_latency: bool) -> Self {
-        Self { base, host_only_latency, ..Self::default() }
+        Self { base, host_only_latency, last: base, ..Self::default() }
+    }
+
+    /// Counts a sequenced event (`seq` >= 1) that arrived now. `split` is
+    /// the readers' split (see [`Readers::split_at`]).
+    pub(crate) fn take(&mut self, m: &v1::RoomEvent, split: u64) {
+        use v1::room_event::Kind;
+        let now = now_us();
+        if !self.mark(m.seq) {
+            self.duplicates += 1;
+            return;
+        }
+        if m.seq < self.last {
+            self.out_of_order += 1;
+        }
+        self.last = self.last.max(m.seq);
+        self.delivered += 1;
+        match m.kind {
+            // A quiz question's delivery counts from the split (the moment
+            // the run started it); a result's arrival is kept.
+            Some(Kind::QuizQuestion(_)) => {
+                if split != u64::MAX {
+                    self.latencies_after_split.push(now.saturating_sub(split));
+                }
+                return;
+            }
+            Some(Kind::QuizResult(_)) => {
+                self.quiz_result_at = Some(now);
+                return;
+            }
+            _ => {}
+        }
+        let counts = !self.host_only_latency || matches!(m.kind, Some(Kind::HostMessage(_)));
+        // A gift carries its send time in its media timestamp.
+        let stamp = match &m.kind {
+            Some(Kind::Gift(_)) => m.media_ts_ms,
+            Some(Kind::Chat(c)) => stamp_of(&c.text),
+            Some(Kind::HostMessage(h)) => stamp_of(&h.text),
+            Some(Kind::SystemNotice(n)) => stamp_of(&n.text),
+            _ => None,
+        };
+        if counts && let Some(sent) = stamp {
+            if sent >= split {
+                self.latencies_after_split.push(now.saturating_sub(sent));
+            } else {
+                self.latencies.push(now.saturating_sub(sent));
+            }
+            let wall_ms = roomcast_protocol::unix_ms(std::time::SystemTime::now());
+            self.fanout_latencies.push(wall_ms.saturating_sub(m.server_time_ms) * 1_000);
+        }
     }
 
     /// Records `seq` as seen; false if it was seen before (or is not after `base`).

@@ -30,6 +30,7 @@ mod scenarios;
 mod session;
 mod spawn;
 mod target;
+mod watchers;
 
 use std::sync::Arc;
 use std::time::Duration;

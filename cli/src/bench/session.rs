@@ -3,18 +3,21 @@
 //! them at the end of a run.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use anyhow::Result;
+
 use indicatif::ProgressBar;
-use roomcast_client::{Client, Event, Events, v1};
+use roomcast_client::{Client, Event, Events};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::args::BenchArgs;
-use super::delivery::{ReaderEnd, Readers, Received, now_us, stamp_of};
+use super::args::{BenchArgs, Clients};
+use super::delivery::{ReaderEnd, Readers, Received, now_us};
 use super::progress::bar;
-use super::target::Target;
+use super::target::{SOCKET_BUFFER, Target, any_addr};
+use super::watchers::{Dial, OpenOutcome, Viewer, Watchers};
 
 /// How a scenario opens its viewer sessions, built once per scenario: the
 /// node, how many handshakes may be in flight, which room each session
@@ -27,6 +30,9 @@ pub(crate) struct SessionPlan {
     slow: SlowEvery,
     host_only_latency: bool,
     readers: Readers,
+    /// Watchers on the edge driver (default) or on SDK clients.
+    clients: Clients,
+    sockets: usize,
 }
 
 /// The rooms a plan's sessions join.
@@ -101,6 +107,8 @@ impl SessionPlan {
             slow: SlowEvery::default(),
             host_only_latency: false,
             readers: Readers::new(),
+            clients: args.clients,
+            sockets: args.sockets,
         }
     }
 
@@ -165,17 +173,58 @@ impl SessionPlan {
             opened.add(done, &pb);
         }
         pb.finish_and_clear();
-        let mut reasons: Vec<(&String, usize)> = Vec::new();
-        for f in &opened.failures {
-            match reasons.iter_mut().find(|(r, _)| *r == f) {
-                Some((_, n)) => *n += 1,
-                None => reasons.push((f, 1)),
-            }
-        }
-        for (reason, n) in reasons {
-            eprintln!("{n} sessions failed: {reason}");
-        }
+        report_failures(&opened.failures);
         opened
+    }
+
+    /// Opens `n` viewers (user `{users}{i}`) that only watch their room,
+    /// on the edge driver unless `--clients sdk` asked for SDK clients.
+    pub(crate) async fn watch(&self, users: &str, n: usize) -> Result<Watching> {
+        if self.clients == Clients::Sdk {
+            return Ok(Watching::Sdk(self.open(users, n).await));
+        }
+        let template = self.target.config(&format!("{users}0"), "viewer");
+        let quic = template.quic_config()?;
+        let mut slow = template.clone();
+        slow.stream_receive_window = Some(16 * 1024);
+        let end = self.readers.end();
+        let opened = Arc::new(AtomicU64::new(0));
+        let dial = Dial {
+            server: self.target.addr,
+            server_name: template.server_name.clone(),
+            quic,
+            quic_slow: slow.quic_config()?,
+            client_name: template.client_name.clone(),
+            host_only_latency: self.host_only_latency,
+            split: end.split,
+            dropped: end.dropped,
+            opened: opened.clone(),
+        };
+        let viewers = (0..n)
+            .map(|i| Viewer {
+                index: i,
+                room: self.rooms.of(i),
+                token: self.target.token(&format!("{users}{i}"), "viewer"),
+                slow: self.slow.is_slow(i),
+            })
+            .collect();
+        let pb = bar(n as u64, "connecting");
+        let ticker = {
+            let (pb, opened) = (pb.clone(), opened.clone());
+            tokio::spawn(async move {
+                loop {
+                    pb.set_position(opened.load(Ordering::Relaxed));
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            })
+        };
+        let bind = any_addr(&self.target.addr);
+        let got = Watchers::open(dial, viewers, self.sockets, bind, SOCKET_BUFFER, self.concurrency).await;
+        ticker.abort();
+        pb.finish_and_clear();
+        let (watchers, outcome) = got?;
+        report_failures(&outcome.failures);
+        Ok(Watching::Edge(watchers, outcome))
     }
 
     /// Stops the readers, closes the sessions, and returns what each saw,
@@ -193,13 +242,66 @@ impl SessionPlan {
     }
 }
 
-fn event_text(e: &v1::RoomEvent) -> &str {
-    use v1::room_event::Kind;
-    match &e.kind {
-        Some(Kind::Chat(c)) => &c.text,
-        Some(Kind::HostMessage(h)) => &h.text,
-        Some(Kind::SystemNotice(n)) => &n.text,
-        _ => "",
+/// Prints how many sessions failed, by reason.
+fn report_failures(failures: &[String]) {
+    let mut reasons: Vec<(&String, usize)> = Vec::new();
+    for f in failures {
+        match reasons.iter_mut().find(|(r, _)| *r == f) {
+            Some((_, n)) => *n += 1,
+            None => reasons.push((f, 1)),
+        }
+    }
+    for (reason, n) in reasons {
+        eprintln!("{n} sessions failed: {reason}");
+    }
+}
+
+/// Viewers that watch a room, on either kind of client.
+pub(crate) enum Watching {
+    Sdk(Opened),
+    Edge(Watchers, OpenOutcome),
+}
+
+impl Watching {
+    pub(crate) fn failures(&self) -> &[String] {
+        match self {
+            Watching::Sdk(o) => &o.failures,
+            Watching::Edge(_, o) => &o.failures,
+        }
+    }
+
+    /// Each join's latency (connect to `Joined`), µs.
+    pub(crate) fn latencies(&self) -> &[u64] {
+        match self {
+            Watching::Sdk(o) => &o.latencies,
+            Watching::Edge(_, o) => &o.latencies,
+        }
+    }
+
+    /// Viewers that joined.
+    pub(crate) fn joined(&self) -> usize {
+        match self {
+            Watching::Sdk(o) => o.sessions.len(),
+            Watching::Edge(_, o) => o.joined,
+        }
+    }
+
+    pub(crate) async fn rx_counts(&self) -> RxCounts {
+        match self {
+            Watching::Sdk(o) => rx_counts(&o.sessions),
+            Watching::Edge(w, _) => w.rx_counts().await,
+        }
+    }
+
+    /// Stops and closes the viewers; what each saw, by index.
+    pub(crate) async fn finish(self, plan: &SessionPlan) -> Vec<(usize, Received)> {
+        match self {
+            Watching::Sdk(o) => plan.finish(o.sessions).await,
+            Watching::Edge(w, _) => {
+                plan.readers.stop();
+                w.finish().await
+            }
+        }
     }
 }
 
@@ -210,7 +312,6 @@ async fn read_events(mut events: Events, mut r: Received, slow: bool, end: Reade
         let _ = stop.wait_for(|s| *s).await;
         return r;
     }
-    let mut last = r.base;
     // One waiter on the stop signal for the whole run, not one registered
     // and dropped per event. It is looked at first: the run's end closes the
     // clients right after signalling stop, and the end of a session the
@@ -224,50 +325,7 @@ async fn read_events(mut events: Events, mut r: Received, slow: bool, end: Reade
             e = events.recv() => e,
         };
         match event {
-            Some(Event::Message(m)) if m.seq > 0 => {
-                let now = now_us();
-                if !r.mark(m.seq) {
-                    r.duplicates += 1;
-                    continue;
-                }
-                if m.seq < last {
-                    r.out_of_order += 1;
-                }
-                last = last.max(m.seq);
-                r.delivered += 1;
-                match m.kind {
-                    // A quiz question's delivery counts from the split (the
-                    // moment the run started it); a result's arrival is kept.
-                    Some(v1::room_event::Kind::QuizQuestion(_)) => {
-                        let started = split.load(Ordering::Relaxed);
-                        if started != u64::MAX {
-                            r.latencies_after_split.push(now.saturating_sub(started));
-                        }
-                        continue;
-                    }
-                    Some(v1::room_event::Kind::QuizResult(_)) => {
-                        r.quiz_result_at = Some(now);
-                        continue;
-                    }
-                    _ => {}
-                }
-                let counts =
-                    !r.host_only_latency || matches!(m.kind, Some(v1::room_event::Kind::HostMessage(_)));
-                // A gift carries its send time in its media timestamp.
-                let stamp = match m.kind {
-                    Some(v1::room_event::Kind::Gift(_)) => m.media_ts_ms,
-                    _ => stamp_of(event_text(&m)),
-                };
-                if counts && let Some(sent) = stamp {
-                    if sent >= split.load(Ordering::Relaxed) {
-                        r.latencies_after_split.push(now.saturating_sub(sent));
-                    } else {
-                        r.latencies.push(now.saturating_sub(sent));
-                    }
-                    let wall_ms = roomcast_protocol::unix_ms(std::time::SystemTime::now());
-                    r.fanout_latencies.push(wall_ms.saturating_sub(m.server_time_ms) * 1_000);
-                }
-            }
+            Some(Event::Message(m)) if m.seq > 0 => r.take(&m, split.load(Ordering::Relaxed)),
             Some(Event::Gap { from, to, .. }) => r.gaps += to - from + 1,
             Some(Event::Lagged { .. }) => r.lags += 1,
             Some(Event::LikeTotal { total, .. }) => r.like_total = r.like_total.max(total),

@@ -17,7 +17,7 @@ use super::report::Report;
 use super::spawn::{self, Spawned};
 
 /// Receive and send buffer of each of the generator's UDP sockets.
-const SOCKET_BUFFER: usize = 16 << 20;
+pub(crate) const SOCKET_BUFFER: usize = 16 << 20;
 
 /// A node to measure, and maybe one we started.
 pub(crate) struct Target {
@@ -49,7 +49,7 @@ struct Found {
 }
 
 /// The unspecified address of `server`'s family, port 0: where a client socket binds.
-fn any_addr(server: &SocketAddr) -> SocketAddr {
+pub(crate) fn any_addr(server: &SocketAddr) -> SocketAddr {
     let ip: std::net::IpAddr = if server.is_ipv6() {
         std::net::Ipv6Addr::UNSPECIFIED.into()
     } else {
@@ -134,7 +134,7 @@ impl Target {
         })
     }
 
-    fn token(&self, user: &str, role: &str) -> String {
+    pub(crate) fn token(&self, user: &str, role: &str) -> String {
         let exp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() + 24 * 3600)

@@ -130,9 +130,9 @@ async fn phase(fleet: &Fleet, args: &BenchArgs, layout: Layout) -> Result<Report
     report.add("node_b", fleet.b.addr.to_string());
     let plan_a = SessionPlan::new(&fleet.a, args, Rooms::One(room.clone()));
     let plan_b = SessionPlan::new(&fleet.b, args, Rooms::One(room.clone()));
-    let opened_a = plan_a.open(&format!("{label}-a-"), n_a).await;
-    let opened_b = plan_b.open(&format!("{label}-b-"), n_b).await;
-    report.add("connect_failures", opened_a.failures.len() + opened_b.failures.len());
+    let opened_a = plan_a.watch(&format!("{label}-a-"), n_a).await?;
+    let opened_b = plan_b.watch(&format!("{label}-b-"), n_b).await?;
+    report.add("connect_failures", opened_a.failures().len() + opened_b.failures().len());
     let publisher = fleet.a.host(&format!("{label}-publisher")).await?;
     publisher.join(&room).await.context("publisher join")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -159,8 +159,8 @@ async fn phase(fleet: &Fleet, args: &BenchArgs, layout: Layout) -> Result<Report
     let scripts1 = redis_scripts(fleet.redis_port).await;
     let a_cpu = usage.server.and_then(|s| cpu_between(Some(s), fleet.a.sample()));
 
-    let got_a = plan_a.finish(opened_a.sessions).await;
-    let got_b = plan_b.finish(opened_b.sessions).await;
+    let got_a = opened_a.finish(&plan_a).await;
+    let got_b = opened_b.finish(&plan_b).await;
     let all: Vec<&Received> = got_a.iter().chain(got_b.iter()).map(|(_, r)| r).collect();
     let deliveries: u64 = all.iter().map(|r| r.delivered).sum();
     let expected = published.seqs.len() as u64 * all.len() as u64;

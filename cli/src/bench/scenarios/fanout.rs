@@ -12,7 +12,7 @@ use crate::bench::proc::Usage;
 use crate::bench::progress::{bar, hold};
 use crate::bench::publish::publish;
 use crate::bench::report::{Report, round2};
-use crate::bench::session::{Rooms, SessionPlan, SlowEvery, rx_counts};
+use crate::bench::session::{Rooms, SessionPlan, SlowEvery};
 use crate::bench::target::Target;
 
 /// One fan-out run, `label`led, with `slow_share` of the subscribers not
@@ -39,21 +39,21 @@ pub(super) async fn run(
     let plan =
         SessionPlan::new(target, args, Rooms::One(room.clone())).with_slow(SlowEvery::share(slow_share));
     let rss_start = target.sample();
-    let opened = plan.open(&format!("{label}-sub-"), args.subscribers).await;
-    report.add("connect_failures", opened.failures.len());
+    let opened = plan.watch(&format!("{label}-sub-"), args.subscribers).await?;
+    report.add("connect_failures", opened.failures().len());
     let publisher = target.host(&format!("{label}-publisher")).await?;
     publisher.join(&room).await.context("publisher join")?;
     // Let the joins' side effects (entered notices, online counts) settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rx0 = rx_counts(&opened.sessions);
+    let rx0 = opened.rx_counts().await;
     let usage = Usage::start(target.pid.as_deref(), false);
     let pb = bar((args.rate * args.duration).round() as u64, "publishing");
     let published = publish(&publisher, &room, args.rate, args.size, args.duration, Some(&pb)).await;
     pb.finish_and_clear();
     hold(args.drain, "draining", String::new).await;
     let window = usage.server.map(|s| s.at.elapsed().as_secs_f64()).unwrap_or(args.duration + args.drain);
-    let rx1 = rx_counts(&opened.sessions);
-    let received = plan.finish(opened.sessions).await;
+    let rx1 = opened.rx_counts().await;
+    let received = opened.finish(&plan).await;
     let deliveries: u64 = received.iter().map(|(_, r)| r.delivered).sum();
     let healthy: Vec<&Received> =
         received.iter().filter(|(i, _)| !plan.is_slow(*i)).map(|(_, r)| r).collect();

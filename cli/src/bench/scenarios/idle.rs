@@ -27,14 +27,14 @@ pub(super) async fn run(target: &Arc<Target>, args: &BenchArgs) -> Result<Report
     let plan = SessionPlan::new(target, args, rooms);
     let before = target.sample();
     let started = Instant::now();
-    let opened = plan.open("idle-", args.connections).await;
+    let opened = plan.watch("idle-", args.connections).await?;
     let ramp = started.elapsed().as_secs_f64();
     report.add("ramp_s", round2(ramp));
-    report.add("connect_failures", opened.failures.len());
-    if let Some(f) = opened.failures.first() {
+    report.add("connect_failures", opened.failures().len());
+    if let Some(f) = opened.failures().first() {
         report.add("first_failure", f.clone());
     }
-    let held_at_start = opened.sessions.len();
+    let held_at_start = opened.joined();
     let after_ramp = target.sample();
     let usage = Usage::start(target.pid.as_deref(), false);
     hold(args.duration, "holding", || format!("{} dropped", plan.dropped())).await;
@@ -43,6 +43,6 @@ pub(super) async fn run(target: &Arc<Target>, args: &BenchArgs) -> Result<Report
     report.add("connections_dropped", plan.dropped());
     report.rss_per_connection(before, after_ramp, held_at_start);
     usage.finish(&mut report, None);
-    plan.finish(opened.sessions).await;
+    opened.finish(&plan).await;
     Ok(report)
 }

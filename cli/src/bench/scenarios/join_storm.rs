@@ -21,18 +21,18 @@ pub(super) async fn run(target: &Arc<Target>, args: &BenchArgs) -> Result<Report
     let plan = SessionPlan::new(target, args, Rooms::One(args.room.clone()));
     let usage = Usage::start(target.pid.as_deref(), false);
     let started = Instant::now();
-    let opened = plan.open("joiner-", args.connections).await;
+    let opened = plan.watch("joiner-", args.connections).await?;
     let wall = started.elapsed().as_secs_f64();
-    let ok = opened.sessions.len();
+    let ok = opened.joined();
     report.add("joined", ok);
-    report.add("failures", opened.failures.len());
-    if let Some(f) = opened.failures.first() {
+    report.add("failures", opened.failures().len());
+    if let Some(f) = opened.failures().first() {
         report.add("first_failure", f.clone());
     }
     report.add("wall_s", round2(wall));
     report.add("joins_per_s", round2(ok as f64 / wall.max(1e-9)));
-    report.latency_rows("join_", opened.latencies);
+    report.latency_rows("join_", opened.latencies().to_vec());
     usage.finish(&mut report, None);
-    plan.finish(opened.sessions).await;
+    opened.finish(&plan).await;
     Ok(report)
 }

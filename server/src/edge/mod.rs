@@ -1,0 +1,548 @@
+//! The transport edge: one task per UDP socket drives every QUIC connection
+//! on it through quinn-proto's state machines.
+//!
+//! [`Driver::run`] receives datagrams in batches (recvmmsg and GRO, through
+//! quinn-udp) and lets quinn-proto's `Endpoint` route each one to its
+//! connection by connection id, so a client whose address changes still
+//! reaches its connection. It hands each connection's events to a
+//! [`Handler`] (sans-IO: the handler reads and writes the connection's
+//! streams and datagrams and returns), polls transmits from the connections
+//! something happened to and sends them (GSO per connection), and keeps
+//! every connection's deadlines (quinn-proto's and the handler's own) in one
+//! heap. There is no task, channel, lock or transmit buffer per connection:
+//! a connection costs its quinn-proto state and the handler's.
+//!
+//! What reaches the driver from other tasks is a handler's `Command`, through
+//! one bounded queue per driver.
+
+mod timers;
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use quinn::udp::{RecvMeta, UdpSocketState};
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+
+use timers::Timers;
+
+pub use proto::{ConnectionHandle as ConnId, Dir, Event, StreamEvent, StreamId, VarInt};
+/// quinn-proto, whose `Connection` a handler drives.
+pub use quinn_proto as proto;
+
+/// Receive calls per turn of the loop before the connections it touched are
+/// driven (and their answers sent).
+const RECV_CALLS_PER_TURN: usize = 4;
+/// Bytes of one receive buffer: one GRO batch at most.
+const RECV_SLOT: usize = 64 * 1024;
+
+/// One connection as a handler sees it: quinn-proto's state machine, the
+/// handler's own state for it, and the time of this step.
+pub struct Link<'a, S> {
+    pub id: ConnId,
+    pub quic: &'a mut proto::Connection,
+    pub state: &'a mut S,
+    pub now: Instant,
+    wake: &'a mut Option<Instant>,
+}
+
+impl<S> Link<'_, S> {
+    /// Calls [`Handler::wake`] for this connection at `at` (replacing an
+    /// earlier request).
+    pub fn wake_at(&mut self, at: Instant) {
+        *self.wake = Some(at);
+    }
+}
+
+/// What a driver's owner does with the connections: the sans-IO half.
+pub trait Handler {
+    /// Per connection.
+    type State;
+    /// What other tasks send the driver.
+    type Command;
+
+    /// A client's first packet (servers only): `Some` accepts it with that
+    /// state, `None` refuses it (CONNECTION_REFUSED).
+    fn admit(&mut self, incoming: &proto::Incoming, now: Instant) -> Option<Self::State> {
+        let _ = (incoming, now);
+        None
+    }
+
+    /// An event of one connection.
+    fn event(&mut self, link: &mut Link<'_, Self::State>, event: Event);
+
+    /// The time asked for with [`Link::wake_at`] came.
+    fn wake(&mut self, link: &mut Link<'_, Self::State>) {
+        let _ = link;
+    }
+
+    /// A connection is gone (closed and drained); its state is handed back.
+    fn ended(&mut self, id: ConnId, state: Self::State, quic: &proto::Connection);
+
+    /// A command from another task. [`Flow::Stop`] ends the driver once what
+    /// the connections have to send is sent.
+    fn command(&mut self, core: &mut Core<Self::State>, command: Self::Command, now: Instant) -> Flow;
+
+    /// Called once per turn of the driver's loop, after the connections the
+    /// turn touched were driven: where a handler starts more work.
+    fn turn(&mut self, core: &mut Core<Self::State>, now: Instant) {
+        let _ = (core, now);
+    }
+}
+
+/// Whether a driver goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+struct Slot<S> {
+    quic: proto::Connection,
+    state: S,
+    /// The handler's wake-up.
+    wake: Option<Instant>,
+    /// The deadline last put in the heap: the earlier of quinn-proto's and the handler's.
+    deadline: Option<Instant>,
+    /// Queued in `Core::dirty`.
+    dirty: bool,
+    /// Queued in `Io::backlog`.
+    backlogged: bool,
+}
+
+/// The connections of one driver, and quinn-proto's endpoint that routes
+/// datagrams to them.
+pub struct Core<S> {
+    endpoint: proto::Endpoint,
+    server_config: Option<Arc<proto::ServerConfig>>,
+    conns: Vec<Option<Slot<S>>>,
+    live: usize,
+    timers: Timers,
+    /// Connections something happened to since they were last driven.
+    dirty: Vec<ConnId>,
+}
+
+impl<S> Core<S> {
+    /// Opens a connection to `server`; the handler hears of it from its
+    /// first event (`Connected`, or `ConnectionLost`).
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        config: proto::ClientConfig,
+        server: SocketAddr,
+        server_name: &str,
+        state: S,
+    ) -> Result<ConnId, proto::ConnectError> {
+        let (id, quic) = self.endpoint.connect(now, config, server, server_name)?;
+        self.insert(id, quic, state);
+        Ok(id)
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Every live connection and its state.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut proto::Connection, &mut S)> {
+        self.conns
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, slot)| slot.as_mut().map(|s| (ConnId(i), &mut s.quic, &mut s.state)))
+    }
+
+    /// Closes every connection with `code` and `reason`.
+    pub fn close_all(&mut self, now: Instant, code: VarInt, reason: &[u8]) {
+        let reason = bytes::Bytes::copy_from_slice(reason);
+        for i in 0..self.conns.len() {
+            if let Some(slot) = &mut self.conns[i] {
+                slot.quic.close(now, code, reason.clone());
+                self.mark(ConnId(i));
+            }
+        }
+    }
+
+    fn insert(&mut self, id: ConnId, quic: proto::Connection, state: S) {
+        if self.conns.len() <= id.0 {
+            self.conns.resize_with(id.0 + 1, || None);
+        }
+        self.conns[id.0] =
+            Some(Slot { quic, state, wake: None, deadline: None, dirty: false, backlogged: false });
+        self.live += 1;
+        self.mark(id);
+    }
+
+    fn mark(&mut self, id: ConnId) {
+        if let Some(Some(slot)) = self.conns.get_mut(id.0)
+            && !slot.dirty
+        {
+            slot.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+}
+
+/// The socket half of a driver: quinn-udp's state for it and the buffers.
+struct Io {
+    socket: tokio::net::UdpSocket,
+    udp: UdpSocketState,
+    recv_buf: Vec<u8>,
+    metas: Vec<RecvMeta>,
+    /// The transmit being sent; reused by every connection in turn.
+    send_buf: Vec<u8>,
+    /// A transmit the socket would not take yet, in `send_buf`.
+    blocked: Option<proto::Transmit>,
+    /// Connections that may have more to send once the socket takes it.
+    backlog: std::collections::VecDeque<ConnId>,
+    /// Endpoint responses (version negotiation, resets, refusals).
+    scratch: Vec<u8>,
+}
+
+/// One UDP socket's connections and the task that drives them.
+pub struct Driver<H: Handler> {
+    core: Core<H::State>,
+    handler: H,
+    io: Io,
+}
+
+impl<H: Handler> Driver<H> {
+    /// A driver on `socket` (bound, non-blocking or not). With a server
+    /// configuration it accepts the clients its handler admits.
+    pub fn new(
+        socket: std::net::UdpSocket,
+        server_config: Option<Arc<proto::ServerConfig>>,
+        handler: H,
+    ) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        let udp = UdpSocketState::new((&socket).into())?;
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let batch = quinn::udp::BATCH_SIZE.max(1);
+        let endpoint = proto::Endpoint::new(
+            Arc::new(proto::EndpointConfig::default()),
+            server_config.clone(),
+            true,
+            None,
+        );
+        Ok(Self {
+            core: Core {
+                endpoint,
+                server_config,
+                conns: Vec::new(),
+                live: 0,
+                timers: Timers::default(),
+                dirty: Vec::new(),
+            },
+            handler,
+            io: Io {
+                socket,
+                udp,
+                recv_buf: vec![0; RECV_SLOT * batch],
+                metas: vec![RecvMeta::default(); batch],
+                send_buf: Vec::with_capacity(64 * 1024),
+                blocked: None,
+                backlog: std::collections::VecDeque::new(),
+                scratch: Vec::new(),
+            },
+        })
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.socket.local_addr()
+    }
+
+    /// The connections and the handler, before the driver runs (to open
+    /// connections, for instance).
+    pub fn parts(&mut self) -> (&mut Core<H::State>, &mut H) {
+        (&mut self.core, &mut self.handler)
+    }
+
+    /// Drives the connections until the handler stops it (or `commands`
+    /// closes and no connection is left), then hands the handler back.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<H::Command>) -> H {
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        let mut commands_open = true;
+        let mut stopping = false;
+        loop {
+            let now = Instant::now();
+            self.expire(now);
+            self.drive_dirty(now);
+            if !stopping {
+                self.handler.turn(&mut self.core, now);
+                self.drive_dirty(now);
+            }
+            if stopping && self.io.blocked.is_none() {
+                return self.handler;
+            }
+            if !commands_open && self.core.is_empty() {
+                return self.handler;
+            }
+            let next = self.core.timers.next();
+            if next != armed {
+                if let Some(at) = next {
+                    sleep.as_mut().reset(at.into());
+                }
+                armed = next;
+            }
+            tokio::select! {
+                biased;
+                command = commands.recv(), if commands_open && !stopping => match command {
+                    Some(c) => {
+                        if self.handler.command(&mut self.core, c, Instant::now()) == Flow::Stop {
+                            stopping = true;
+                        }
+                    }
+                    None => commands_open = false,
+                },
+                ready = self.io.socket.writable(), if self.io.blocked.is_some() => {
+                    if ready.is_ok() {
+                        self.unblock();
+                    }
+                }
+                ready = self.io.socket.readable() => {
+                    if ready.is_ok() {
+                        self.receive(Instant::now());
+                    }
+                }
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket has (a few batches) and hands each datagram to
+    /// the endpoint.
+    fn receive(&mut self, now: Instant) {
+        for _ in 0..RECV_CALLS_PER_TURN {
+            let Io { socket, udp, recv_buf, metas, .. } = &mut self.io;
+            let (socket, udp) = (&*socket, &*udp);
+            let mut slices: Vec<IoSliceMut<'_>> =
+                recv_buf.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
+            let got = socket.try_io(Interest::READABLE, || udp.recv(socket.into(), &mut slices, metas));
+            drop(slices);
+            let n = match got {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive failed");
+                    return;
+                }
+            };
+            for i in 0..n {
+                let meta = self.io.metas[i];
+                let start = i * RECV_SLOT;
+                let mut data = BytesMut::from(&self.io.recv_buf[start..start + meta.len]);
+                let stride = meta.stride.max(1);
+                while !data.is_empty() {
+                    let datagram = data.split_to(stride.min(data.len()));
+                    self.datagram(now, &meta, datagram);
+                }
+            }
+        }
+    }
+
+    fn datagram(&mut self, now: Instant, meta: &RecvMeta, data: BytesMut) {
+        let ecn = meta.ecn.and_then(|e| proto::EcnCodepoint::from_bits(e as u8));
+        self.io.scratch.clear();
+        let event = self.core.endpoint.handle(now, meta.addr, meta.dst_ip, ecn, data, &mut self.io.scratch);
+        match event {
+            Some(proto::DatagramEvent::ConnectionEvent(id, event)) => {
+                if let Some(Some(slot)) = self.core.conns.get_mut(id.0) {
+                    slot.quic.handle_event(event);
+                    self.core.mark(id);
+                }
+            }
+            Some(proto::DatagramEvent::NewConnection(incoming)) => match self.handler.admit(&incoming, now) {
+                Some(state) => {
+                    let config = self.core.server_config.clone();
+                    match self.core.endpoint.accept(incoming, now, &mut self.io.scratch, config) {
+                        Ok((id, quic)) => self.core.insert(id, quic, state),
+                        Err(e) => {
+                            if let Some(t) = e.response {
+                                self.respond(&t);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let t = self.core.endpoint.refuse(incoming, &mut self.io.scratch);
+                    self.respond(&t);
+                }
+            },
+            Some(proto::DatagramEvent::Response(t)) => self.respond(&t),
+            None => {}
+        }
+    }
+
+    /// Sends an endpoint's own answer from `scratch`, best effort: a peer
+    /// that misses one asks again.
+    fn respond(&mut self, t: &proto::Transmit) {
+        let Io { socket, udp, scratch, .. } = &self.io;
+        let transmit = udp_transmit(t, &scratch[..t.size]);
+        let _ = socket.try_io(Interest::WRITABLE, || udp.send(socket.into(), &transmit));
+    }
+
+    /// Runs the connections whose deadline passed.
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, index)) = self.core.timers.pop_due(now) {
+            let Some(Some(slot)) = self.core.conns.get_mut(index) else { continue };
+            if slot.deadline != Some(at) {
+                continue;
+            }
+            slot.deadline = None;
+            slot.quic.handle_timeout(now);
+            if slot.wake.is_some_and(|w| w <= now) {
+                slot.wake = None;
+                let mut link = Link {
+                    id: ConnId(index),
+                    quic: &mut slot.quic,
+                    state: &mut slot.state,
+                    now,
+                    wake: &mut slot.wake,
+                };
+                self.handler.wake(&mut link);
+            }
+            self.core.mark(ConnId(index));
+        }
+        if self.core.timers.len() > 4 * self.core.live + 1024 {
+            let live = self
+                .core
+                .conns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().and_then(|s| s.deadline).map(|at| (at, i)));
+            let live: Vec<_> = live.collect();
+            self.core.timers.rebuild(live.into_iter());
+        }
+    }
+
+    fn drive_dirty(&mut self, now: Instant) {
+        while !self.core.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.core.dirty);
+            for id in &dirty {
+                self.drive(*id, now);
+            }
+            let mut reuse = dirty;
+            reuse.clear();
+            if self.core.dirty.is_empty() {
+                self.core.dirty = reuse;
+            }
+        }
+    }
+
+    /// One connection's step: its events to the endpoint and the handler,
+    /// its transmits to the socket, its next deadline to the heap.
+    fn drive(&mut self, id: ConnId, now: Instant) {
+        let Core { endpoint, conns, timers, live, .. } = &mut self.core;
+        let Some(Some(slot)) = conns.get_mut(id.0) else { return };
+        slot.dirty = false;
+        loop {
+            let mut progressed = false;
+            while let Some(event) = slot.quic.poll_endpoint_events() {
+                progressed = true;
+                if let Some(event) = endpoint.handle_event(id, event) {
+                    slot.quic.handle_event(event);
+                }
+            }
+            while let Some(event) = slot.quic.poll() {
+                progressed = true;
+                let mut link =
+                    Link { id, quic: &mut slot.quic, state: &mut slot.state, now, wake: &mut slot.wake };
+                self.handler.event(&mut link, event);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if self.io.blocked.is_none() {
+            let max = self.io.udp.max_gso_segments();
+            loop {
+                self.io.send_buf.clear();
+                let Some(t) = slot.quic.poll_transmit(now, max, &mut self.io.send_buf) else { break };
+                if !self.io.send(t) {
+                    break;
+                }
+            }
+        }
+        if self.io.blocked.is_some() && !slot.backlogged {
+            slot.backlogged = true;
+            self.io.backlog.push_back(id);
+        }
+        if slot.quic.is_drained() {
+            // The drained event went to the endpoint above, which let the handle go.
+            if let Some(slot) = conns[id.0].take() {
+                *live -= 1;
+                self.handler.ended(id, slot.state, &slot.quic);
+            }
+            return;
+        }
+        let deadline = match (slot.quic.poll_timeout(), slot.wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if deadline != slot.deadline {
+            slot.deadline = deadline;
+            if let Some(at) = deadline {
+                timers.push(at, id.0);
+            }
+        }
+    }
+
+    /// The socket takes sends again: the blocked transmit first, then the
+    /// connections that were waiting.
+    fn unblock(&mut self) {
+        if let Some(t) = self.io.blocked.take()
+            && !self.io.send(t)
+        {
+            return;
+        }
+        let now = Instant::now();
+        while self.io.blocked.is_none() {
+            let Some(id) = self.io.backlog.pop_front() else { break };
+            if let Some(Some(slot)) = self.core.conns.get_mut(id.0) {
+                slot.backlogged = false;
+            }
+            self.core.mark(id);
+            self.drive_dirty(now);
+        }
+    }
+}
+
+impl Io {
+    /// Sends the transmit in `send_buf`; false (and kept) if the socket is full.
+    fn send(&mut self, t: proto::Transmit) -> bool {
+        let transmit = udp_transmit(&t, &self.send_buf[..t.size]);
+        let (socket, udp) = (&self.socket, &self.udp);
+        match socket.try_io(Interest::WRITABLE, || udp.send(socket.into(), &transmit)) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.blocked = Some(t);
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "UDP send failed");
+                true
+            }
+        }
+    }
+}
+
+fn udp_transmit<'a>(t: &proto::Transmit, contents: &'a [u8]) -> quinn::udp::Transmit<'a> {
+    quinn::udp::Transmit {
+        destination: t.destination,
+        ecn: t.ecn.and_then(|e| quinn::udp::EcnCodepoint::from_bits(e as u8)),
+        contents,
+        segment_size: t.segment_size,
+        src_ip: t.src_ip,
+    }
+}
