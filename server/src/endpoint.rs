@@ -54,19 +54,41 @@ fn transport(config: &Config) -> Result<quinn::TransportConfig> {
     Ok(t)
 }
 
-/// Binds the QUIC endpoint described by `config` and reports the
+/// The node's UDP socket, bound: [`crate::serve`] runs a transport driver
+/// ([`crate::edge`]) on it.
+#[derive(Debug)]
+pub struct Listener {
+    sockets: Vec<std::net::UdpSocket>,
+}
+
+impl Listener {
+    /// A listener on sockets already bound (all to the same address).
+    pub fn new(sockets: Vec<std::net::UdpSocket>) -> Self {
+        Self { sockets }
+    }
+
+    /// The address clients reach the node at.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self.sockets.first() {
+            Some(s) => s.local_addr(),
+            None => Err(std::io::Error::other("no socket")),
+        }
+    }
+
+    pub(crate) fn into_sockets(self) -> Vec<std::net::UdpSocket> {
+        self.sockets
+    }
+}
+
+/// Binds the node's UDP socket described by `config` and reports the
 /// certificate it will serve (creating the development certificate on first
-/// use). The endpoint accepts connections once [`crate::serve`] has
-/// installed the node's server configuration, whose counters are the
-/// node's metrics.
-pub fn bind(config: &Config) -> Result<(quinn::Endpoint, CertInfo)> {
+/// use). Nothing is accepted until [`crate::serve`] runs on it with the
+/// node's server configuration.
+pub fn bind(config: &Config) -> Result<(Listener, CertInfo)> {
     let info = tls::cert_info(config)?;
     let socket = udp_socket(config.listen, config.limits.udp_buffer_bytes)
         .with_context(|| format!("binding UDP {}", config.listen))?;
-    let runtime = quinn::default_runtime().context("no async runtime")?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-        .with_context(|| format!("serving on UDP {}", config.listen))?;
-    Ok((endpoint, info))
+    Ok((Listener::new(vec![socket]), info))
 }
 
 /// Binds a UDP socket with the given receive and send buffer sizes (as far as

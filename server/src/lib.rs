@@ -37,7 +37,7 @@ pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
@@ -80,7 +80,7 @@ pub(crate) struct Shared {
 /// `config.metrics_listen` if set. See [`serve`].
 pub async fn run(
     config: Config,
-    endpoint: quinn::Endpoint,
+    endpoint: endpoint::Listener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let listener = match config.metrics_listen {
@@ -106,7 +106,7 @@ pub async fn run(
 /// in the metrics) on `endpoint`, which starts accepting then.
 pub async fn serve(
     config: Config,
-    endpoint: quinn::Endpoint,
+    endpoint: endpoint::Listener,
     metrics_listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -118,7 +118,7 @@ pub async fn serve(
 /// just as `shutdown` resolving does.
 pub async fn serve_with_drain(
     config: Config,
-    endpoint: quinn::Endpoint,
+    endpoint: endpoint::Listener,
     metrics_listener: Option<tokio::net::TcpListener>,
     admin_listener: Option<tokio::net::TcpListener>,
     drain: Drain,
@@ -205,9 +205,6 @@ pub async fn serve_with_drain(
         let watch = moderation::watch_words(shared.moderation.clone(), path, action, Duration::from_secs(2));
         tokio::spawn(watch);
     }
-    // Accept only once everything a session needs is ready: a bad key fails
-    // before any client is let in.
-    endpoint.set_server_config(Some(server_config));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(());
     if let Some(listener) = admin_listener {
         let mut state = admin::AdminState::new(
@@ -241,43 +238,28 @@ pub async fn serve_with_drain(
             }
         });
     }
+    // Accept only once everything a session needs is ready: a bad key fails
+    // before any client is let in.
     let limits = &shared.config.moderation;
-    let gate = gate::Gate::new(limits.max_connections, limits.connections_per_ip_per_sec);
+    let gate = Arc::new(gate::Gate::new(limits.max_connections, limits.connections_per_ip_per_sec));
+    let open = Arc::new(AtomicUsize::new(0));
+    let server_config = Arc::new(server_config);
+    let mut drivers = Vec::new();
+    for socket in endpoint.into_sockets() {
+        let node = connection::Node::new(shared.clone(), gate.clone(), open.clone());
+        let driver = edge::Driver::new(socket, Some(server_config.clone()), node)
+            .context("starting the transport driver")?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        drivers.push((tx, tokio::spawn(driver.run(rx))));
+    }
     tokio::pin!(shutdown);
-    let mut shutdown_pending = true;
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => match incoming {
-                Some(incoming) => match gate.admit(incoming.remote_address().ip(), Instant::now()) {
-                    Ok(permit) => {
-                        tokio::spawn(connection::serve(Box::new(incoming), shared.clone(), permit));
-                    }
-                    Err(why) => {
-                        shared.metrics.connections_refused(why.as_str());
-                        incoming.refuse();
-                    }
-                },
-                None => break,
-            },
-            () = &mut shutdown, if shutdown_pending => {
-                shutdown_pending = false;
-                drain.start();
-            }
-            () = drain.started() => break,
-        }
-    }
-    // Connections that arrive while the node drains are refused at once, so
-    // that clients try their next address instead of timing out here.
-    let refuse = async {
-        while let Some(incoming) = endpoint.accept().await {
-            incoming.refuse();
-        }
-        std::future::pending::<()>().await
-    };
     tokio::select! {
-        () = drain_node(&shared, &endpoint) => {}
-        () = refuse => {}
+        () = &mut shutdown => {
+            drain.start();
+        }
+        () = drain.started() => {}
     }
+    drain_node(&shared, drivers, &open).await;
     // Leaves reported during the drain still reach the platform.
     hook_dispatcher.shutdown(Duration::from_secs(5)).await;
     shared.drain.set_drained();
@@ -285,25 +267,42 @@ pub async fn serve_with_drain(
     Ok(())
 }
 
+type Drivers =
+    Vec<(tokio::sync::mpsc::Sender<connection::Command>, tokio::task::JoinHandle<connection::Node>)>;
+
 /// Steps 1 to 4 of a drain (see [`drain`]), within `config.drain.timeout_secs`.
-async fn drain_node(shared: &Shared, endpoint: &quinn::Endpoint) {
+async fn drain_node(shared: &Shared, drivers: Drivers, open: &AtomicUsize) {
     let started = Instant::now();
     let config = &shared.config.drain;
     let deadline = started + config.timeout();
     shared.metrics.draining.set(1);
-    info!(connections = endpoint.open_connections(), "draining");
-    // Settle: every connection gone by itself, or the settle time over.
+    info!(connections = open.load(Ordering::Relaxed), "draining");
+    let reason = bytes::Bytes::from(drain::close_reason(config.retry_after()));
+    for (tx, _) in &drivers {
+        let _ = tx.send(connection::Command::Drain { reason: reason.clone() }).await;
+    }
+    // Settle: every connection gone by itself (each closes once its rooms'
+    // last events and its answers are acknowledged), or the settle time over.
     let settled = started + config.settle();
     let mut poll = tokio::time::interval(Duration::from_millis(20));
-    while endpoint.open_connections() > 0 && Instant::now() < settled {
+    while open.load(Ordering::Relaxed) > 0 && Instant::now() < settled {
         poll.tick().await;
     }
-    let left = endpoint.open_connections();
-    let reason = drain::close_reason(config.retry_after());
-    endpoint.close(ErrorCode::ServerDraining.to_code().into(), reason.as_bytes());
+    let left = open.load(Ordering::Relaxed);
+    for (tx, _) in &drivers {
+        let close = connection::Command::CloseAll { code: ErrorCode::ServerDraining, reason: reason.clone() };
+        let _ = tx.send(close).await;
+    }
     // The closes must leave before the process does; a little time past the
     // bound is given only if it is already spent, so they are sent at all.
     let idle_by = deadline.max(Instant::now() + Duration::from_millis(100));
-    let idle = tokio::time::timeout_at(idle_by, endpoint.wait_idle()).await.is_ok();
+    while open.load(Ordering::Relaxed) > 0 && Instant::now() < idle_by {
+        poll.tick().await;
+    }
+    let idle = open.load(Ordering::Relaxed) == 0;
+    for (tx, task) in drivers {
+        let _ = tx.send(connection::Command::Stop).await;
+        let _ = task.await;
+    }
     info!(closed = left, elapsed_ms = started.elapsed().as_millis() as u64, idle, "drained");
 }

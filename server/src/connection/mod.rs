@@ -1,34 +1,39 @@
-//! One task per QUIC connection: the hello handshake, the control stream's
-//! requests, heartbeat datagrams and presence, all in one loop; and a writer
-//! task per joined room.
+//! Sessions on the transport edge: each connection's hello, control-stream
+//! requests, heartbeats and presence, and its room streams, as steps that
+//! the socket's driver ([`crate::edge`]) calls. There is no task per
+//! connection: what a session waits for (a room's reply, a ledger's
+//! answer, a room's outbox) is polled with the connection's waker, whose
+//! wake is a mark in the driver's ready queue.
 //!
 //! Anything malformed from the network ends this connection only, with the
 //! matching close code; nothing here unwraps what a peer sent.
 //!
-//! `requests` holds the handlers of each request; `writer` the room
-//! writer.
+//! `requests` holds the handlers of each request, `rooms` the room
+//! streams, `quiz` a player's side of a live quiz.
 
 mod quiz;
 mod requests;
-mod writer;
+mod rooms;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use roomcast_protocol::codec::{FrameDecoder, FrameError, encode_frame};
+use roomcast_protocol::codec::{FrameDecoder, encode_frame};
 use roomcast_protocol::datagram::ClientDatagram;
 use roomcast_protocol::{ErrorCode, MAX_MESSAGE_ID_BYTES, PROTOCOL_VERSION, RoomId, unix_ms, v1};
-use tokio::time::{Instant, timeout_at};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::auth::Identity;
-use crate::gate::Permit;
+use crate::edge::{self, Core, Dir, Event, Flow, Handler, Link, StreamEvent, StreamId, proto};
+use crate::gate::{Gate, Permit};
 use crate::gifts::{Charge, DebitOutcome, Gifts, MAX_GIFT_COUNT, Receipt};
 use crate::moderation::{SanctionKind, Verdict};
 use crate::room::{
@@ -37,162 +42,56 @@ use crate::room::{
 };
 use crate::webhooks::{FlagAction, HookEvent, LeaveReason};
 
+use rooms::RoomStream;
 use v1::client_frame::Body as Req;
 use v1::server_frame::Body as Resp;
 
 /// The most control-stream bytes taken from QUIC in one read.
 const CONTROL_CHUNK: usize = 64 * 1024;
 
-/// Requests handed to a room whose answers are still to come. Chats,
-/// recalls and gifts are pipelined: the session reads the next request while the room
+/// Requests handed on whose answers are still to come. Chats, recalls and
+/// gifts are pipelined: the session reads the next request while the room
 /// works, so one sender's rate is not capped at one round trip through a
 /// busy scheduler. At this many the session stops reading the control stream
-/// until the oldest answer arrives.
+/// until the oldest answer arrives, and QUIC flow control pushes back on a
+/// client that floods it.
 const MAX_IN_FLIGHT: usize = 64;
+
+/// How long a closing session waits for the client to acknowledge what was
+/// written to it: closing a QUIC connection discards whatever the peer has
+/// not acknowledged, answers included.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 type Answered = Result<Resp, (ErrorCode, String)>;
 type Answer = Pin<Box<dyn Future<Output = Answered> + Send>>;
 
-/// How a request is answered: at once, or when its room replies.
-enum Outcome {
-    /// Boxed: an answer's body is large, a pending one small.
-    Now(Box<Answered>),
-    Later(Answer),
+/// What a step the session waited on came to.
+enum Done {
+    /// The answer to a request.
+    Answer(Answered),
+    /// A join's outcome: the stream is opened and the answer written when it
+    /// is applied.
+    Joined(RoomId, Result<Joined, (ErrorCode, String)>),
+    /// A quiz verdict read from the fleet, sent unsolicited.
+    Verdict(Option<v1::QuizVerdict>),
 }
 
-/// Waits for the oldest pending answer; rooms answer their commands in
-/// order, so the front is normally the first to be ready.
-async fn oldest(pending: &mut VecDeque<(u32, Answer)>) -> Answered {
-    match pending.front_mut() {
-        Some((_, answer)) => answer.as_mut().await,
-        None => std::future::pending().await,
-    }
+type Step = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// A step the session waits on, in request order.
+struct Pending {
+    /// The request it answers (0 for an unsolicited frame).
+    rid: u32,
+    /// Joins and leaves: no later request is read until it is done (a chat
+    /// right after a join needs the room).
+    barrier: bool,
+    step: Step,
+    done: Option<Done>,
 }
 
 /// The room's reply to a request, as an answer to the client.
 fn room_answer<T: Send + 'static>(reply: Reply<T>, refused: &'static str, wrap: fn(T) -> Resp) -> Answer {
     Box::pin(async move { reply.await.map(wrap).map_err(|code| (code, refused.to_string())) })
-}
-
-/// Serves one incoming connection until it ends.
-///
-/// The connection's task lives as long as the connection, and its size is
-/// that of its largest state. Accepting (the client's first packets, the
-/// TLS handshake) and saying hello need several kilobytes once, so they run
-/// in a box that is freed when the session starts, and the task keeps only
-/// the session's own state.
-pub(crate) async fn serve(incoming: Box<quinn::Incoming>, shared: Arc<Shared>, permit: Permit) {
-    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let span =
-        info_span!("conn", conn = id, user = tracing::field::Empty, remote = %incoming.remote_address());
-    async move {
-        // The gate's place is held until the connection ends.
-        let _permit = permit;
-        let metrics = shared.metrics.clone();
-        let Some(session) = Box::pin(accept(id, incoming, shared)).await else {
-            return;
-        };
-        metrics.connections.inc();
-        session.run().await;
-        metrics.connections.dec();
-    }
-    .instrument(span)
-    .await
-}
-
-/// Completes the QUIC handshake and the session's hello.
-async fn accept(id: ConnId, incoming: Box<quinn::Incoming>, shared: Arc<Shared>) -> Option<Session> {
-    let conn = match (*incoming).await {
-        Ok(c) => c,
-        Err(e) => {
-            debug!(error = %e, "handshake failed");
-            return None;
-        }
-    };
-    let metrics = shared.metrics.clone();
-    metrics.handshakes.inc();
-    match Session::handshake(id, conn, shared).await {
-        Ok(session) => Some(session),
-        Err(code) => {
-            metrics.sessions_refused.inc();
-            if let Some(code) = code {
-                metrics.session_refused(code);
-            }
-            None
-        }
-    }
-}
-
-struct Session {
-    id: ConnId,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    /// The control stream's read half, with the bytes read but not yet
-    /// decoded. Read only while fewer than `MAX_IN_FLIGHT` answers are
-    /// pending, so QUIC flow control pushes back on a client that floods it.
-    recv: quinn::RecvStream,
-    decoder: FrameDecoder,
-    identity: Identity,
-    shared: Arc<Shared>,
-    rooms: HashMap<RoomId, RoomHandle>,
-    /// The last heartbeat (or request).
-    last_heartbeat: Instant,
-    present: bool,
-    /// Answers still to come from rooms, oldest first (at most `MAX_IN_FLIGHT`).
-    pending: VecDeque<(u32, Answer)>,
-    /// The room writers, so a draining session can wait for them to finish.
-    writers: Vec<tokio::task::JoinHandle<()>>,
-    /// The quiz this session's user plays, whose reveals it waits on.
-    quiz: Option<quiz::QuizWatch>,
-    /// The node's drain state, watched by every turn of the session loop.
-    drain: tokio::sync::watch::Receiver<crate::DrainState>,
-}
-
-/// Resolves once the node has started to drain (at once if it has).
-async fn drain_started(drain: &mut tokio::sync::watch::Receiver<crate::DrainState>) {
-    let _ = drain.wait_for(|s| *s != crate::DrainState::Serving).await;
-}
-
-/// Closes the connection with `code`, after trying to say why on the control
-/// stream.
-///
-/// Boxed, like the session's other rare steps (presence checks, answers,
-/// leaving): a session's task is as large as its largest step, for the
-/// whole life of the connection.
-fn close<'a>(
-    conn: &'a quinn::Connection,
-    send: Option<&'a mut quinn::SendStream>,
-    code: ErrorCode,
-    why: &'a str,
-) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-    Box::pin(async move {
-        info!(code = code.name(), reason = why, "closing connection");
-        if let Some(send) = send {
-            let frame = error_frame(0, code, why);
-            let _ = send.write_all(&frame).await;
-            deliver(send).await;
-        }
-        conn.close(code.to_code().into(), why.as_bytes());
-    })
-}
-
-/// How long a closing session waits for the client to acknowledge what was
-/// written to it.
-const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Finishes the control stream and waits (at most `CLOSE_LINGER`) until the
-/// client has acknowledged everything on it: closing a QUIC connection
-/// discards whatever the peer has not acknowledged, answers included.
-async fn deliver(send: &mut quinn::SendStream) {
-    let _ = send.finish();
-    let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
-}
-
-/// Waits for every task in `tasks` to end.
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
-    }
 }
 
 fn error_frame(request_id: u32, code: ErrorCode, why: &str) -> Bytes {
@@ -202,71 +101,319 @@ fn error_frame(request_id: u32, code: ErrorCode, why: &str) -> Bytes {
     })
 }
 
-impl Session {
+/// What the node's drivers are told from outside.
+pub(crate) enum Command {
+    /// The node drains: refuse newcomers; each session leaves its rooms,
+    /// writes what is pending and closes with `SERVER_DRAINING` and `reason`.
+    Drain { reason: Bytes },
+    /// Close every connection left, now.
+    CloseAll { code: ErrorCode, reason: Bytes },
+    /// Send what is queued and stop.
+    Stop,
+}
+
+/// The sessions of one driver.
+pub(crate) struct Node {
+    shared: Arc<Shared>,
+    gate: Arc<Gate>,
+    /// Connections open on this driver, for the drain to watch.
+    open: Arc<AtomicUsize>,
+    draining: Option<Bytes>,
+}
+
+impl Node {
+    pub(crate) fn new(shared: Arc<Shared>, gate: Arc<Gate>, open: Arc<AtomicUsize>) -> Self {
+        Self { shared, gate, open, draining: None }
+    }
+}
+
+/// Where a connection is in its life.
+enum Phase {
+    /// Handshaking or waiting for the hello, until the deadline.
+    Hello { deadline: Instant },
+    /// A session.
+    Live(Box<Session>),
+}
+
+/// Why and when a connection closes once the client has what was written.
+struct Closing {
+    code: proto::VarInt,
+    reason: Bytes,
+    by: Instant,
+}
+
+/// One connection's state.
+pub(crate) struct Conn {
+    id: ConnId,
+    /// The gate's place, held until the connection ends.
+    _permit: Permit,
+    remote: SocketAddr,
+    control: Option<StreamId>,
+    decoder: FrameDecoder,
+    /// Control-stream bytes QUIC has not taken yet.
+    out: VecDeque<Bytes>,
+    /// The client finished or reset its control stream.
+    control_ended: bool,
+    /// Everything written on the control stream was acknowledged.
+    control_acked: bool,
+    phase: Phase,
+    closing: Option<Closing>,
+    closed: bool,
+}
+
+/// A session: what exists once the hello was answered.
+struct Session {
+    identity: Identity,
+    rooms: HashMap<RoomId, RoomHandle>,
+    streams: Vec<RoomStream>,
+    /// The last heartbeat (or request).
+    last_heartbeat: Instant,
+    present: bool,
+    next_presence_check: Instant,
+    pending: VecDeque<Pending>,
+    quiz: Option<quiz::QuizWatch>,
+    draining: bool,
+}
+
+impl Handler for Node {
+    type State = Conn;
+    type Command = Command;
+
+    fn admit(&mut self, incoming: &proto::Incoming, now: Instant) -> Option<Conn> {
+        if self.draining.is_some() {
+            // Refused at once, so that clients try their next address
+            // instead of timing out here.
+            self.shared.metrics.connections_refused("draining");
+            return None;
+        }
+        let remote = incoming.remote_address();
+        let admitted = self.gate.admit(remote.ip(), now.into());
+        match admitted {
+            Ok(permit) => {
+                self.open.fetch_add(1, Ordering::Relaxed);
+                let limits = &self.shared.config.limits;
+                Some(Conn {
+                    id: self.shared.next_conn.fetch_add(1, Ordering::Relaxed),
+                    _permit: permit,
+                    remote,
+                    control: None,
+                    decoder: FrameDecoder::new(limits.max_frame_bytes),
+                    out: VecDeque::new(),
+                    control_ended: false,
+                    control_acked: false,
+                    // Counted from the first packet, as the handshake is part of it.
+                    phase: Phase::Hello { deadline: now + Duration::from_millis(limits.hello_timeout_ms) },
+                    closing: None,
+                    closed: false,
+                })
+            }
+            Err(why) => {
+                self.shared.metrics.connections_refused(why.as_str());
+                None
+            }
+        }
+    }
+
+    fn event(&mut self, link: &mut Link<'_, Conn>, event: Event) {
+        match event {
+            Event::Connected => {
+                self.shared.metrics.handshakes.inc();
+            }
+            Event::ConnectionLost { reason } => {
+                debug!(conn = link.state.id, %reason, "connection closed");
+                self.end(link.state);
+                return;
+            }
+            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                // The transport allows the client one bidirectional stream.
+                if let Some(id) = link.quic.streams().accept(Dir::Bi) {
+                    link.state.control = Some(id);
+                }
+            }
+            Event::Stream(StreamEvent::Finished { id }) => {
+                if link.state.control == Some(id) {
+                    link.state.control_acked = true;
+                } else if let Phase::Live(s) = &mut link.state.phase {
+                    s.streams.retain(|r| r.id() != id);
+                }
+            }
+            Event::Stream(StreamEvent::Stopped { id, .. }) => {
+                if let Phase::Live(s) = &mut link.state.phase
+                    && let Some(i) = s.streams.iter().position(|r| r.id() == id)
+                {
+                    s.streams.swap_remove(i).stop();
+                }
+            }
+            Event::DatagramReceived => self.datagrams(link),
+            _ => {}
+        }
+        self.advance(link);
+    }
+
+    fn wake(&mut self, link: &mut Link<'_, Conn>) {
+        self.advance(link);
+    }
+
+    fn ready(&mut self, link: &mut Link<'_, Conn>) {
+        self.advance(link);
+    }
+
+    fn ended(&mut self, _id: edge::ConnId, mut state: Conn, _quic: &proto::Connection) {
+        self.end(&mut state);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn command(&mut self, core: &mut Core<Conn>, command: Command, now: Instant) -> Flow {
+        match command {
+            Command::Drain { reason } => {
+                self.draining = Some(reason);
+                let mut leaving = Vec::new();
+                let mut touched = Vec::new();
+                for (handle, _, conn) in core.iter_mut() {
+                    if let Phase::Live(s) = &mut conn.phase
+                        && !s.draining
+                    {
+                        s.draining = true;
+                        leaving.extend(s.rooms.drain().map(|(_, h)| (conn.id, h)));
+                    }
+                    touched.push(handle);
+                }
+                leave(leaving, LeaveReason::Drain);
+                for handle in touched {
+                    core.touch(handle);
+                }
+                Flow::Continue
+            }
+            Command::CloseAll { code, reason } => {
+                core.close_all(now, code.to_code().into(), &reason);
+                Flow::Continue
+            }
+            Command::Stop => Flow::Stop,
+        }
+    }
+}
+
+/// Tells rooms that members left, off the driver (a room's queue may be
+/// full): one task for all of them.
+fn leave(members: Vec<(ConnId, RoomHandle)>, reason: LeaveReason) {
+    if members.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for (conn, room) in members {
+            room.leave(conn, reason).await;
+        }
+    });
+}
+
+impl Node {
+    /// A connection is over: its rooms are told, its streams end.
+    fn end(&mut self, conn: &mut Conn) {
+        if conn.closed {
+            return;
+        }
+        conn.closed = true;
+        if let Phase::Live(s) = &mut conn.phase {
+            let reason = if self.draining.is_some() {
+                LeaveReason::Drain
+            } else if !s.present {
+                LeaveReason::HeartbeatLoss
+            } else {
+                LeaveReason::Disconnect
+            };
+            for stream in s.streams.drain(..) {
+                stream.stop();
+            }
+            leave(s.rooms.drain().map(|(_, h)| (conn.id, h)).collect(), reason);
+            self.shared.metrics.connections.dec();
+            info!(conn = conn.id, user = %s.identity.user_id, "session ended");
+        }
+    }
+
+    /// Everything a connection can do now: read and answer requests, take
+    /// what its waits came to, fill its room streams, and close when due.
+    /// Called after every event, wake-up and ready mark; doing nothing when
+    /// nothing changed.
+    fn advance(&mut self, link: &mut Link<'_, Conn>) {
+        if link.state.closed {
+            return;
+        }
+        if let Some(by) = link.state.closing.as_ref().map(|c| c.by) {
+            flush_control(link);
+            if link.state.control_acked || link.now >= by {
+                let Some(c) = link.state.closing.take() else { return };
+                link.quic.close(link.now, c.code, c.reason);
+                self.end(link.state);
+            } else {
+                link.wake_at(by);
+            }
+            return;
+        }
+        match &link.state.phase {
+            Phase::Hello { deadline } => {
+                let deadline = *deadline;
+                self.hello(link);
+                if matches!(link.state.phase, Phase::Hello { .. }) && link.state.closing.is_none() {
+                    if link.now >= deadline {
+                        let why = if link.state.control.is_some() {
+                            "no hello in time"
+                        } else {
+                            "no control stream in time"
+                        };
+                        self.refuse(link, ErrorCode::HelloTimeout, why);
+                    } else {
+                        link.wake_at(deadline);
+                    }
+                }
+            }
+            Phase::Live(_) => self.serve(link),
+        }
+        if link.state.closing.is_some() {
+            // Just started to close: wait for the acknowledgement.
+            self.advance(link);
+        }
+    }
+
     /// Waits for `Hello`, checks version and token, answers `Welcome`.
-    async fn handshake(
-        id: ConnId,
-        conn: quinn::Connection,
-        shared: Arc<Shared>,
-    ) -> Result<Self, Option<ErrorCode>> {
-        let limits = &shared.config.limits;
-        let deadline = Instant::now() + std::time::Duration::from_millis(limits.hello_timeout_ms);
-        let (mut send, mut recv) = match timeout_at(deadline, conn.accept_bi()).await {
-            Ok(Ok(streams)) => streams,
-            Ok(Err(e)) => {
-                debug!(error = %e, "connection ended before the control stream");
-                return Err(None);
+    fn hello(&mut self, link: &mut Link<'_, Conn>) {
+        let Some(control) = link.state.control else { return };
+        let frame = loop {
+            match link.state.decoder.next_message::<v1::ClientFrame>() {
+                Ok(Some(frame)) => break frame,
+                Ok(None) => {}
+                Err(e) => return self.refuse(link, e.code(), &e.to_string()),
             }
-            Err(_) => {
-                close(&conn, None, ErrorCode::HelloTimeout, "no control stream in time").await;
-                return Err(Some(ErrorCode::HelloTimeout));
-            }
-        };
-        let mut decoder = FrameDecoder::new(limits.max_frame_bytes);
-        let first = timeout_at(deadline, async {
-            loop {
-                if let Some(frame) = decoder.next_message::<v1::ClientFrame>()? {
-                    return Ok::<_, FrameError>(Some(frame));
-                }
-                match recv.read_chunk(CONTROL_CHUNK, true).await {
-                    Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
-                    Ok(None) | Err(_) => return Ok(None),
+            match read_chunk(link.quic, control) {
+                Read::Data(bytes) => link.state.decoder.extend(&bytes),
+                Read::Nothing => return,
+                Read::Ended => {
+                    return self.refuse(
+                        link,
+                        ErrorCode::ProtocolViolation,
+                        "control stream ended before hello",
+                    );
                 }
             }
-        });
-        let hello = match first.await {
-            Err(_) => Err((ErrorCode::HelloTimeout, "no hello in time".to_string())),
-            Ok(Ok(None)) => Err((ErrorCode::ProtocolViolation, "control stream ended before hello".into())),
-            Ok(Err(e)) => Err((e.code(), e.to_string())),
-            Ok(Ok(Some(v1::ClientFrame { body: Some(Req::Hello(h)), request_id }))) => Ok((request_id, h)),
-            Ok(Ok(Some(_))) => Err((ErrorCode::ProtocolViolation, "first frame must be hello".into())),
         };
-        let (request_id, hello) = match hello {
-            Ok(h) => h,
-            Err((code, why)) => {
-                close(&conn, Some(&mut send), code, &why).await;
-                return Err(Some(code));
-            }
+        let (request_id, hello) = match frame {
+            v1::ClientFrame { body: Some(Req::Hello(h)), request_id } => (request_id, h),
+            _ => return self.refuse(link, ErrorCode::ProtocolViolation, "first frame must be hello"),
         };
         if hello.protocol_version != PROTOCOL_VERSION {
             let why = format!(
                 "protocol version {} not supported (server speaks {PROTOCOL_VERSION})",
                 hello.protocol_version
             );
-            close(&conn, Some(&mut send), ErrorCode::UnsupportedVersion, &why).await;
-            return Err(Some(ErrorCode::UnsupportedVersion));
+            return self.refuse(link, ErrorCode::UnsupportedVersion, &why);
         }
-        let identity = match shared.verifier.verify(&hello.token) {
+        let identity = match self.shared.verifier.verify(&hello.token) {
             Ok(i) => i,
-            Err(code) => {
-                close(&conn, Some(&mut send), code, "token refused").await;
-                return Err(Some(code));
-            }
+            Err(code) => return self.refuse(link, code, "token refused"),
         };
-        tracing::Span::current().record("user", &*identity.user_id);
-        info!(role = identity.role.as_str(), client = %hello.client_name, version = %hello.client_version, "session started");
-
+        let (shared, id) = (&self.shared, link.state.id);
+        info!(conn = id, user = %identity.user_id, remote = %link.state.remote, role = identity.role.as_str(), client = %hello.client_name, version = %hello.client_version, "session started");
         let presence = &shared.config.presence;
+        let limits = &shared.config.limits;
         let welcome = v1::Welcome {
             session_id: format!("{:x}-{id}", shared.node_epoch),
             server_time_ms: unix_ms(SystemTime::now()),
@@ -280,232 +427,295 @@ impl Session {
             user: Some(identity.to_proto()),
             protocol_version: PROTOCOL_VERSION,
         };
-        let frame = encode_frame(&v1::ServerFrame { request_id, body: Some(Resp::Welcome(welcome)) });
-        if send.write_all(&frame).await.is_err() {
-            return Err(None);
-        }
-        let drain = shared.drain.watch();
-        Ok(Self {
-            id,
-            conn,
-            send,
-            recv,
-            decoder,
+        link.state
+            .out
+            .push_back(encode_frame(&v1::ServerFrame { request_id, body: Some(Resp::Welcome(welcome)) }));
+        shared.metrics.connections.inc();
+        let draining = self.draining.is_some();
+        link.state.phase = Phase::Live(Box::new(Session {
             identity,
-            shared,
             rooms: HashMap::new(),
-            last_heartbeat: Instant::now(),
+            streams: Vec::new(),
+            last_heartbeat: link.now,
             present: true,
+            next_presence_check: link.now + presence.heartbeat_interval(),
             pending: VecDeque::new(),
-            writers: Vec::new(),
             quiz: None,
-            drain,
-        })
+            draining,
+        }));
+        self.serve(link);
     }
 
-    async fn run(mut self) {
-        let mut presence_check = tokio::time::interval(self.shared.config.presence.heartbeat_interval());
-        presence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let conn = self.conn.clone();
-        let mut control_open = true;
-        let mut draining = false;
-        loop {
-            // Requests already read are handled before more is read, as long
-            // as the pipeline has room.
-            if self.pending.len() < MAX_IN_FLIGHT {
-                match self.decoder.next_message::<v1::ClientFrame>() {
-                    Ok(Some(frame)) => {
-                        // Boxed: a request's state (a join's, say) lives only
-                        // while it is handled, not in every idle session.
-                        if let Err((code, why)) = Box::pin(self.handle(frame)).await {
-                            close(&self.conn, Some(&mut self.send), code, &why).await;
-                            break;
-                        }
-                        continue;
+    /// A session refused before it started.
+    fn refuse(&mut self, link: &mut Link<'_, Conn>, code: ErrorCode, why: &str) {
+        self.shared.metrics.sessions_refused.inc();
+        self.shared.metrics.session_refused(code);
+        close(link, code, why);
+    }
+
+    /// A live session's turn.
+    fn serve(&mut self, link: &mut Link<'_, Conn>) {
+        let cx_waker = link.waker().clone();
+        let mut cx = Context::from_waker(&cx_waker);
+        if let Phase::Live(s) = &mut link.state.phase {
+            quiz::poll_reveal(s, &mut cx);
+        }
+        if let Err((code, why)) = self.requests(link, &mut cx) {
+            return close(link, code, &why);
+        }
+        let Phase::Live(s) = &mut link.state.phase else { return };
+        // Presence: absent after the configured number of missed heartbeats.
+        let presence = &self.shared.config.presence;
+        if link.now >= s.next_presence_check {
+            s.next_presence_check = link.now + presence.heartbeat_interval();
+            let present = link.now.duration_since(s.last_heartbeat) < presence.grace();
+            if present != s.present {
+                s.present = present;
+                debug!(conn = link.state.id, present, "presence changed");
+                let (conn, rooms) = (link.state.id, s.rooms.values().cloned().collect::<Vec<_>>());
+                tokio::spawn(async move {
+                    for room in rooms {
+                        room.set_present(conn, present).await;
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        close(&self.conn, Some(&mut self.send), e.code(), &e.to_string()).await;
-                        break;
-                    }
-                }
-            }
-            let reading = control_open && self.pending.len() < MAX_IN_FLIGHT;
-            tokio::select! {
-                answered = oldest(&mut self.pending), if !self.pending.is_empty() => {
-                    let Some((rid, _)) = self.pending.pop_front() else { continue };
-                    if let Err((code, why)) = Box::pin(self.answer(rid, answered)).await {
-                        close(&self.conn, Some(&mut self.send), code, &why).await;
-                        break;
-                    }
-                }
-                chunk = self.recv.read_chunk(CONTROL_CHUNK, true), if reading => match chunk {
-                    Ok(Some(chunk)) => self.decoder.extend(&chunk.bytes),
-                    Ok(None) => {
-                        if let Err(e) = self.decoder.finish() {
-                            close(&self.conn, Some(&mut self.send), e.code(), &e.to_string()).await;
-                            break;
-                        }
-                        debug!("control stream ended");
-                        // Answers still pending are written before the
-                        // connection closes, below.
-                        control_open = false;
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "control stream failed");
-                        conn.close(0u32.into(), b"bye");
-                        break;
-                    }
-                },
-                datagram = conn.read_datagram() => match datagram.map(ClientDatagram::decode) {
-                    Ok(Ok(ClientDatagram::Heartbeat { .. })) => self.touch(),
-                    Ok(Ok(ClientDatagram::LikeReport { room, taps })) => self.like(&room, taps),
-                    Ok(Err(e)) => {
-                        close(&conn, None, e.code(), &format!("bad datagram: {e}")).await;
-                        break;
-                    }
-                    Err(reason) => {
-                        debug!(%reason, "connection closed");
-                        break;
-                    }
-                },
-                _ = presence_check.tick() => Box::pin(self.check_presence()).await,
-                reveal = quiz::next_reveal(&mut self.quiz) => {
-                    if let Err((code, why)) = Box::pin(self.send_verdict(reveal)).await {
-                        close(&self.conn, Some(&mut self.send), code, &why).await;
-                        break;
-                    }
-                }
-                reason = conn.closed() => {
-                    debug!(%reason, "connection closed");
-                    break;
-                }
-                () = drain_started(&mut self.drain), if !draining => {
-                    // The node drains: no new requests; the answers pending
-                    // are written, every room stream gets what its room
-                    // queued and ends, then the connection closes below.
-                    draining = true;
-                    control_open = false;
-                    Box::pin(self.leave_all()).await;
-                }
-            }
-            if !control_open && self.pending.is_empty() {
-                if draining {
-                    Box::pin(self.close_draining()).await;
-                } else {
-                    Box::pin(deliver(&mut self.send)).await;
-                    conn.close(0u32.into(), b"bye");
-                }
-                break;
+                });
             }
         }
-        Box::pin(self.leave_all()).await;
-        info!("session ended");
-    }
-
-    /// Closes a draining session once its room streams and its control stream
-    /// are acknowledged (each wait bounded), with `SERVER_DRAINING` and the
-    /// node's retry-after hint, so the client resumes elsewhere without loss.
-    async fn close_draining(&mut self) {
-        let writers = std::mem::take(&mut self.writers);
-        let _ = tokio::time::timeout(CLOSE_LINGER, futures_join(writers)).await;
-        deliver(&mut self.send).await;
-        let reason = crate::drain::close_reason(self.shared.config.drain.retry_after());
-        info!("closing connection: node draining");
-        self.conn.close(ErrorCode::ServerDraining.to_code().into(), reason.as_bytes());
-    }
-
-    /// Leaves every room as the session ends, telling rooms why.
-    async fn leave_all(&mut self) {
-        let reason = if self.shared.drain.is_draining() {
-            LeaveReason::Drain
-        } else if !self.present {
-            LeaveReason::HeartbeatLoss
-        } else {
-            LeaveReason::Disconnect
-        };
-        for (_, room) in self.rooms.drain() {
-            room.leave(self.id, reason).await;
+        for stream in &mut s.streams {
+            stream.pump(link.quic, &mut cx, &self.shared.metrics);
         }
-    }
-
-    /// Leaves presence after the configured number of missed heartbeats,
-    /// and returns on the next heartbeat.
-    async fn check_presence(&mut self) {
-        let silent = self.last_heartbeat.elapsed();
-        let present = silent < self.shared.config.presence.grace();
-        if present != self.present {
-            self.present = present;
-            debug!(present, "presence changed");
-            for room in self.rooms.values() {
-                room.set_present(self.id, present).await;
-            }
-        }
-    }
-
-    /// Counts a like report's taps in a joined room, up to the user's cap;
-    /// the rest are flagged. A report for a room not joined is ignored.
-    fn like(&mut self, room: &str, taps: u32) {
-        self.touch();
-        let Some(handle) = self.rooms.get(room) else {
-            self.shared.metrics.like_report_ignored();
+        s.streams.retain(|r| !r.is_gone());
+        flush_control(link);
+        let Phase::Live(s) = &mut link.state.phase else { return };
+        let idle = s.pending.is_empty();
+        if s.draining && idle && s.streams.is_empty() && link.state.out.is_empty() {
+            // Drained: the client reconnects elsewhere and resumes.
+            let reason = self.draining.clone().unwrap_or_default();
+            info!(conn = link.state.id, "closing connection: node draining");
+            finish_control(link);
+            let code = ErrorCode::ServerDraining.to_code().into();
+            link.state.closing = Some(Closing { code, reason, by: link.now + CLOSE_LINGER });
             return;
-        };
-        let taps = u64::from(taps);
-        let counted = self.shared.likes.take_up_to(&self.identity.user_id, taps, Instant::now());
-        handle.like(counted);
-        if counted < taps {
-            debug!(taps, counted, room, "like rate over the cap flagged");
         }
-        self.shared.metrics.like_report(counted, taps - counted);
+        if link.state.control_ended && idle && !s.draining {
+            finish_control(link);
+            link.state.closing = Some(Closing {
+                code: 0u32.into(),
+                reason: Bytes::from_static(b"bye"),
+                by: link.now + CLOSE_LINGER,
+            });
+            return;
+        }
+        let next = s.next_presence_check;
+        link.wake_at(next);
     }
 
-    fn touch(&mut self) {
-        self.last_heartbeat = Instant::now();
-    }
-
-    /// Handles one request. `Err` closes the connection.
-    async fn handle(&mut self, frame: v1::ClientFrame) -> Result<(), (ErrorCode, String)> {
-        let rid = frame.request_id;
-        let now = |r: Answered| Outcome::Now(Box::new(r));
-        let later = |r: Result<Answer, (ErrorCode, String)>| {
-            r.map_or_else(|e| Outcome::Now(Box::new(Err(e))), Outcome::Later)
-        };
-        let outcome = match frame.body {
-            None => return Err((ErrorCode::ProtocolViolation, "empty frame".into())),
-            Some(Req::Hello(_)) => return Err((ErrorCode::ProtocolViolation, "second hello".into())),
-            Some(Req::Join(j)) => now(self.join(j).await.map(Resp::Joined)),
-            Some(Req::Leave(l)) => {
-                now(self.leave(&l.room).await.map(|()| Resp::Left(v1::Left { room: l.room })))
+    /// Reads and handles requests while the pipeline has room, and writes
+    /// the answers that came, in order. `Err` closes the connection.
+    fn requests(
+        &mut self,
+        link: &mut Link<'_, Conn>,
+        cx: &mut Context<'_>,
+    ) -> Result<(), (ErrorCode, String)> {
+        loop {
+            self.settle(link, cx)?;
+            let Phase::Live(s) = &mut link.state.phase else { return Ok(()) };
+            let blocked =
+                s.draining || s.pending.len() >= MAX_IN_FLIGHT || s.pending.iter().any(|p| p.barrier);
+            if blocked || link.state.control_ended {
+                return Ok(());
             }
-            Some(Req::SendChat(c)) => later(self.chat(c).await),
-            Some(Req::Recall(r)) => later(self.recall(r).await),
-            Some(Req::FetchHistory(f)) => later(self.fetch_history(f)),
-            Some(Req::SendGift(g)) => later(self.gift(g)),
-            Some(Req::FetchCatalogue(_)) => now(Ok(Resp::Catalogue(self.shared.gifts.catalogue()))),
-            Some(Req::SubmitAnswer(a)) => later(self.answer_quiz(a)),
-        };
-        match outcome {
-            Outcome::Now(result) => self.answer(rid, *result).await,
-            Outcome::Later(answer) => {
-                self.pending.push_back((rid, answer));
+            let frame = match link.state.decoder.next_message::<v1::ClientFrame>() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    let Some(control) = link.state.control else { return Ok(()) };
+                    match read_chunk(link.quic, control) {
+                        Read::Data(bytes) => {
+                            link.state.decoder.extend(&bytes);
+                            continue;
+                        }
+                        Read::Nothing => return Ok(()),
+                        Read::Ended => {
+                            link.state.decoder.finish().map_err(|e| (e.code(), e.to_string()))?;
+                            debug!(conn = link.state.id, "control stream ended");
+                            link.state.control_ended = true;
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(e) => return Err((e.code(), e.to_string())),
+            };
+            self.handle(link, frame)?;
+        }
+    }
+
+    /// Polls what the session waits on and applies what is done, oldest first.
+    fn settle(&mut self, link: &mut Link<'_, Conn>, cx: &mut Context<'_>) -> Result<(), (ErrorCode, String)> {
+        let Phase::Live(s) = &mut link.state.phase else { return Ok(()) };
+        for p in s.pending.iter_mut() {
+            if p.done.is_none()
+                && let Poll::Ready(done) = p.step.as_mut().poll(cx)
+            {
+                p.done = Some(done);
+            }
+        }
+        loop {
+            let Phase::Live(s) = &mut link.state.phase else { return Ok(()) };
+            let Some(p) = s.pending.front_mut() else { return Ok(()) };
+            let Some(done) = p.done.take() else { return Ok(()) };
+            let rid = p.rid;
+            s.pending.pop_front();
+            self.apply(link, rid, done)?;
+        }
+    }
+
+    /// Applies one step's outcome.
+    fn apply(&mut self, link: &mut Link<'_, Conn>, rid: u32, done: Done) -> Result<(), (ErrorCode, String)> {
+        match done {
+            Done::Answer(answered) => answer(link, rid, answered),
+            Done::Joined(_, Err(e)) => answer(link, rid, Err(e)),
+            Done::Joined(room, Ok(joined)) => {
+                let id = link.state.id;
+                let Phase::Live(s) = &mut link.state.phase else { return Ok(()) };
+                let Joined { answer: joined_answer, handle, feed } = joined;
+                let Some(stream) = link.quic.streams().open(Dir::Uni) else {
+                    leave(vec![(id, handle)], LeaveReason::Disconnect);
+                    let why = "cannot open room stream: the client allows no more".to_string();
+                    return answer(link, rid, Err((ErrorCode::Internal, why)));
+                };
+                debug!(conn = id, room = %room, seq = joined_answer.current_seq, resumed = joined_answer.resumed, "joined");
+                s.streams.push(RoomStream::new(stream, room.clone(), feed));
+                if s.draining {
+                    // The node began to drain while the join was on its way:
+                    // the room ends the new stream after what it queued.
+                    leave(vec![(id, handle)], LeaveReason::Drain);
+                } else {
+                    s.rooms.insert(room, handle);
+                }
+                answer(link, rid, Ok(Resp::Joined(joined_answer)))
+            }
+            Done::Verdict(verdict) => {
+                let Phase::Live(s) = &mut link.state.phase else { return Ok(()) };
+                let Some(verdict) = quiz::verdict_frame(s, verdict) else { return Ok(()) };
+                link.state.out.push_back(verdict);
                 Ok(())
             }
         }
     }
 
-    /// Writes the answer to request `rid`. `Err` closes the connection.
-    async fn answer(&mut self, rid: u32, result: Answered) -> Result<(), (ErrorCode, String)> {
-        let bytes = match result {
-            Ok(body) => encode_frame(&v1::ServerFrame { request_id: rid, body: Some(body) }),
-            Err((code, why)) => {
-                debug!(code = code.name(), reason = %why, "request refused");
-                error_frame(rid, code, &why)
+    /// Heartbeats and like reports.
+    fn datagrams(&mut self, link: &mut Link<'_, Conn>) {
+        while let Some(data) = link.quic.datagrams().recv() {
+            let Phase::Live(s) = &mut link.state.phase else { continue };
+            match ClientDatagram::decode(data) {
+                Ok(ClientDatagram::Heartbeat { .. }) => s.last_heartbeat = link.now,
+                Ok(ClientDatagram::LikeReport { room, taps }) => {
+                    s.last_heartbeat = link.now;
+                    like(&self.shared, s, &room, taps);
+                }
+                Err(e) => {
+                    let why = format!("bad datagram: {e}");
+                    info!(conn = link.state.id, code = e.code().name(), reason = %why, "closing connection");
+                    link.quic.close(link.now, e.code().to_code().into(), Bytes::from(why));
+                    self.end(link.state);
+                    return;
+                }
             }
-        };
-        self.send
-            .write_all(&bytes)
-            .await
-            .map_err(|_| (ErrorCode::Internal, "control stream write failed".into()))
+        }
     }
+}
+
+/// Counts a like report's taps in a joined room, up to the user's cap;
+/// the rest are flagged. A report for a room not joined is ignored.
+fn like(shared: &Shared, s: &Session, room: &str, taps: u32) {
+    let Some(handle) = s.rooms.get(room) else {
+        shared.metrics.like_report_ignored();
+        return;
+    };
+    let taps = u64::from(taps);
+    let counted = shared.likes.take_up_to(&s.identity.user_id, taps, tokio::time::Instant::now());
+    handle.like(counted);
+    if counted < taps {
+        debug!(taps, counted, room, "like rate over the cap flagged");
+    }
+    shared.metrics.like_report(counted, taps - counted);
+}
+
+/// What one read of a stream gave.
+enum Read {
+    Data(Bytes),
+    Nothing,
+    /// Finished, reset or gone.
+    Ended,
+}
+
+fn read_chunk(quic: &mut proto::Connection, id: StreamId) -> Read {
+    let mut stream = quic.recv_stream(id);
+    let Ok(mut chunks) = stream.read(true) else { return Read::Ended };
+    let read = match chunks.next(CONTROL_CHUNK) {
+        Ok(Some(chunk)) => Read::Data(chunk.bytes),
+        Ok(None) => Read::Ended,
+        Err(proto::ReadError::Blocked) => Read::Nothing,
+        Err(_) => Read::Ended,
+    };
+    let _ = chunks.finalize();
+    read
+}
+
+/// Queues the answer to request `rid`.
+fn answer(link: &mut Link<'_, Conn>, rid: u32, result: Answered) -> Result<(), (ErrorCode, String)> {
+    let bytes = match result {
+        Ok(body) => encode_frame(&v1::ServerFrame { request_id: rid, body: Some(body) }),
+        Err((code, why)) => {
+            debug!(conn = link.state.id, code = code.name(), reason = %why, "request refused");
+            error_frame(rid, code, &why)
+        }
+    };
+    link.state.out.push_back(bytes);
+    Ok(())
+}
+
+/// Hands QUIC what it takes of the control stream's queued bytes.
+fn flush_control(link: &mut Link<'_, Conn>) {
+    let Some(id) = link.state.control else {
+        link.state.out.clear();
+        return;
+    };
+    if link.state.out.is_empty() {
+        return;
+    }
+    match link.quic.send_stream(id).write_chunks(link.state.out.make_contiguous()) {
+        Ok(written) => {
+            link.state.out.drain(..written.chunks);
+        }
+        Err(proto::WriteError::Blocked) => {}
+        Err(_) => link.state.out.clear(),
+    }
+}
+
+/// Finishes the control stream once its queued bytes are in QUIC's hands;
+/// `control_acked` turns true when the client has them all.
+fn finish_control(link: &mut Link<'_, Conn>) {
+    flush_control(link);
+    match link.state.control {
+        Some(id) if link.state.out.is_empty() => {
+            if link.quic.send_stream(id).finish().is_err() {
+                link.state.control_acked = true;
+            }
+        }
+        Some(_) => {}
+        None => link.state.control_acked = true,
+    }
+}
+
+/// Closes the connection with `code`, after trying to say why on the
+/// control stream: the close waits (at most `CLOSE_LINGER`) for the client
+/// to acknowledge it.
+fn close(link: &mut Link<'_, Conn>, code: ErrorCode, why: &str) {
+    info!(conn = link.state.id, code = code.name(), reason = why, "closing connection");
+    if link.state.control.is_some() {
+        link.state.out.push_back(error_frame(0, code, why));
+    }
+    finish_control(link);
+    let (code, reason) = (code.to_code().into(), Bytes::from(why.to_string()));
+    link.state.closing = Some(Closing { code, reason, by: link.now + CLOSE_LINGER });
 }

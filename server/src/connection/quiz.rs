@@ -54,13 +54,12 @@ fn ack(room: &RoomId, question_id: String, outcome: AnswerOutcome, option: u32, 
     })
 }
 
-impl Session {
+impl requests::Ctx<'_> {
     /// Answers the open quiz question of a joined room: recorded and counted
     /// here, never by the room (in a fleet, by the fleet's Redis, in a batch
     /// with other answers).
     pub(super) fn answer_quiz(&mut self, a: v1::SubmitAnswer) -> Result<Answer, (ErrorCode, String)> {
         let (room, _) = self.joined_room(&a.room)?;
-        let room = room.clone();
         if a.question_id.len() > MAX_MESSAGE_ID_BYTES {
             return Err((
                 ErrorCode::ProtocolViolation,
@@ -71,17 +70,17 @@ impl Session {
         let now_ms = unix_ms(SystemTime::now());
         let metrics = self.shared.metrics.clone();
         if let Some(fleet) = self.shared.rooms.fleet().cloned() {
-            if self.quiz.as_ref().is_none_or(|w| w.room != room) {
+            if self.s.quiz.as_ref().is_none_or(|w| w.room != room) {
                 // Whoever answers hears of the room's reveals; only a
                 // player has a verdict to read.
                 let mut revealed = fleet.quiz_reveals(&room);
                 revealed.mark_unchanged();
-                self.quiz = Some(QuizWatch {
+                self.s.quiz = Some(QuizWatch {
                     room: room.clone(),
                     source: Source::Fleet { fleet: fleet.clone(), revealed },
                 });
             }
-            let user = self.identity.user_id.clone();
+            let user = self.s.identity.user_id.clone();
             return Ok(Box::pin(async move {
                 let (outcome, option) = fleet
                     .quiz_answer(&room, &user, &a.question_id, a.option, now_ms)
@@ -94,13 +93,13 @@ impl Session {
         let (outcome, option) = match self.shared.quizzes.get(room.as_str()) {
             None => (AnswerOutcome::UnknownQuestion, 0),
             Some(run) => {
-                let answered = run.answer(&self.identity.user_id, &a.question_id, a.option, now_ms);
-                let watching = matches!(&self.quiz, Some(QuizWatch { source: Source::Local { run: r, .. }, .. }) if Arc::ptr_eq(r, &run));
+                let answered = run.answer(&self.s.identity.user_id, &a.question_id, a.option, now_ms);
+                let watching = matches!(&self.s.quiz, Some(QuizWatch { source: Source::Local { run: r, .. }, .. }) if Arc::ptr_eq(r, &run));
                 if answered.0 == AnswerOutcome::Accepted && !watching {
                     // A player from now on: it hears of every reveal.
                     let mut revealed = run.revealed();
                     revealed.mark_unchanged();
-                    self.quiz =
+                    self.s.quiz =
                         Some(QuizWatch { room: room.clone(), source: Source::Local { run, revealed } });
                 }
                 answered
@@ -110,28 +109,43 @@ impl Session {
         let resp = ack(&room, a.question_id, outcome, option, now_ms);
         Ok(Box::pin(async move { Ok(resp) }))
     }
+}
 
-    /// Sends this user's verdict on the revealed question, on the control
-    /// stream, unsolicited.
-    pub(super) async fn send_verdict(&mut self, (quiz, index): Reveal) -> Result<(), (ErrorCode, String)> {
-        let Some(w) = &self.quiz else { return Ok(()) };
-        let verdict = match (&w.source, quiz) {
-            (Source::Local { run, .. }, _) => run.verdict(&self.identity.user_id, index),
-            (Source::Fleet { fleet, .. }, Some(quiz)) => {
-                fleet.quiz_verdict(&w.room, &quiz, index, &self.identity.user_id).await
-            }
-            (Source::Fleet { .. }, None) => None,
-        };
-        let Some(mut verdict) = verdict else { return Ok(()) };
-        verdict.room = w.room.to_string();
-        if !verdict.still_in {
-            // Out: nothing more to hear.
-            self.quiz = None;
+/// Takes the next reveal of the quiz the session's user plays, if one came,
+/// and queues the user's verdict on it (read from the fleet's Redis in a
+/// fleet) as an unsolicited frame.
+pub(super) fn poll_reveal(s: &mut Session, cx: &mut Context<'_>) {
+    let reveal = {
+        let next = next_reveal(&mut s.quiz);
+        let mut next = std::pin::pin!(next);
+        match next.as_mut().poll(cx) {
+            Poll::Ready(reveal) => reveal,
+            Poll::Pending => return,
         }
-        let frame = encode_frame(&v1::ServerFrame { request_id: 0, body: Some(Resp::QuizVerdict(verdict)) });
-        self.send
-            .write_all(&frame)
-            .await
-            .map_err(|_| (ErrorCode::Internal, "control stream write failed".into()))
+    };
+    let Some(w) = &s.quiz else { return };
+    let step: Step = match (&w.source, reveal) {
+        (Source::Local { run, .. }, (_, index)) => {
+            let verdict = run.verdict(&s.identity.user_id, index);
+            Box::pin(std::future::ready(Done::Verdict(verdict)))
+        }
+        (Source::Fleet { fleet, .. }, (Some(quiz), index)) => {
+            let (fleet, room, user) = (fleet.clone(), w.room.clone(), s.identity.user_id.clone());
+            Box::pin(async move { Done::Verdict(fleet.quiz_verdict(&room, &quiz, index, &user).await) })
+        }
+        (Source::Fleet { .. }, (None, _)) => return,
+    };
+    s.pending.push_back(Pending { rid: 0, barrier: false, step, done: None });
+}
+
+/// The frame telling the user its verdict; a player who is out hears of no
+/// more reveals.
+pub(super) fn verdict_frame(s: &mut Session, verdict: Option<v1::QuizVerdict>) -> Option<Bytes> {
+    let w = s.quiz.as_ref()?;
+    let mut verdict = verdict?;
+    verdict.room = w.room.to_string();
+    if !verdict.still_in {
+        s.quiz = None;
     }
+    Some(encode_frame(&v1::ServerFrame { request_id: 0, body: Some(Resp::QuizVerdict(verdict)) }))
 }

@@ -1,11 +1,62 @@
 //! The session's request handlers: joins and leaves, chat, recalls,
-//! gifts and history reads.
+//! gifts and history reads. Each checks what it can at once and returns
+//! what is still to come as a step the connection polls.
 
-use super::writer::write_room;
 use super::*;
 
-impl Session {
-    pub(super) async fn join(&mut self, j: v1::Join) -> Result<v1::Joined, (ErrorCode, String)> {
+/// What a request handler works with: the node, the connection, its session.
+pub(super) struct Ctx<'a> {
+    pub(super) shared: &'a Arc<Shared>,
+    pub(super) id: ConnId,
+    pub(super) s: &'a mut Session,
+    pub(super) now: Instant,
+}
+
+impl Node {
+    /// Handles one request. `Err` closes the connection.
+    pub(super) fn handle(
+        &mut self,
+        link: &mut Link<'_, Conn>,
+        frame: v1::ClientFrame,
+    ) -> Result<(), (ErrorCode, String)> {
+        let rid = frame.request_id;
+        let id = link.state.id;
+        let Phase::Live(s) = &mut link.state.phase else { return Ok(()) };
+        let mut cx = Ctx { shared: &self.shared, id, s, now: link.now };
+        let step = |answer: Result<Answer, (ErrorCode, String)>| -> Result<Step, Answered> {
+            let answer = answer.map_err(Err)?;
+            Ok(Box::pin(async move { Done::Answer(answer.await) }))
+        };
+        let (step, barrier) = match frame.body {
+            None => return Err((ErrorCode::ProtocolViolation, "empty frame".into())),
+            Some(Req::Hello(_)) => return Err((ErrorCode::ProtocolViolation, "second hello".into())),
+            Some(Req::Join(j)) => (cx.join(j).map_err(Err), true),
+            Some(Req::Leave(l)) => (cx.leave(l.room).map_err(Err), true),
+            Some(Req::SendChat(c)) => (step(cx.chat(c)), false),
+            Some(Req::Recall(r)) => (step(cx.recall(r)), false),
+            Some(Req::FetchHistory(f)) => (step(cx.fetch_history(f)), false),
+            Some(Req::SendGift(g)) => (step(cx.gift(g)), false),
+            Some(Req::FetchCatalogue(_)) => (Err(Ok(Resp::Catalogue(self.shared.gifts.catalogue()))), false),
+            Some(Req::SubmitAnswer(a)) => (step(cx.answer_quiz(a)), false),
+        };
+        match step {
+            Ok(step) => {
+                if let Phase::Live(s) = &mut link.state.phase {
+                    s.pending.push_back(Pending { rid, barrier, step, done: None });
+                }
+                Ok(())
+            }
+            Err(now) => answer(link, rid, now),
+        }
+    }
+}
+
+impl Ctx<'_> {
+    pub(super) fn touch(&mut self) {
+        self.s.last_heartbeat = self.now;
+    }
+
+    fn join(&mut self, j: v1::Join) -> Result<Step, (ErrorCode, String)> {
         let room = RoomId::new(&j.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
         self.touch();
         // A refused join changes nothing: a rejoin leaves the room only once
@@ -17,94 +68,68 @@ impl Session {
                 return Err((ErrorCode::ProtocolViolation, format!("unknown join filter {}", j.filter)));
             }
         };
-        if self.rooms.contains_key(&room) {
-            self.leave_room(&room).await;
-        }
         let max = self.shared.config.limits.max_rooms_per_conn as usize;
-        if self.rooms.len() >= max {
+        let rejoin = self.s.rooms.contains_key(&room);
+        if !rejoin && self.s.rooms.len() >= max {
             return Err((ErrorCode::TooManyRooms, format!("at most {max} rooms per connection")));
         }
         let resume = j.last_seq.map(|last_seq| Resume { last_seq, epoch: j.epoch });
         let now_ms = unix_ms(SystemTime::now());
-        if self.shared.moderation.applies(&room, &self.identity.user_id, SanctionKind::Ban, now_ms) {
+        if self.shared.moderation.applies(&room, &self.s.identity.user_id, SanctionKind::Ban, now_ms) {
             return Err((ErrorCode::Banned, format!("banned from room {room}")));
         }
-        let request = JoinRequest { conn: self.id, identity: self.identity.clone(), resume, filter };
-        let Joined { answer, handle, feed } = self
-            .shared
-            .rooms
-            .join(&room, request)
-            .await
-            .map_err(|code| (code, "room unavailable".to_string()))?;
-        // The stream's start frame is written here, before the answer, so
-        // that both (and the first events) usually leave in one packet.
-        let start = encode_frame(&v1::RoomFrame {
-            body: Some(v1::room_frame::Body::Start(v1::RoomStreamStart { room: room.to_string() })),
-        });
-        let stream = match self.conn.open_uni().await {
-            Ok(mut s) => s.write_all(&start).await.map(|()| s).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                handle.leave(self.id, LeaveReason::Disconnect).await;
-                return Err((ErrorCode::Internal, format!("cannot open room stream: {e}")));
+        let old = self.s.rooms.remove(&room);
+        let request = JoinRequest { conn: self.id, identity: self.s.identity.clone(), resume, filter };
+        let (rooms, conn) = (self.shared.rooms.clone(), self.id);
+        Ok(Box::pin(async move {
+            if let Some(old) = old {
+                old.leave(conn, LeaveReason::Left).await;
             }
-        };
-        let metrics = self.shared.metrics.clone();
-        self.writers.retain(|w| !w.is_finished());
-        let writer = write_room(stream, feed, self.conn.clone(), room.clone(), metrics);
-        self.writers.push(tokio::spawn(writer.in_current_span()));
-        debug!(room = %room, seq = answer.current_seq, resumed = answer.resumed, "joined");
-        self.rooms.insert(room, handle);
-        Ok(answer)
+            let joined =
+                rooms.join(&room, request).await.map_err(|code| (code, "room unavailable".to_string()));
+            Done::Joined(room, joined)
+        }))
     }
 
-    pub(super) async fn leave_room(&mut self, room: &RoomId) -> bool {
-        match self.rooms.remove(room) {
-            Some(handle) => {
-                handle.leave(self.id, LeaveReason::Left).await;
-                true
-            }
-            None => false,
-        }
-    }
-
-    pub(super) async fn leave(&mut self, room: &str) -> Result<(), (ErrorCode, String)> {
-        let room = RoomId::new(room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
-        if self.leave_room(&room).await {
-            Ok(())
-        } else {
-            Err((ErrorCode::NotJoined, format!("not in room {room}")))
-        }
+    fn leave(&mut self, room: String) -> Result<Step, (ErrorCode, String)> {
+        let room = RoomId::new(&room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
+        let Some(handle) = self.s.rooms.remove(&room) else {
+            return Err((ErrorCode::NotJoined, format!("not in room {room}")));
+        };
+        let conn = self.id;
+        Ok(Box::pin(async move {
+            handle.leave(conn, LeaveReason::Left).await;
+            Done::Answer(Ok(Resp::Left(v1::Left { room: room.to_string() })))
+        }))
     }
 
     pub(super) fn joined_room(&self, room: &str) -> Result<(RoomId, RoomHandle), (ErrorCode, String)> {
         let room = RoomId::new(room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
-        match self.rooms.get(&room) {
+        match self.s.rooms.get(&room) {
             Some(handle) => Ok((room, handle.clone())),
             None => Err((ErrorCode::NotJoined, format!("not in room {room}"))),
         }
     }
 
-    pub(super) async fn recall(&mut self, r: v1::Recall) -> Result<Answer, (ErrorCode, String)> {
+    fn recall(&mut self, r: v1::Recall) -> Result<Answer, (ErrorCode, String)> {
         let (room, handle) = self.joined_room(&r.room)?;
         if r.message_id.is_empty() || r.message_id.len() > MAX_MESSAGE_ID_BYTES {
             return Err((ErrorCode::NotFound, "no such message".into()));
         }
-        let Ok(reply) = handle.recall(self.id, r.message_id).await else {
-            warn!(room = %room, "room task gone while joined");
-            return Err((ErrorCode::Internal, "room unavailable".into()));
-        };
-        Ok(room_answer(reply, "recall refused", Resp::Recalled))
+        let conn = self.id;
+        Ok(Box::pin(async move {
+            let Ok(reply) = handle.recall(conn, r.message_id).await else {
+                warn!(room = %room, "room task gone while joined");
+                return Err((ErrorCode::Internal, "room unavailable".into()));
+            };
+            room_answer(reply, "recall refused", Resp::Recalled).await
+        }))
     }
 
     /// Reads history straight from the room's log, without joining and
-    /// without queueing behind the room's live traffic.
-    /// Reads history off the session's task: a live room's, or once the
-    /// room is gone, the archive's.
-    pub(super) fn fetch_history(&mut self, f: v1::FetchHistory) -> Result<Answer, (ErrorCode, String)> {
+    /// without queueing behind the room's live traffic: a live room's, or
+    /// once the room is gone, the archive's.
+    fn fetch_history(&mut self, f: v1::FetchHistory) -> Result<Answer, (ErrorCode, String)> {
         let room = RoomId::new(&f.room).map_err(|e| (ErrorCode::InvalidRoom, e.to_string()))?;
         let range = HistoryRange::from_proto(f.range);
         let rooms = self.shared.rooms.clone();
@@ -117,7 +142,7 @@ impl Session {
         }))
     }
 
-    pub(super) async fn chat(&mut self, c: v1::SendChat) -> Result<Answer, (ErrorCode, String)> {
+    fn chat(&mut self, c: v1::SendChat) -> Result<Answer, (ErrorCode, String)> {
         let (room, handle) = self.joined_room(&c.room)?;
         let max = self.shared.config.limits.max_message_bytes as usize;
         if c.text.is_empty() || c.text.len() > max {
@@ -129,7 +154,8 @@ impl Session {
         }
         self.touch();
         let moderation = &self.shared.moderation;
-        if moderation.applies(&room, &self.identity.user_id, SanctionKind::Mute, unix_ms(SystemTime::now())) {
+        if moderation.applies(&room, &self.s.identity.user_id, SanctionKind::Mute, unix_ms(SystemTime::now()))
+        {
             return Err((ErrorCode::Muted, format!("muted in room {room}")));
         }
         let (text, flagged) = match moderation.words().check(&c.text) {
@@ -138,7 +164,7 @@ impl Session {
             Verdict::Refused(_) => (c.text, Some(FlagAction::Refused)),
         };
         if let Some(action) = flagged {
-            let user = Box::from(&*self.identity.user_id);
+            let user = Box::from(&*self.s.identity.user_id);
             let flagged =
                 HookEvent::MessageFlagged { room: room.clone(), user, text: text.as_str().into(), action };
             self.shared.hooks.emit(flagged);
@@ -147,18 +173,21 @@ impl Session {
             }
         }
         let chat = ChatRequest { text, client_msg_id: c.client_msg_id, media_ts_ms: c.media_ts_ms };
-        let Ok(reply) = handle.publish(self.id, chat).await else {
-            warn!(room = %room, "room task gone while joined");
-            return Err((ErrorCode::Internal, "room unavailable".into()));
-        };
-        Ok(room_answer(reply, "chat refused", Resp::ChatAck))
+        let conn = self.id;
+        Ok(Box::pin(async move {
+            let Ok(reply) = handle.publish(conn, chat).await else {
+                warn!(room = %room, "room task gone while joined");
+                return Err((ErrorCode::Internal, "room unavailable".into()));
+            };
+            room_answer(reply, "chat refused", Resp::ChatAck).await
+        }))
     }
 
     /// Checks a gift, then answers it later: the charge runs in the answer's
     /// future (on this session's task, the ledger's sync on the blocking
     /// pool), and only a charged gift reaches the room. A gift the room
     /// cannot take after all (the sender left it) is refunded.
-    pub(super) fn gift(&mut self, g: v1::SendGift) -> Result<Answer, (ErrorCode, String)> {
+    fn gift(&mut self, g: v1::SendGift) -> Result<Answer, (ErrorCode, String)> {
         let (room, handle) = self.joined_room(&g.room)?;
         if g.idempotency_key.is_empty() || g.idempotency_key.len() > MAX_MESSAGE_ID_BYTES {
             let why = format!("idempotency_key must be 1..={MAX_MESSAGE_ID_BYTES} bytes");
@@ -184,8 +213,8 @@ impl Session {
         let Some(item) = gifts.item(&g.gift_id).cloned() else {
             return Ok(answer(ack, v1::GiftOutcome::UnknownGift, "unknown_gift"));
         };
-        let user = self.identity.user_id.clone();
-        if !gifts.admit(&user, Instant::now()) {
+        let user = self.s.identity.user_id.clone();
+        if !gifts.admit(&user, self.now.into()) {
             return Ok(answer(ack, v1::GiftOutcome::RateLimited, "rate_limited"));
         }
         let value = Gifts::value(&item, g.count);

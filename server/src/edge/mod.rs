@@ -15,11 +15,14 @@
 //! What reaches the driver from other tasks is a handler's `Command`, through
 //! one bounded queue per driver.
 
+#[cfg(test)]
+mod tests;
 mod timers;
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Wake, Waker};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -47,13 +50,26 @@ pub struct Link<'a, S> {
     pub state: &'a mut S,
     pub now: Instant,
     wake: &'a mut Option<Instant>,
+    waker: &'a Waker,
 }
 
 impl<S> Link<'_, S> {
+    /// This connection's waker: waking it marks the connection ready in its
+    /// driver's queue, and [`Handler::ready`] is called for it on the
+    /// driver's next turn. For polling futures and outboxes from a handler.
+    pub fn waker(&self) -> &Waker {
+        self.waker
+    }
+
     /// Calls [`Handler::wake`] for this connection at `at` (replacing an
     /// earlier request).
     pub fn wake_at(&mut self, at: Instant) {
         *self.wake = Some(at);
+    }
+
+    /// [`Self::wake_at`], or no wake-up with `None`.
+    pub fn set_wake(&mut self, at: Option<Instant>) {
+        *self.wake = at;
     }
 }
 
@@ -76,6 +92,11 @@ pub trait Handler {
 
     /// The time asked for with [`Link::wake_at`] came.
     fn wake(&mut self, link: &mut Link<'_, Self::State>) {
+        let _ = link;
+    }
+
+    /// The connection's waker ([`Link::waker`]) was woken.
+    fn ready(&mut self, link: &mut Link<'_, Self::State>) {
         let _ = link;
     }
 
@@ -111,6 +132,41 @@ struct Slot<S> {
     dirty: bool,
     /// Queued in `Io::backlog`.
     backlogged: bool,
+    /// Tells stale ready marks (of a connection whose handle was reused) apart.
+    generation: u64,
+    waker: Waker,
+}
+
+/// Connections marked ready from other tasks (a room queued events for
+/// one, a reply it waits for came): a queue push, and one wake-up of the
+/// driver if it was idle.
+#[derive(Default)]
+struct Ready {
+    marks: Mutex<Vec<(usize, u64)>>,
+    notify: tokio::sync::Notify,
+}
+
+/// The waker of one connection.
+struct ConnWaker {
+    ready: Arc<Ready>,
+    index: usize,
+    generation: u64,
+}
+
+impl Wake for ConnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut marks = self.ready.marks.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = marks.is_empty();
+        marks.push((self.index, self.generation));
+        drop(marks);
+        if first {
+            self.ready.notify.notify_one();
+        }
+    }
 }
 
 /// The connections of one driver, and quinn-proto's endpoint that routes
@@ -123,6 +179,8 @@ pub struct Core<S> {
     timers: Timers,
     /// Connections something happened to since they were last driven.
     dirty: Vec<ConnId>,
+    ready: Arc<Ready>,
+    generations: u64,
 }
 
 impl<S> Core<S> {
@@ -173,9 +231,26 @@ impl<S> Core<S> {
         if self.conns.len() <= id.0 {
             self.conns.resize_with(id.0 + 1, || None);
         }
-        self.conns[id.0] =
-            Some(Slot { quic, state, wake: None, deadline: None, dirty: false, backlogged: false });
+        self.generations += 1;
+        let generation = self.generations;
+        let waker = Waker::from(Arc::new(ConnWaker { ready: self.ready.clone(), index: id.0, generation }));
+        self.conns[id.0] = Some(Slot {
+            quic,
+            state,
+            wake: None,
+            deadline: None,
+            dirty: false,
+            backlogged: false,
+            generation,
+            waker,
+        });
         self.live += 1;
+        self.mark(id);
+    }
+
+    /// Drives connection `id` at the end of this turn: for a handler that
+    /// wrote to it from outside its events (a command, say).
+    pub fn touch(&mut self, id: ConnId) {
         self.mark(id);
     }
 
@@ -238,6 +313,8 @@ impl<H: Handler> Driver<H> {
                 live: 0,
                 timers: Timers::default(),
                 dirty: Vec::new(),
+                ready: Arc::default(),
+                generations: 0,
             },
             handler,
             io: Io {
@@ -313,6 +390,7 @@ impl<H: Handler> Driver<H> {
                         self.receive(Instant::now());
                     }
                 }
+                () = self.core.ready.notify.notified() => self.take_ready(Instant::now()),
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
                 }
@@ -392,6 +470,28 @@ impl<H: Handler> Driver<H> {
         let _ = socket.try_io(Interest::WRITABLE, || udp.send(socket.into(), &transmit));
     }
 
+    /// Tells the handler of the connections marked ready.
+    fn take_ready(&mut self, now: Instant) {
+        let marks =
+            std::mem::take(&mut *self.core.ready.marks.lock().unwrap_or_else(PoisonError::into_inner));
+        for (index, generation) in marks {
+            let Some(Some(slot)) = self.core.conns.get_mut(index) else { continue };
+            if slot.generation != generation {
+                continue;
+            }
+            let mut link = Link {
+                id: ConnId(index),
+                quic: &mut slot.quic,
+                state: &mut slot.state,
+                now,
+                wake: &mut slot.wake,
+                waker: &slot.waker,
+            };
+            self.handler.ready(&mut link);
+            self.core.mark(ConnId(index));
+        }
+    }
+
     /// Runs the connections whose deadline passed.
     fn expire(&mut self, now: Instant) {
         while let Some((at, index)) = self.core.timers.pop_due(now) {
@@ -409,6 +509,7 @@ impl<H: Handler> Driver<H> {
                     state: &mut slot.state,
                     now,
                     wake: &mut slot.wake,
+                    waker: &slot.waker,
                 };
                 self.handler.wake(&mut link);
             }
@@ -456,8 +557,14 @@ impl<H: Handler> Driver<H> {
             }
             while let Some(event) = slot.quic.poll() {
                 progressed = true;
-                let mut link =
-                    Link { id, quic: &mut slot.quic, state: &mut slot.state, now, wake: &mut slot.wake };
+                let mut link = Link {
+                    id,
+                    quic: &mut slot.quic,
+                    state: &mut slot.state,
+                    now,
+                    wake: &mut slot.wake,
+                    waker: &slot.waker,
+                };
                 self.handler.event(&mut link, event);
             }
             if !progressed {

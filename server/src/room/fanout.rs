@@ -7,11 +7,10 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Shedding order for ephemeral events: lower is shed first.
@@ -72,7 +71,6 @@ pub struct PushOutcome {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
     capacity: usize,
 }
 
@@ -94,6 +92,10 @@ struct State {
     /// When the oldest queued item was pushed (the outbox went from empty to
     /// not), for the writer to report how long items wait for it.
     since: Option<Instant>,
+    /// Who drains it, waiting for something to drain: woken (once) by the
+    /// push that makes it so. For a connection on the transport edge, the
+    /// wake is a mark in its driver's ready queue.
+    waker: Option<Waker>,
 }
 
 /// The kinds of room datagram an outbox keeps the latest of.
@@ -134,7 +136,7 @@ pub struct Drained {
 
 impl Outbox {
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self { state: Mutex::default(), notify: Notify::new(), capacity: capacity.max(1) })
+        Arc::new(Self { state: Mutex::default(), capacity: capacity.max(1) })
     }
 
     // No code holding this lock can panic halfway through a change, so a
@@ -195,8 +197,7 @@ impl Outbox {
                     s.lagged = Some((first, last));
                     out.lagged = events;
                     out.turned_lagged = true;
-                    drop(s);
-                    self.notify.notify_one();
+                    wake(s);
                 }
             }
             return out;
@@ -211,9 +212,8 @@ impl Outbox {
         s.items.push_back(item);
         s.queued += weight;
         out.queued = weight;
-        drop(s);
         if was_idle {
-            self.notify.notify_one();
+            wake(s);
         }
         out
     }
@@ -226,16 +226,16 @@ impl Outbox {
         }
         let was_idle = s.is_idle();
         s.datagrams[slot as usize] = Some(datagram);
-        drop(s);
         if was_idle {
-            self.notify.notify_one();
+            wake(s);
         }
     }
 
     /// Ends the subscription; the writer flushes what is queued and stops.
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.notify.notify_one();
+        let mut s = self.lock();
+        s.closed = true;
+        wake(s);
     }
 
     /// Ends the subscription with a last frame (a removal notice), written
@@ -246,8 +246,7 @@ impl Outbox {
             s.closed = true;
             s.last = Some(frame);
         }
-        drop(s);
-        self.notify.notify_one();
+        wake(s);
     }
 
     /// True once the subscription ended or lagged: nothing more is queued.
@@ -268,36 +267,57 @@ impl Outbox {
     /// Moves every queued frame into `frames` (in order) and returns the
     /// rest, if anything is pending; `None` if there is nothing to write yet.
     pub fn try_drain(&self, frames: &mut Vec<Bytes>) -> Option<Drained> {
+        take(&mut self.lock(), frames)
+    }
+
+    /// Drains as [`Self::try_drain`] if anything is pending; otherwise
+    /// `cx`'s waker is woken by the next push, datagram, lag or close.
+    pub fn poll_drain(&self, cx: &mut Context<'_>, frames: &mut Vec<Bytes>) -> Poll<Drained> {
         let mut s = self.lock();
-        if s.is_idle() && !s.closed && s.lagged.is_none() {
-            return None;
+        if let Some(d) = take(&mut s, frames) {
+            return Poll::Ready(d);
         }
-        frames.extend(s.items.drain(..).map(|i| match i {
-            Item::Sequenced { frames, .. } => frames,
-            Item::Ephemeral { frame, .. } => frame,
-        }));
-        s.queued = 0;
-        let waited = s.since.take().map(|t| t.elapsed());
-        Some(Drained {
-            datagrams: std::mem::take(&mut s.datagrams),
-            waited,
-            sequenced_at: s.sequenced_at.take(),
-            lagged: s.lagged,
-            closed: s.closed,
-            last: s.last.take(),
-        })
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Waits until something is pending, then drains it as [`Self::try_drain`].
     pub async fn drain(&self, frames: &mut Vec<Bytes>) -> Drained {
-        loop {
-            let notified = self.notify.notified();
-            if let Some(d) = self.try_drain(frames) {
-                return d;
-            }
-            notified.await;
-        }
+        std::future::poll_fn(|cx| self.poll_drain(cx, frames)).await
     }
+}
+
+/// Wakes the outbox's drainer, if one waits, after letting go of the lock.
+fn wake(mut s: MutexGuard<'_, State>) {
+    let waker = s.waker.take();
+    drop(s);
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+/// Moves what `s` holds into `frames` and the rest into a [`Drained`];
+/// `None` if there is nothing to write yet.
+fn take(s: &mut State, frames: &mut Vec<Bytes>) -> Option<Drained> {
+    if s.is_idle() && !s.closed && s.lagged.is_none() {
+        return None;
+    }
+    frames.extend(s.items.drain(..).map(|i| match i {
+        Item::Sequenced { frames, .. } => frames,
+        Item::Ephemeral { frame, .. } => frame,
+    }));
+    s.queued = 0;
+    let waited = s.since.take().map(|t| t.elapsed());
+    Some(Drained {
+        datagrams: std::mem::take(&mut s.datagrams),
+        waited,
+        sequenced_at: s.sequenced_at.take(),
+        lagged: s.lagged,
+        closed: s.closed,
+        last: s.last.take(),
+    })
 }
 
 #[cfg(test)]

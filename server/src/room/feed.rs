@@ -7,6 +7,7 @@
 //! events the room pushes into the member's outbox.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use roomcast_protocol::codec::encode_frame;
@@ -59,14 +60,20 @@ impl Feed {
     /// order; the rest of what was taken (the online count, lag, the end) is
     /// returned.
     pub async fn next(&mut self, frames: &mut Vec<Bytes>) -> Drained {
+        std::future::poll_fn(|cx| self.poll_next(cx, frames)).await
+    }
+
+    /// [`Self::next`] as a poll: `Pending` registers `cx`'s waker with the
+    /// outbox.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>, frames: &mut Vec<Bytes>) -> Poll<Drained> {
         if let Some(b) = &mut self.backfill {
             let step = b.step(frames);
             if step.lagged.is_some() || b.next > b.to {
                 self.backfill = None;
             }
-            return step;
+            return Poll::Ready(step);
         }
-        self.outbox.drain(frames).await
+        self.outbox.poll_drain(cx, frames)
     }
 
     /// Ends the subscription from the connection's side (its stream failed):

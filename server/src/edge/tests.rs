@@ -1,0 +1,546 @@
+//! Drivers on both ends over real UDP on loopback: an echo server and
+//! clients that send lines and wait for them back.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::*;
+
+const ALPN: &[u8] = b"edge-test";
+/// A bound on how long a test waits for what must happen; never a
+/// measurement.
+const PATIENCE: Duration = Duration::from_secs(20);
+/// Handshakes a client driver has in flight at once.
+const HANDSHAKES: usize = 32;
+
+/// TLS for both ends, and `idle` as both ends' idle timeout.
+fn tls_idle(idle: Duration) -> (proto::ServerConfig, proto::ClientConfig) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = CertificateDer::from(ck.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    let idle = |t: &mut proto::TransportConfig| {
+        t.max_idle_timeout(Some(idle.try_into().unwrap()));
+    };
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server).unwrap();
+    let mut server = proto::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut t = proto::TransportConfig::default();
+    idle(&mut t);
+    server.transport_config(Arc::new(t));
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
+    let mut client = proto::ClientConfig::new(Arc::new(crypto));
+    let mut t = proto::TransportConfig::default();
+    idle(&mut t);
+    client.transport_config(Arc::new(t));
+    (server, client)
+}
+
+/// Ends that wait 10 s before they give a silent peer up.
+fn tls() -> (proto::ServerConfig, proto::ClientConfig) {
+    tls_idle(Duration::from_secs(10))
+}
+
+fn loopback() -> std::net::UdpSocket {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap()
+}
+
+/// Reads what stream `id` has.
+fn read_all(quic: &mut proto::Connection, id: StreamId) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stream = quic.recv_stream(id);
+    if let Ok(mut chunks) = stream.read(true) {
+        while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
+            out.extend_from_slice(&chunk.bytes);
+        }
+        let _ = chunks.finalize();
+    }
+    out
+}
+
+/// What the echo server saw.
+#[derive(Default)]
+struct Seen {
+    admitted: usize,
+    ended: usize,
+    /// Connections whose peer address changed while open.
+    moved: usize,
+}
+
+#[derive(Default)]
+struct Echo {
+    seen: Arc<Mutex<Seen>>,
+}
+
+struct EchoConn {
+    remote: Option<SocketAddr>,
+}
+
+impl Handler for Echo {
+    type State = EchoConn;
+    type Command = ();
+
+    fn admit(&mut self, incoming: &proto::Incoming, _now: Instant) -> Option<EchoConn> {
+        self.seen.lock().unwrap().admitted += 1;
+        Some(EchoConn { remote: Some(incoming.remote_address()) })
+    }
+
+    fn event(&mut self, link: &mut Link<'_, EchoConn>, event: Event) {
+        let remote = link.quic.remote_address();
+        if link.state.remote.is_some_and(|r| r != remote) {
+            self.seen.lock().unwrap().moved += 1;
+        }
+        link.state.remote = Some(remote);
+        match event {
+            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                while let Some(id) = link.quic.streams().accept(Dir::Bi) {
+                    let bytes = read_all(link.quic, id);
+                    let _ = link.quic.send_stream(id).write(&bytes);
+                }
+            }
+            Event::Stream(StreamEvent::Readable { id }) => {
+                let bytes = read_all(link.quic, id);
+                let _ = link.quic.send_stream(id).write(&bytes);
+            }
+            _ => {}
+        }
+    }
+
+    fn ended(&mut self, _id: ConnId, _state: EchoConn, _quic: &proto::Connection) {
+        self.seen.lock().unwrap().ended += 1;
+    }
+
+    fn command(&mut self, _core: &mut Core<EchoConn>, _command: (), _now: Instant) -> Flow {
+        Flow::Stop
+    }
+}
+
+/// Clients that each send `line {i}` on connecting and again whenever told
+/// to, and count the lines that come back whole.
+struct Lines {
+    config: proto::ClientConfig,
+    /// Where each client connects, by index.
+    servers: Vec<SocketAddr>,
+    /// The next client to connect, and handshakes in flight (at most
+    /// `HANDSHAKES`: a burst of first packets would overflow the sockets'
+    /// default buffers).
+    next: usize,
+    handshaking: usize,
+    /// Lines echoed back, by client.
+    echoed: Vec<usize>,
+    /// Fired once every client has had `want` lines back.
+    want: usize,
+    done: Option<oneshot::Sender<()>>,
+    /// How each client's connection ended, by client.
+    ended: Vec<Option<String>>,
+    ended_tx: Option<(usize, oneshot::Sender<()>)>,
+    /// Send one more line this long after each echo.
+    again_after: Option<Duration>,
+}
+
+struct LineConn {
+    index: usize,
+    stream: Option<StreamId>,
+    got: Vec<u8>,
+}
+
+enum LinesCommand {
+    /// Every client sends one more line.
+    Again,
+    /// Lines echoed back, all clients together.
+    Count(oneshot::Sender<usize>),
+    /// Lines echoed back, by client.
+    Counts(oneshot::Sender<Vec<usize>>),
+    Stop,
+}
+
+impl Lines {
+    fn new(
+        config: proto::ClientConfig,
+        servers: Vec<SocketAddr>,
+        want: usize,
+    ) -> (Self, oneshot::Receiver<()>) {
+        let (done, rx) = oneshot::channel();
+        let n = servers.len();
+        let lines = Self {
+            config,
+            servers,
+            next: 0,
+            handshaking: 0,
+            echoed: vec![0; n],
+            want,
+            done: Some(done),
+            ended: vec![None; n],
+            ended_tx: None,
+            again_after: None,
+        };
+        (lines, rx)
+    }
+
+    fn send_line(link: &mut Link<'_, LineConn>) {
+        let Some(id) = link.state.stream else { return };
+        let line = format!("line {}\n", link.state.index);
+        let _ = link.quic.send_stream(id).write(line.as_bytes());
+    }
+}
+
+impl Handler for Lines {
+    type State = LineConn;
+    type Command = LinesCommand;
+
+    fn event(&mut self, link: &mut Link<'_, LineConn>, event: Event) {
+        match event {
+            Event::Connected => {
+                self.handshaking -= 1;
+                link.state.stream = link.quic.streams().open(Dir::Bi);
+                Self::send_line(link);
+            }
+            Event::Stream(StreamEvent::Readable { id }) => {
+                let bytes = read_all(link.quic, id);
+                link.state.got.extend_from_slice(&bytes);
+                let line = format!("line {}\n", link.state.index);
+                while link.state.got.starts_with(line.as_bytes()) {
+                    link.state.got.drain(..line.len());
+                    let i = link.state.index;
+                    self.echoed[i] += 1;
+                    if let Some(after) = self.again_after {
+                        let at = link.now + after;
+                        link.wake_at(at);
+                    }
+                    if self.echoed.iter().all(|n| *n >= self.want)
+                        && let Some(done) = self.done.take()
+                    {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            Event::ConnectionLost { reason } => {
+                if link.state.stream.is_none() {
+                    self.handshaking -= 1;
+                }
+                self.ended[link.state.index] = Some(reason.to_string());
+            }
+            _ => {}
+        }
+    }
+
+    fn wake(&mut self, link: &mut Link<'_, LineConn>) {
+        Self::send_line(link);
+    }
+
+    fn ended(&mut self, _id: ConnId, state: LineConn, quic: &proto::Connection) {
+        let e = &mut self.ended[state.index];
+        e.get_or_insert_with(|| "drained".into());
+        let st = quic.stats();
+        e.as_mut().unwrap().push_str(&format!(" tx={} rx={}", st.udp_tx.datagrams, st.udp_rx.datagrams));
+        if let Some((n, _)) = &self.ended_tx
+            && self.ended.iter().filter(|e| e.is_some()).count() >= *n
+            && let Some((_, tx)) = self.ended_tx.take()
+        {
+            let _ = tx.send(());
+        }
+    }
+
+    fn command(&mut self, core: &mut Core<LineConn>, command: LinesCommand, now: Instant) -> Flow {
+        match command {
+            LinesCommand::Again => {
+                let mut touched = Vec::new();
+                for (id, quic, state) in core.iter_mut() {
+                    if let Some(stream) = state.stream {
+                        let line = format!("line {}\n", state.index);
+                        let _ = quic.send_stream(stream).write(line.as_bytes());
+                        touched.push(id);
+                    }
+                }
+                for id in touched {
+                    core.touch(id);
+                }
+                Flow::Continue
+            }
+            LinesCommand::Count(reply) => {
+                let _ = reply.send(self.echoed.iter().sum());
+                Flow::Continue
+            }
+            LinesCommand::Counts(reply) => {
+                let _ = reply.send(self.echoed.clone());
+                Flow::Continue
+            }
+            LinesCommand::Stop => {
+                core.close_all(now, 0u32.into(), b"bye");
+                Flow::Stop
+            }
+        }
+    }
+
+    fn turn(&mut self, core: &mut Core<LineConn>, now: Instant) {
+        while self.handshaking < HANDSHAKES && self.next < self.servers.len() {
+            let index = self.next;
+            self.next += 1;
+            self.handshaking += 1;
+            let state = LineConn { index, stream: None, got: Vec::new() };
+            core.connect(now, self.config.clone(), self.servers[index], "localhost", state).unwrap();
+        }
+    }
+}
+
+struct Running<H: Handler> {
+    tx: mpsc::Sender<H::Command>,
+    task: JoinHandle<H>,
+}
+
+fn spawn<H: Handler + Send + 'static>(
+    socket: std::net::UdpSocket,
+    server: Option<proto::ServerConfig>,
+    handler: H,
+) -> (Running<H>, SocketAddr)
+where
+    H::State: Send,
+    H::Command: Send,
+{
+    let driver = Driver::new(socket, server.map(Arc::new), handler).unwrap();
+    let addr = driver.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    (Running { tx, task: tokio::spawn(driver.run(rx)) }, addr)
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, f).await.unwrap_or_else(|_| panic!("{what} did not happen"))
+}
+
+#[tokio::test]
+async fn many_connections_share_one_driver_on_each_end() {
+    let (server_config, client_config) = tls();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (server, addr) = spawn(loopback(), Some(server_config), Echo { seen: seen.clone() });
+    let (lines, done) = Lines::new(client_config, vec![addr; 300], 3);
+    let lines = Lines { again_after: Some(Duration::from_millis(100)), ..lines };
+    let (clients, _) = spawn(loopback(), None, lines);
+    let finished = tokio::time::timeout(PATIENCE, done).await;
+    clients.tx.send(LinesCommand::Stop).await.unwrap();
+    let lines = clients.task.await.unwrap();
+    let short: Vec<(usize, usize, Option<String>)> = (0..300)
+        .filter(|i| lines.echoed[*i] < 3)
+        .map(|i| (i, lines.echoed[i], lines.ended[i].clone()))
+        .collect();
+    let admitted = seen.lock().unwrap().admitted;
+    assert!(
+        finished.is_ok(),
+        "{} connections short of three echoes ({admitted} admitted): {:?}",
+        short.len(),
+        &short[..short.len().min(5)]
+    );
+    assert!(lines.echoed.iter().all(|n| *n >= 3), "{:?}", lines.echoed);
+    assert!(lines.ended.iter().all(Option::is_none), "no connection ended before the stop");
+    assert_eq!(seen.lock().unwrap().admitted, 300);
+    // The clients' close reaches the server, which lets every connection go.
+    within("the server drains every connection", async {
+        while seen.lock().unwrap().ended < 300 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    server.tx.send(()).await.unwrap();
+    let _ = server.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wake_up_comes_when_asked_for() {
+    let (server_config, client_config) = tls();
+    let (server, addr) = spawn(loopback(), Some(server_config), Echo::default());
+    // Each echo asks for a wake-up 50 ms later that sends the next line:
+    // five echoes need four wake-ups.
+    let (lines, done) = Lines::new(client_config, vec![addr; 20], 5);
+    let lines = Lines { again_after: Some(Duration::from_millis(50)), ..lines };
+    let (clients, _) = spawn(loopback(), None, lines);
+    within("five echoes each, paced by wake-ups", done).await.unwrap();
+    clients.tx.send(LinesCommand::Stop).await.unwrap();
+    let lines = clients.task.await.unwrap();
+    assert!(lines.echoed.iter().all(|n| *n >= 5));
+    server.tx.send(()).await.unwrap();
+    server.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn silent_connections_time_out_on_both_ends() {
+    let (server_config, client_config) = tls_idle(Duration::from_millis(600));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (server, addr) = spawn(loopback(), Some(server_config), Echo { seen: seen.clone() });
+    let (lines, done) = Lines::new(client_config, vec![addr; 20], 1);
+    let (ended_tx, ended) = oneshot::channel();
+    let lines = Lines { ended_tx: Some((20, ended_tx)), ..lines };
+    let (clients, _) = spawn(loopback(), None, lines);
+    within("one echo each", done).await.unwrap();
+    // Nothing more is sent: the 600 ms idle timeout ends every connection,
+    // on both ends, by the drivers' timers alone.
+    within("the clients' connections end", ended).await.unwrap();
+    within("the server's connections end", async {
+        while seen.lock().unwrap().ended < 20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    clients.tx.send(LinesCommand::Stop).await.unwrap();
+    let lines = clients.task.await.unwrap();
+    for e in &lines.ended {
+        assert!(e.as_deref().is_some_and(|e| e.contains("timed out")), "{e:?}");
+    }
+    server.tx.send(()).await.unwrap();
+    server.task.await.unwrap();
+}
+
+/// A relay between clients and a server whose server-facing port can
+/// change mid-connection (a NAT rebinding, a phone moving networks), and
+/// which can drop everything.
+struct Rebinder {
+    addr: SocketAddr,
+    moved: Arc<AtomicBool>,
+    dropping: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Rebinder {
+    async fn start(server: SocketAddr) -> Self {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let backs = [
+            Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()),
+            Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()),
+        ];
+        let (moved, dropping) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let mut tasks = Vec::new();
+        {
+            let (front, backs, moved, dropping, client) =
+                (front.clone(), backs.clone(), moved.clone(), dropping.clone(), client.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                    *client.lock().unwrap() = Some(from);
+                    if dropping.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let back = &backs[usize::from(moved.load(Ordering::SeqCst))];
+                    let _ = back.send_to(&buf[..n], server).await;
+                }
+            }));
+        }
+        for back in backs {
+            let (front, dropping, client) = (front.clone(), dropping.clone(), client.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, _)) = back.recv_from(&mut buf).await {
+                    let to = *client.lock().unwrap();
+                    if let Some(to) = to
+                        && !dropping.load(Ordering::SeqCst)
+                    {
+                        let _ = front.send_to(&buf[..n], to).await;
+                    }
+                }
+            }));
+        }
+        Self { addr: front.local_addr().unwrap(), moved, dropping, tasks }
+    }
+}
+
+impl Drop for Rebinder {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_follows_its_client_to_a_new_address() {
+    let (server_config, client_config) = tls();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (server, addr) = spawn(loopback(), Some(server_config), Echo { seen: seen.clone() });
+    let relay = Rebinder::start(addr).await;
+    let (lines, done) = Lines::new(client_config, vec![relay.addr], 1);
+    let (clients, _) = spawn(loopback(), None, lines);
+    within("the first echo", done).await.unwrap();
+    relay.moved.store(true, Ordering::SeqCst);
+    clients.tx.send(LinesCommand::Again).await.unwrap();
+    within("the server sees the new address", async {
+        while seen.lock().unwrap().moved == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // The echo of the line sent from the new address comes back.
+    within("the second echo", async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let (reply, rx) = oneshot::channel();
+            clients.tx.send(LinesCommand::Count(reply)).await.unwrap();
+            if rx.await.unwrap() >= 2 {
+                return;
+            }
+        }
+    })
+    .await;
+    clients.tx.send(LinesCommand::Stop).await.unwrap();
+    let lines = clients.task.await.unwrap();
+    assert_eq!(lines.ended[0], None, "the connection lived through the move");
+    assert_eq!(seen.lock().unwrap().admitted, 1, "one connection, not a new one");
+    server.tx.send(()).await.unwrap();
+    server.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_whose_packets_stop_is_let_go_while_the_others_carry_on() {
+    let (server_config, client_config) = tls_idle(Duration::from_millis(600));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (server, addr) = spawn(loopback(), Some(server_config), Echo { seen: seen.clone() });
+    let relay = Rebinder::start(addr).await;
+    // Client 0 behind the relay; clients 1..=5 direct. Every client sends a
+    // line 100 ms after each echo, so the live ones never go idle.
+    let mut servers = vec![relay.addr];
+    servers.extend([addr; 5]);
+    let (lines, done) = Lines::new(client_config, servers, 1);
+    let lines = Lines { again_after: Some(Duration::from_millis(100)), ..lines };
+    let (clients, _) = spawn(loopback(), None, lines);
+    within("an echo each", done).await.unwrap();
+    relay.dropping.store(true, Ordering::SeqCst);
+    within("the server lets the silent client go", async {
+        while seen.lock().unwrap().ended == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (reply, rx) = oneshot::channel();
+    clients.tx.send(LinesCommand::Counts(reply)).await.unwrap();
+    let before = rx.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (reply, rx) = oneshot::channel();
+    clients.tx.send(LinesCommand::Counts(reply)).await.unwrap();
+    let after = rx.await.unwrap();
+    assert_eq!(before[0], after[0], "nothing more came back through the silent path");
+    for i in 1..=5 {
+        assert!(after[i] > before[i], "client {i} went on being echoed: {before:?} then {after:?}");
+    }
+    assert_eq!(seen.lock().unwrap().ended, 1, "only the silent client was let go");
+    clients.tx.send(LinesCommand::Stop).await.unwrap();
+    clients.task.await.unwrap();
+    server.tx.send(()).await.unwrap();
+    server.task.await.unwrap();
+}
