@@ -258,6 +258,10 @@ impl Handler for Node {
         self.advance(link);
     }
 
+    fn unaccepted(&mut self, _state: Conn) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
     fn ended(&mut self, _id: edge::ConnId, mut state: Conn, _quic: &proto::Connection) {
         self.end(&mut state);
         self.open.fetch_sub(1, Ordering::Relaxed);
@@ -680,16 +684,26 @@ fn flush_control(link: &mut Link<'_, Conn>) {
         link.state.out.clear();
         return;
     };
-    if link.state.out.is_empty() {
-        return;
+    if write_all(link.quic, id, &mut link.state.out).is_err() {
+        link.state.out.clear();
     }
-    match link.quic.send_stream(id).write_chunks(link.state.out.make_contiguous()) {
-        Ok(written) => {
-            link.state.out.drain(..written.chunks);
+}
+
+/// Hands QUIC as much of `queue` as it takes; true once all of it is
+/// taken, `Err` if the stream is stopped or gone. When QUIC takes only part,
+/// it is asked again, so that it notes the stream as blocked and reports it
+/// `Writable` once the peer gives credit.
+fn write_all(quic: &mut proto::Connection, id: StreamId, queue: &mut VecDeque<Bytes>) -> Result<bool, ()> {
+    while !queue.is_empty() {
+        match quic.send_stream(id).write_chunks(queue.make_contiguous()) {
+            Ok(written) => {
+                queue.drain(..written.chunks);
+            }
+            Err(proto::WriteError::Blocked) => return Ok(false),
+            Err(_) => return Err(()),
         }
-        Err(proto::WriteError::Blocked) => {}
-        Err(_) => link.state.out.clear(),
     }
+    Ok(true)
 }
 
 /// Finishes the control stream once its queued bytes are in QUIC's hands;

@@ -117,16 +117,9 @@ impl RoomStream {
 
     /// Hands QUIC what it takes of `unsent`; true once all of it is taken.
     fn flush(&mut self, quic: &mut proto::Connection) -> bool {
-        if self.unsent.is_empty() {
-            return true;
-        }
-        match quic.send_stream(self.id).write_chunks(self.unsent.make_contiguous()) {
-            Ok(written) => {
-                self.unsent.drain(..written.chunks);
-                self.unsent.is_empty()
-            }
-            Err(proto::WriteError::Blocked) => false,
-            Err(_) => {
+        match write_all(quic, self.id, &mut self.unsent) {
+            Ok(all) => all,
+            Err(()) => {
                 // Stopped by the client or gone with the connection.
                 self.feed.close();
                 self.unsent.clear();

@@ -87,6 +87,12 @@ pub trait Handler {
         None
     }
 
+    /// A connection [`Handler::admit`] let in that the endpoint could not
+    /// accept after all; its state is handed back.
+    fn unaccepted(&mut self, state: Self::State) {
+        let _ = state;
+    }
+
     /// An event of one connection.
     fn event(&mut self, link: &mut Link<'_, Self::State>, event: Event);
 
@@ -446,6 +452,7 @@ impl<H: Handler> Driver<H> {
                     match self.core.endpoint.accept(incoming, now, &mut self.io.scratch, config) {
                         Ok((id, quic)) => self.core.insert(id, quic, state),
                         Err(e) => {
+                            self.handler.unaccepted(state);
                             if let Some(t) = e.response {
                                 self.respond(&t);
                             }
