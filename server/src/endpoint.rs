@@ -86,18 +86,51 @@ impl Listener {
 /// node's server configuration.
 pub fn bind(config: &Config) -> Result<(Listener, CertInfo)> {
     let info = tls::cert_info(config)?;
-    let socket = udp_socket(config.listen, config.limits.udp_buffer_bytes)
+    let drivers = config.limits.drivers();
+    let sockets = udp_sockets(config.listen, config.limits.udp_buffer_bytes, drivers)
         .with_context(|| format!("binding UDP {}", config.listen))?;
-    Ok((Listener::new(vec![socket]), info))
+    Ok((Listener::new(sockets), info))
+}
+
+/// Binds `n` UDP sockets to `addr` (the first one's port if `addr`'s is 0),
+/// all with `SO_REUSEPORT` when there are several, so that the kernel
+/// spreads clients over them by address; each with the buffers of
+/// [`udp_socket`].
+pub fn udp_sockets(
+    addr: std::net::SocketAddr,
+    buffer: usize,
+    n: usize,
+) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    if n <= 1 {
+        return Ok(vec![udp_socket(addr, buffer)?]);
+    }
+    let first = socket(addr, buffer, true)?;
+    let addr = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..n {
+        sockets.push(socket(addr, buffer, true)?);
+    }
+    Ok(sockets)
 }
 
 /// Binds a UDP socket with the given receive and send buffer sizes (as far as
 /// the kernel allows: it logs what it got when that is less).
 pub fn udp_socket(addr: std::net::SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    socket(addr, buffer, false)
+}
+
+fn socket(
+    addr: std::net::SocketAddr,
+    buffer: usize,
+    reuse_port: bool,
+) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
     }
     if buffer > 0 {
         socket.set_recv_buffer_size(buffer)?;

@@ -244,11 +244,14 @@ pub async fn serve_with_drain(
     let gate = Arc::new(gate::Gate::new(limits.max_connections, limits.connections_per_ip_per_sec));
     let open = Arc::new(AtomicUsize::new(0));
     let server_config = Arc::new(server_config);
+    let sockets = endpoint.into_sockets();
+    let nodes =
+        sockets.iter().map(|_| connection::Node::new(shared.clone(), gate.clone(), open.clone())).collect();
+    let (group, _) =
+        edge::Driver::group(sockets, Some(server_config), nodes).context("starting the transport drivers")?;
+    info!(drivers = group.len(), "serving");
     let mut drivers = Vec::new();
-    for socket in endpoint.into_sockets() {
-        let node = connection::Node::new(shared.clone(), gate.clone(), open.clone());
-        let driver = edge::Driver::new(socket, Some(server_config.clone()), node)
-            .context("starting the transport driver")?;
+    for driver in group {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         drivers.push((tx, tokio::spawn(driver.run(rx))));
     }

@@ -91,6 +91,24 @@ pub struct LimitsConfig {
     /// lost last packet by as much. 0: QUIC's default (an ACK every second
     /// packet or 25 ms).
     pub ack_delay_ms: u64,
+    /// Transport drivers: UDP sockets on the listen address (with
+    /// `SO_REUSEPORT`), each driven by one task that owns its connections.
+    /// 0: one per core on a machine with more than two, else one (the rooms
+    /// and the rest of the node need a core too).
+    pub drivers: usize,
+}
+
+impl LimitsConfig {
+    /// [`Self::drivers`], with 0 resolved for this machine.
+    pub fn drivers(&self) -> usize {
+        match self.drivers {
+            0 => match std::thread::available_parallelism().map_or(1, usize::from) {
+                cores if cores > 2 => cores,
+                _ => 1,
+            },
+            n => n.min(usize::from(u8::MAX)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -258,6 +276,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 512,
             hello_timeout_ms: 10_000,
             udp_buffer_bytes: 16 << 20,
+            drivers: 0,
             ack_delay_ms: 200,
         }
     }

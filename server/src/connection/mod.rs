@@ -154,6 +154,10 @@ pub(crate) struct Conn {
     out: VecDeque<Bytes>,
     /// The client finished or reset its control stream.
     control_ended: bool,
+    /// QUIC may hold control-stream bytes not read yet (a `Readable` event
+    /// came since the last read found nothing): a ready mark from a room
+    /// does not read the stream for nothing.
+    control_unread: bool,
     /// Everything written on the control stream was acknowledged.
     control_acked: bool,
     phase: Phase,
@@ -200,6 +204,7 @@ impl Handler for Node {
                     decoder: FrameDecoder::new(limits.max_frame_bytes),
                     out: VecDeque::new(),
                     control_ended: false,
+                    control_unread: false,
                     control_acked: false,
                     // Counted from the first packet, as the handshake is part of it.
                     phase: Phase::Hello { deadline: now + Duration::from_millis(limits.hello_timeout_ms) },
@@ -228,7 +233,11 @@ impl Handler for Node {
                 // The transport allows the client one bidirectional stream.
                 if let Some(id) = link.quic.streams().accept(Dir::Bi) {
                     link.state.control = Some(id);
+                    link.state.control_unread = true;
                 }
+            }
+            Event::Stream(StreamEvent::Readable { id }) if link.state.control == Some(id) => {
+                link.state.control_unread = true;
             }
             Event::Stream(StreamEvent::Finished { id }) => {
                 if link.state.control == Some(id) {
@@ -387,9 +396,15 @@ impl Node {
                 Ok(None) => {}
                 Err(e) => return self.refuse(link, e.code(), &e.to_string()),
             }
+            if !link.state.control_unread {
+                return;
+            }
             match read_chunk(link.quic, control) {
                 Read::Data(bytes) => link.state.decoder.extend(&bytes),
-                Read::Nothing => return,
+                Read::Nothing => {
+                    link.state.control_unread = false;
+                    return;
+                }
                 Read::Ended => {
                     return self.refuse(
                         link,
@@ -532,12 +547,18 @@ impl Node {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
                     let Some(control) = link.state.control else { return Ok(()) };
+                    if !link.state.control_unread {
+                        return Ok(());
+                    }
                     match read_chunk(link.quic, control) {
                         Read::Data(bytes) => {
                             link.state.decoder.extend(&bytes);
                             continue;
                         }
-                        Read::Nothing => return Ok(()),
+                        Read::Nothing => {
+                            link.state.control_unread = false;
+                            return Ok(());
+                        }
                         Read::Ended => {
                             link.state.decoder.finish().map_err(|e| (e.code(), e.to_string()))?;
                             debug!(conn = link.state.id, "control stream ended");

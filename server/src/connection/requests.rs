@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// How a request is answered: at once, or when what it waits for is done.
+enum Outcome {
+    /// Boxed: an answer's body is large, a pending one small.
+    Now(Box<Answered>),
+    /// A step, and whether it is a barrier.
+    Later(Step, bool),
+}
+
 /// What a request handler works with: the node, the connection, its session.
 pub(super) struct Ctx<'a> {
     pub(super) shared: &'a Arc<Shared>,
@@ -23,30 +31,36 @@ impl Node {
         let id = link.state.id;
         let Phase::Live(s) = &mut link.state.phase else { return Ok(()) };
         let mut cx = Ctx { shared: &self.shared, id, s, now: link.now };
-        let step = |answer: Result<Answer, (ErrorCode, String)>| -> Result<Step, Answered> {
-            let answer = answer.map_err(Err)?;
-            Ok(Box::pin(async move { Done::Answer(answer.await) }))
+        let later = |answer: Result<Answer, (ErrorCode, String)>| match answer {
+            Ok(answer) => Outcome::Later(Box::pin(async move { Done::Answer(answer.await) }), false),
+            Err(e) => Outcome::Now(Box::new(Err(e))),
         };
-        let (step, barrier) = match frame.body {
+        let barrier = |step: Result<Step, (ErrorCode, String)>| match step {
+            Ok(step) => Outcome::Later(step, true),
+            Err(e) => Outcome::Now(Box::new(Err(e))),
+        };
+        let outcome = match frame.body {
             None => return Err((ErrorCode::ProtocolViolation, "empty frame".into())),
             Some(Req::Hello(_)) => return Err((ErrorCode::ProtocolViolation, "second hello".into())),
-            Some(Req::Join(j)) => (cx.join(j).map_err(Err), true),
-            Some(Req::Leave(l)) => (cx.leave(l.room).map_err(Err), true),
-            Some(Req::SendChat(c)) => (step(cx.chat(c)), false),
-            Some(Req::Recall(r)) => (step(cx.recall(r)), false),
-            Some(Req::FetchHistory(f)) => (step(cx.fetch_history(f)), false),
-            Some(Req::SendGift(g)) => (step(cx.gift(g)), false),
-            Some(Req::FetchCatalogue(_)) => (Err(Ok(Resp::Catalogue(self.shared.gifts.catalogue()))), false),
-            Some(Req::SubmitAnswer(a)) => (step(cx.answer_quiz(a)), false),
+            Some(Req::Join(j)) => barrier(cx.join(j)),
+            Some(Req::Leave(l)) => barrier(cx.leave(l.room)),
+            Some(Req::SendChat(c)) => later(cx.chat(c)),
+            Some(Req::Recall(r)) => later(cx.recall(r)),
+            Some(Req::FetchHistory(f)) => later(cx.fetch_history(f)),
+            Some(Req::SendGift(g)) => later(cx.gift(g)),
+            Some(Req::FetchCatalogue(_)) => {
+                Outcome::Now(Box::new(Ok(Resp::Catalogue(self.shared.gifts.catalogue()))))
+            }
+            Some(Req::SubmitAnswer(a)) => later(cx.answer_quiz(a)),
         };
-        match step {
-            Ok(step) => {
+        match outcome {
+            Outcome::Later(step, barrier) => {
                 if let Phase::Live(s) = &mut link.state.phase {
                     s.pending.push_back(Pending { rid, barrier, step, done: None });
                 }
                 Ok(())
             }
-            Err(now) => answer(link, rid, now),
+            Outcome::Now(answered) => answer(link, rid, *answered),
         }
     }
 }

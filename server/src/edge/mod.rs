@@ -15,6 +15,7 @@
 //! What reaches the driver from other tasks is a handler's `Command`, through
 //! one bounded queue per driver.
 
+mod steer;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -291,6 +292,8 @@ pub struct Driver<H: Handler> {
     core: Core<H::State>,
     handler: H,
     io: Io,
+    /// Its place in a group of drivers on one address, if it is in one.
+    steer: Option<steer::Steer>,
 }
 
 impl<H: Handler> Driver<H> {
@@ -301,16 +304,61 @@ impl<H: Handler> Driver<H> {
         server_config: Option<Arc<proto::ServerConfig>>,
         handler: H,
     ) -> io::Result<Self> {
+        Self::with(socket, server_config, handler, proto::EndpointConfig::default(), None)
+    }
+
+    /// Drivers for `sockets`, all bound to one address with `SO_REUSEPORT`
+    /// (see [`crate::endpoint::udp_sockets`]), one handler each: each issues
+    /// connection ids that name it, and a datagram that reaches another's
+    /// socket is handed to it (see `steer`). Also returns the count of
+    /// datagrams so handed over.
+    pub fn group(
+        sockets: Vec<std::net::UdpSocket>,
+        server_config: Option<Arc<proto::ServerConfig>>,
+        handlers: Vec<H>,
+    ) -> io::Result<(Vec<Self>, Arc<std::sync::atomic::AtomicU64>)> {
+        let n = sockets.len();
+        if n != handlers.len() || n == 0 || n > usize::from(u8::MAX) {
+            return Err(io::Error::other("a group needs 1 to 255 sockets, one handler each"));
+        }
+        let steered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if n == 1 {
+            // Alone: nothing to steer, and connection ids need not name it.
+            let (socket, handler) =
+                sockets.into_iter().zip(handlers).next().ok_or_else(|| io::Error::other("empty"))?;
+            return Ok((vec![Self::new(socket, server_config, handler)?], steered));
+        }
+        let (senders, mut inboxes): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| mpsc::channel(steer::MOVED_QUEUE)).map(|(tx, rx)| (tx, Some(rx))).unzip();
+        let mut drivers = Vec::with_capacity(n);
+        for (driver, (socket, handler)) in sockets.into_iter().zip(handlers).enumerate() {
+            let index = u8::try_from(driver).map_err(io::Error::other)?;
+            let mut config = proto::EndpointConfig::default();
+            config.cid_generator(move || {
+                Box::new(steer::Cids {
+                    driver: index,
+                    random: proto::RandomConnectionIdGenerator::new(steer::CID_LEN),
+                })
+            });
+            let inbox = inboxes[driver].take().ok_or_else(|| io::Error::other("inbox"))?;
+            let steer = steer::Steer { driver, peers: senders.clone(), inbox, steered: steered.clone() };
+            drivers.push(Self::with(socket, server_config.clone(), handler, config, Some(steer))?);
+        }
+        Ok((drivers, steered))
+    }
+
+    fn with(
+        socket: std::net::UdpSocket,
+        server_config: Option<Arc<proto::ServerConfig>>,
+        handler: H,
+        config: proto::EndpointConfig,
+        steer: Option<steer::Steer>,
+    ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let udp = UdpSocketState::new((&socket).into())?;
         let socket = tokio::net::UdpSocket::from_std(socket)?;
         let batch = quinn::udp::BATCH_SIZE.max(1);
-        let endpoint = proto::Endpoint::new(
-            Arc::new(proto::EndpointConfig::default()),
-            server_config.clone(),
-            true,
-            None,
-        );
+        let endpoint = proto::Endpoint::new(Arc::new(config), server_config.clone(), true, None);
         Ok(Self {
             core: Core {
                 endpoint,
@@ -333,6 +381,7 @@ impl<H: Handler> Driver<H> {
                 backlog: std::collections::VecDeque::new(),
                 scratch: Vec::new(),
             },
+            steer,
         })
     }
 
@@ -397,6 +446,11 @@ impl<H: Handler> Driver<H> {
                     }
                 }
                 () = self.core.ready.notify.notified() => self.take_ready(Instant::now()),
+                moved = moved(&mut self.steer) => {
+                    if let Some(m) = moved {
+                        self.datagram(Instant::now(), &m.meta, m.data);
+                    }
+                }
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
                 }
@@ -429,6 +483,17 @@ impl<H: Handler> Driver<H> {
                 let stride = meta.stride.max(1);
                 while !data.is_empty() {
                     let datagram = data.split_to(stride.min(data.len()));
+                    if let Some(steer) = &self.steer
+                        && let Some(owner) = steer.owner(&datagram)
+                        && owner != steer.driver
+                    {
+                        // Another driver's connection: its client moved. A
+                        // full queue drops it, as a full socket would.
+                        if steer.peers[owner].try_send(steer::Moved { meta, data: datagram }).is_ok() {
+                            steer.steered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        continue;
+                    }
                     self.datagram(now, &meta, datagram);
                 }
             }
@@ -648,6 +713,15 @@ impl Io {
                 true
             }
         }
+    }
+}
+
+/// The next datagram another driver of the group handed over; never, for a
+/// driver alone.
+async fn moved(steer: &mut Option<steer::Steer>) -> Option<steer::Moved> {
+    match steer {
+        Some(s) => s.inbox.recv().await,
+        None => std::future::pending().await,
     }
 }
 

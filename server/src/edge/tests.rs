@@ -544,3 +544,54 @@ async fn a_client_whose_packets_stop_is_let_go_while_the_others_carry_on() {
     server.tx.send(()).await.unwrap();
     server.task.await.unwrap();
 }
+
+#[tokio::test]
+async fn in_a_group_a_moved_client_is_steered_back_to_its_driver() {
+    let (server_config, client_config) = tls();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sockets = crate::endpoint::udp_sockets("127.0.0.1:0".parse().unwrap(), 0, 2).unwrap();
+    let addr = sockets[0].local_addr().unwrap();
+    assert_eq!(sockets[1].local_addr().unwrap(), addr, "one address");
+    let handlers = vec![Echo { seen: seen.clone() }, Echo { seen: seen.clone() }];
+    let (drivers, steered) = Driver::group(sockets, Some(Arc::new(server_config)), handlers).unwrap();
+    let mut servers = Vec::new();
+    for driver in drivers {
+        let (tx, rx) = mpsc::channel(4);
+        servers.push(Running { tx, task: tokio::spawn(driver.run(rx)) });
+    }
+    // Twenty clients, each behind a relay of its own: the kernel spreads
+    // their addresses over the two sockets, before and after each moves.
+    let mut relays = Vec::new();
+    for _ in 0..20 {
+        relays.push(Rebinder::start(addr).await);
+    }
+    let (lines, done) = Lines::new(client_config, relays.iter().map(|r| r.addr).collect(), 1);
+    let (clients, _) = spawn(loopback(), None, lines);
+    within("an echo each", done).await.unwrap();
+    for r in &relays {
+        r.moved.store(true, Ordering::SeqCst);
+    }
+    clients.tx.send(LinesCommand::Again).await.unwrap();
+    within("a second echo each, from the new addresses", async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let (reply, rx) = oneshot::channel();
+            clients.tx.send(LinesCommand::Counts(reply)).await.unwrap();
+            if rx.await.unwrap().iter().all(|n| *n >= 2) {
+                return;
+            }
+        }
+    })
+    .await;
+    clients.tx.send(LinesCommand::Stop).await.unwrap();
+    let lines = clients.task.await.unwrap();
+    assert!(lines.ended.iter().all(Option::is_none), "every connection lived through its move");
+    assert_eq!(seen.lock().unwrap().admitted, 20, "no client had to connect again");
+    // With twenty independent moves over two sockets, some land on the
+    // other driver's socket (all staying put has odds of one in a million).
+    assert!(steered.load(Ordering::Relaxed) > 0, "no datagram was steered");
+    for s in servers {
+        s.tx.send(()).await.unwrap();
+        s.task.await.unwrap();
+    }
+}
