@@ -206,7 +206,7 @@ impl Handler for Node {
                     control_ended: false,
                     control_unread: false,
                     control_acked: false,
-                    // Counted from the first packet, as the handshake is part of it.
+                    // Set again when the handshake completes.
                     phase: Phase::Hello { deadline: now + Duration::from_millis(limits.hello_timeout_ms) },
                     closing: None,
                     closed: false,
@@ -223,6 +223,12 @@ impl Handler for Node {
         match event {
             Event::Connected => {
                 self.shared.metrics.handshakes.inc();
+                // The hello's time counts from the handshake's end: a node
+                // busy with a join storm does not refuse a slow handshake.
+                let timeout = Duration::from_millis(self.shared.config.limits.hello_timeout_ms);
+                if let Phase::Hello { deadline } = &mut link.state.phase {
+                    *deadline = link.now + timeout;
+                }
             }
             Event::ConnectionLost { reason } => {
                 debug!(conn = link.state.id, %reason, "connection closed");
