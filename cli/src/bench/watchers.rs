@@ -86,7 +86,10 @@ impl Watchers {
         buffer: usize,
         concurrency: usize,
     ) -> Result<(Self, OpenOutcome)> {
-        let sockets = sockets.clamp(1, viewers.len().max(1));
+        if viewers.is_empty() {
+            return Ok((Self { drivers: Vec::new() }, OpenOutcome::default()));
+        }
+        let sockets = sockets.clamp(1, viewers.len());
         let dial = Arc::new(dial);
         let mut shares: Vec<VecDeque<Viewer>> = (0..sockets).map(|_| VecDeque::new()).collect();
         for (k, v) in viewers.into_iter().enumerate() {
