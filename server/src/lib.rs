@@ -247,8 +247,12 @@ pub async fn serve_with_drain(
     let sockets = endpoint.into_sockets();
     let nodes =
         sockets.iter().map(|_| connection::Node::new(shared.clone(), gate.clone(), open.clone())).collect();
-    let (group, _) =
-        edge::Driver::group(sockets, Some(server_config), nodes).context("starting the transport drivers")?;
+    let steered = shared.metrics.edge_steered.clone();
+    let on_steer: edge::Steered = Arc::new(move || {
+        steered.inc();
+    });
+    let group = edge::Driver::group(sockets, Some(server_config), nodes, on_steer)
+        .context("starting the transport drivers")?;
     info!(drivers = group.len(), "serving");
     let mut drivers = Vec::new();
     for driver in group {

@@ -74,6 +74,9 @@ pub struct Metrics {
     /// Deliveries from the fleet's Redis dropped because the node was behind
     /// (their rooms read them back from the stream).
     pub fleet_deliveries_dropped: Counter,
+    /// Datagrams that reached another driver's socket and were handed to the
+    /// driver holding their connection (clients whose address changed).
+    pub edge_steered: Counter,
     /// Quiz answers, by outcome.
     quiz_answers: Family<ReasonLabel, Counter>,
     /// Like taps reported: counted, or flagged (over the user's cap).
@@ -230,6 +233,12 @@ impl Metrics {
             "Deliveries from the fleet's Redis dropped because the node was behind; rooms read them back from the stream",
             fleet_deliveries_dropped.clone(),
         );
+        let edge_steered = Counter::default();
+        registry.register(
+            "edge_steered_datagrams",
+            "Datagrams that reached one transport driver's socket and were handed to the driver holding their connection (a client whose address changed)",
+            edge_steered.clone(),
+        );
         let quiz_answers = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "quiz_answers",
@@ -310,6 +319,7 @@ impl Metrics {
             gifts,
             archive_dropped,
             fleet_deliveries_dropped,
+            edge_steered,
             quiz_answers,
             likes_counted,
             likes_flagged,

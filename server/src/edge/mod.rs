@@ -36,6 +36,7 @@ use timers::Timers;
 pub use proto::{ConnectionHandle as ConnId, Dir, Event, StreamEvent, StreamId, VarInt};
 /// quinn-proto, whose `Connection` a handler drives.
 pub use quinn_proto as proto;
+pub use steer::Steered;
 
 /// Receive calls per turn of the loop before the connections it touched are
 /// driven (and their answers sent).
@@ -310,23 +311,22 @@ impl<H: Handler> Driver<H> {
     /// Drivers for `sockets`, all bound to one address with `SO_REUSEPORT`
     /// (see [`crate::endpoint::udp_sockets`]), one handler each: each issues
     /// connection ids that name it, and a datagram that reaches another's
-    /// socket is handed to it (see `steer`). Also returns the count of
-    /// datagrams so handed over.
+    /// socket is handed to it (see `steer`), and `steered` is called.
     pub fn group(
         sockets: Vec<std::net::UdpSocket>,
         server_config: Option<Arc<proto::ServerConfig>>,
         handlers: Vec<H>,
-    ) -> io::Result<(Vec<Self>, Arc<std::sync::atomic::AtomicU64>)> {
+        steered: Steered,
+    ) -> io::Result<Vec<Self>> {
         let n = sockets.len();
         if n != handlers.len() || n == 0 || n > usize::from(u8::MAX) {
             return Err(io::Error::other("a group needs 1 to 255 sockets, one handler each"));
         }
-        let steered = Arc::new(std::sync::atomic::AtomicU64::new(0));
         if n == 1 {
             // Alone: nothing to steer, and connection ids need not name it.
             let (socket, handler) =
                 sockets.into_iter().zip(handlers).next().ok_or_else(|| io::Error::other("empty"))?;
-            return Ok((vec![Self::new(socket, server_config, handler)?], steered));
+            return Ok(vec![Self::new(socket, server_config, handler)?]);
         }
         let (senders, mut inboxes): (Vec<_>, Vec<_>) =
             (0..n).map(|_| mpsc::channel(steer::MOVED_QUEUE)).map(|(tx, rx)| (tx, Some(rx))).unzip();
@@ -344,7 +344,7 @@ impl<H: Handler> Driver<H> {
             let steer = steer::Steer { driver, peers: senders.clone(), inbox, steered: steered.clone() };
             drivers.push(Self::with(socket, server_config.clone(), handler, config, Some(steer))?);
         }
-        Ok((drivers, steered))
+        Ok(drivers)
     }
 
     fn with(
@@ -490,7 +490,7 @@ impl<H: Handler> Driver<H> {
                         // Another driver's connection: its client moved. A
                         // full queue drops it, as a full socket would.
                         if steer.peers[owner].try_send(steer::Moved { meta, data: datagram }).is_ok() {
-                            steer.steered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            (steer.steered)();
                         }
                         continue;
                     }

@@ -60,8 +60,12 @@ pub(super) struct Steer {
     pub(super) driver: usize,
     pub(super) peers: Vec<mpsc::Sender<Moved>>,
     pub(super) inbox: mpsc::Receiver<Moved>,
-    pub(super) steered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Called for each datagram handed to another driver.
+    pub(super) steered: Steered,
 }
+
+/// What a group calls for each datagram it steers (a metric's increment).
+pub type Steered = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl Steer {
     /// The driver of the group whose connection `datagram` belongs to, if it
@@ -95,7 +99,7 @@ mod tests {
     fn steer(drivers: usize) -> Steer {
         let (_, inbox) = mpsc::channel(1);
         let peers = (0..drivers).map(|_| mpsc::channel(1).0).collect();
-        Steer { driver: 0, peers, inbox, steered: Default::default() }
+        Steer { driver: 0, peers, inbox, steered: std::sync::Arc::new(|| {}) }
     }
 
     #[test]

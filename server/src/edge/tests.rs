@@ -553,7 +553,12 @@ async fn in_a_group_a_moved_client_is_steered_back_to_its_driver() {
     let addr = sockets[0].local_addr().unwrap();
     assert_eq!(sockets[1].local_addr().unwrap(), addr, "one address");
     let handlers = vec![Echo { seen: seen.clone() }, Echo { seen: seen.clone() }];
-    let (drivers, steered) = Driver::group(sockets, Some(Arc::new(server_config)), handlers).unwrap();
+    let steered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = steered.clone();
+    let on_steer: Steered = Arc::new(move || {
+        count.fetch_add(1, Ordering::Relaxed);
+    });
+    let drivers = Driver::group(sockets, Some(Arc::new(server_config)), handlers, on_steer).unwrap();
     let mut servers = Vec::new();
     for driver in drivers {
         let (tx, rx) = mpsc::channel(4);
