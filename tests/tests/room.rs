@@ -177,3 +177,33 @@ async fn requests_outside_the_rules_are_refused_and_the_connection_stays_up() {
     c.join("three").await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_driver_per_core_carries_one_room_across_its_drivers() {
+    // Three drivers on one address: the kernel spreads the twelve clients'
+    // sockets over them, and the room is one room whichever driver holds a
+    // member.
+    let server = TestServer::start_with(|c| c.limits.drivers = 3).await;
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        let (c, e) = server.connect(&format!("u{i}"), Role::Viewer).await;
+        c.join("hall").await.unwrap();
+        clients.push((c, e));
+    }
+    for (_, events) in &mut clients {
+        wait_online(events, "hall", 12).await;
+    }
+    for (c, _) in &clients {
+        c.send_chat("hall", "hi").await.unwrap();
+    }
+    let mut orders = Vec::new();
+    for (_, events) in &mut clients {
+        let got = sequenced(events, 12).await;
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=12).collect::<Vec<u64>>());
+        orders.push(got.iter().map(|e| e.message_id.clone()).collect::<Vec<_>>());
+    }
+    assert!(orders.windows(2).all(|w| w[0] == w[1]), "one order for every member");
+    let metrics = server.scrape().await;
+    assert!(metrics.contains("roomcast_edge_steered_datagrams_total"), "the steering counter is exported");
+    server.stop().await;
+}
