@@ -1,9 +1,12 @@
 //! roomcast-server: a node that carries live rooms over QUIC.
 //!
-//! * [`run`] serves an already bound [`quinn::Endpoint`] until a shutdown
-//!   future resolves; [`endpoint::bind`] binds one from a [`Config`].
+//! * [`run`] serves an already bound [`endpoint::Listener`] until a
+//!   shutdown future resolves; [`endpoint::bind`] binds one from a [`Config`].
+//! * [`edge`] is the transport driver: one task per UDP socket drives every
+//!   QUIC connection on it through quinn-proto; `connection` holds the
+//!   sessions, as steps that driver calls.
 //! * `room` holds the room state machine, the room task and the per-member
-//!   outboxes; `connection` one task per QUIC connection.
+//!   outboxes.
 //! * [`auth`] verifies connection tokens (JWT, HS256 or ES256) locally.
 //! * [`Drain`] stops a node without losing what it acknowledged: the
 //!   shutdown future, SIGTERM and the admin API all pull the same switch.

@@ -54,7 +54,7 @@ pub struct Metrics {
     leaves: Family<ReasonLabel, Counter>,
     /// Room events made (sequenced and ephemeral), by kind.
     room_events: Family<KindLabel, Counter>,
-    /// Time from sequencing an event to its writer taking it for a member:
+    /// Time from sequencing an event to its connection taking it for a member:
     /// the batching window, the round's pacing and the outbox together.
     pub sequenced_to_write: Histogram,
     pub events_sequenced: Counter,
@@ -86,7 +86,7 @@ pub struct Metrics {
     like_reports_joined: Counter,
     like_reports_ignored: Counter,
     pub subscribers_lagged: Counter,
-    /// How long room events wait in a member's outbox for its writer: the
+    /// How long room events wait in a member's outbox for its connection: the
     /// node's own queueing after fan-out, before QUIC takes the bytes.
     pub outbox_wait: Histogram,
     /// Handshakes in which a client presented a resumption ticket the node
@@ -187,7 +187,7 @@ impl Metrics {
             Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]);
         registry.register(
             "sequenced_to_write_seconds",
-            "Time from sequencing a room event to its writer taking it for a member",
+            "Time from sequencing a room event to its connection taking it for a member",
             sequenced_to_write.clone(),
         );
         let refused_connections = Family::<ReasonLabel, Counter>::default();
@@ -273,7 +273,7 @@ impl Metrics {
             Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]);
         registry.register(
             "outbox_wait_seconds",
-            "Time the oldest room event waited in a member's outbox before its writer took it",
+            "Time the oldest room event waited in a member's outbox before its connection took it",
             outbox_wait.clone(),
         );
         let tls_resumed = Counter::default();

@@ -1,9 +1,10 @@
 //! Per-subscriber outboxes: the only thing the fan-out path touches per member.
 //!
 //! A room encodes each event once and, at each flush, pushes the same `Bytes`
-//! (a batch of frames) into every member's [`Outbox`]. The connection's writer
-//! task drains everything pending and writes it to the room stream in one
-//! vectored write, so a busy room sends few, full packets.
+//! (a batch of frames) into every member's [`Outbox`]. The connection's
+//! transport driver drains everything pending and writes it to the room
+//! stream in one write of shared chunks, so a busy room sends few, full
+//! packets.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -63,7 +64,7 @@ pub struct PushOutcome {
 /// Overflow policy: capacity counts events. When a push would exceed it,
 /// queued ephemeral events are shed first, Low before Normal. A new ephemeral
 /// event that still does not fit is dropped. A sequenced batch that still does
-/// not fit is not queued: the outbox turns *lagged*. Its writer sends what is
+/// not fit is not queued: the outbox turns *lagged*. Its room stream gets what is
 /// queued, then a `Lagged` frame naming the lost range, then ends the stream,
 /// and the client resumes from history. Each kind of room datagram (online
 /// count, like total, quiz nudge) is a single slot where the latest value
@@ -86,11 +87,11 @@ struct State {
     /// The frame that ends the stream after everything queued (a removal
     /// notice), if the subscription was ended with one.
     last: Option<Bytes>,
-    /// When the oldest queued sequenced event was sequenced, for the writer
+    /// When the oldest queued sequenced event was sequenced, for the drainer
     /// to report the node's latency from sequencing to writing.
     sequenced_at: Option<Instant>,
     /// When the oldest queued item was pushed (the outbox went from empty to
-    /// not), for the writer to report how long items wait for it.
+    /// not), for the drainer to report how long items wait for it.
     since: Option<Instant>,
     /// Who drains it, waiting for something to drain: woken (once) by the
     /// push that makes it so. For a connection on the transport edge, the
@@ -110,13 +111,13 @@ pub enum Slot {
 pub const SLOTS: usize = 3;
 
 impl State {
-    /// Nothing for the writer: no frame and no datagram.
+    /// Nothing to drain: no frame and no datagram.
     fn is_idle(&self) -> bool {
         self.items.is_empty() && self.datagrams.iter().all(Option::is_none)
     }
 }
 
-/// What a writer took out of an outbox in one drain.
+/// What a drainer took out of an outbox in one drain.
 #[derive(Debug, Default)]
 pub struct Drained {
     /// The room's latest datagrams, by [`Slot`].
@@ -231,7 +232,7 @@ impl Outbox {
         }
     }
 
-    /// Ends the subscription; the writer flushes what is queued and stops.
+    /// Ends the subscription; the drainer flushes what is queued and stops.
     pub fn close(&self) {
         let mut s = self.lock();
         s.closed = true;
