@@ -21,7 +21,7 @@ use roomcast_protocol::codec::{FrameDecoder, encode_frame};
 use roomcast_protocol::datagram::ClientDatagram;
 use roomcast_protocol::{MAX_SERVER_FRAME_BYTES, PROTOCOL_VERSION, unix_ms};
 use roomcast_server::edge::{
-    ConnId, Core, Dir, Driver, Event, Flow, Handler, Link, StreamEvent, StreamId, proto,
+    ConnId, Core, Dir, Driver, Event, Flow, Handler, Link, StreamEvent, StreamId, proto, read_stream,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -300,16 +300,6 @@ impl Watch {
             }
         }
     }
-}
-
-/// Reads what stream `id` has; `each` sees the bytes.
-fn read_stream(quic: &mut proto::Connection, id: StreamId, mut each: impl FnMut(&[u8])) {
-    let mut stream = quic.recv_stream(id);
-    let Ok(mut chunks) = stream.read(true) else { return };
-    while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
-        each(&chunk.bytes);
-    }
-    let _ = chunks.finalize();
 }
 
 impl Handler for Watch {

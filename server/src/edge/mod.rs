@@ -15,6 +15,8 @@
 //! What reaches the driver from other tasks is a handler's `Command`, through
 //! one bounded queue per driver.
 
+mod core;
+mod socket;
 mod steer;
 #[cfg(test)]
 mod tests;
@@ -22,8 +24,8 @@ mod timers;
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Wake, Waker};
+use std::sync::{Arc, PoisonError};
+use std::task::Waker;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -31,7 +33,10 @@ use quinn::udp::{RecvMeta, UdpSocketState};
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
+use self::socket::{Io, udp_transmit};
 use timers::Timers;
+
+pub use self::core::Core;
 
 pub use proto::{ConnectionHandle as ConnId, Dir, Event, StreamEvent, StreamId, VarInt};
 /// quinn-proto, whose `Connection` a handler drives.
@@ -122,170 +127,21 @@ pub trait Handler {
     }
 }
 
+/// Reads whatever stream `id` holds now, in order; `each` sees the bytes.
+pub fn read_stream(quic: &mut proto::Connection, id: StreamId, mut each: impl FnMut(&[u8])) {
+    let mut stream = quic.recv_stream(id);
+    let Ok(mut chunks) = stream.read(true) else { return };
+    while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
+        each(&chunk.bytes);
+    }
+    let _ = chunks.finalize();
+}
+
 /// Whether a driver goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     Continue,
     Stop,
-}
-
-struct Slot<S> {
-    quic: proto::Connection,
-    state: S,
-    /// The handler's wake-up.
-    wake: Option<Instant>,
-    /// The deadline last put in the heap: the earlier of quinn-proto's and the handler's.
-    deadline: Option<Instant>,
-    /// Queued in `Core::dirty`.
-    dirty: bool,
-    /// Queued in `Io::backlog`.
-    backlogged: bool,
-    /// Tells stale ready marks (of a connection whose handle was reused) apart.
-    generation: u64,
-    waker: Waker,
-}
-
-/// Connections marked ready from other tasks (a room queued events for
-/// one, a reply it waits for came): a queue push, and one wake-up of the
-/// driver if it was idle.
-#[derive(Default)]
-struct Ready {
-    marks: Mutex<Vec<(usize, u64)>>,
-    notify: tokio::sync::Notify,
-}
-
-/// The waker of one connection.
-struct ConnWaker {
-    ready: Arc<Ready>,
-    index: usize,
-    generation: u64,
-}
-
-impl Wake for ConnWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        let mut marks = self.ready.marks.lock().unwrap_or_else(PoisonError::into_inner);
-        let first = marks.is_empty();
-        marks.push((self.index, self.generation));
-        drop(marks);
-        if first {
-            self.ready.notify.notify_one();
-        }
-    }
-}
-
-/// The connections of one driver, and quinn-proto's endpoint that routes
-/// datagrams to them.
-pub struct Core<S> {
-    endpoint: proto::Endpoint,
-    server_config: Option<Arc<proto::ServerConfig>>,
-    conns: Vec<Option<Slot<S>>>,
-    live: usize,
-    timers: Timers,
-    /// Connections something happened to since they were last driven.
-    dirty: Vec<ConnId>,
-    ready: Arc<Ready>,
-    generations: u64,
-}
-
-impl<S> Core<S> {
-    /// Opens a connection to `server`; the handler hears of it from its
-    /// first event (`Connected`, or `ConnectionLost`).
-    pub fn connect(
-        &mut self,
-        now: Instant,
-        config: proto::ClientConfig,
-        server: SocketAddr,
-        server_name: &str,
-        state: S,
-    ) -> Result<ConnId, proto::ConnectError> {
-        let (id, quic) = self.endpoint.connect(now, config, server, server_name)?;
-        self.insert(id, quic, state);
-        Ok(id)
-    }
-
-    /// Live connections.
-    pub fn len(&self) -> usize {
-        self.live
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-
-    /// Every live connection and its state.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut proto::Connection, &mut S)> {
-        self.conns
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, slot)| slot.as_mut().map(|s| (ConnId(i), &mut s.quic, &mut s.state)))
-    }
-
-    /// Closes every connection with `code` and `reason`.
-    pub fn close_all(&mut self, now: Instant, code: VarInt, reason: &[u8]) {
-        let reason = bytes::Bytes::copy_from_slice(reason);
-        for i in 0..self.conns.len() {
-            if let Some(slot) = &mut self.conns[i] {
-                slot.quic.close(now, code, reason.clone());
-                self.mark(ConnId(i));
-            }
-        }
-    }
-
-    fn insert(&mut self, id: ConnId, quic: proto::Connection, state: S) {
-        if self.conns.len() <= id.0 {
-            self.conns.resize_with(id.0 + 1, || None);
-        }
-        self.generations += 1;
-        let generation = self.generations;
-        let waker = Waker::from(Arc::new(ConnWaker { ready: self.ready.clone(), index: id.0, generation }));
-        self.conns[id.0] = Some(Slot {
-            quic,
-            state,
-            wake: None,
-            deadline: None,
-            dirty: false,
-            backlogged: false,
-            generation,
-            waker,
-        });
-        self.live += 1;
-        self.mark(id);
-    }
-
-    /// Drives connection `id` at the end of this turn: for a handler that
-    /// wrote to it from outside its events (a command, say).
-    pub fn touch(&mut self, id: ConnId) {
-        self.mark(id);
-    }
-
-    fn mark(&mut self, id: ConnId) {
-        if let Some(Some(slot)) = self.conns.get_mut(id.0)
-            && !slot.dirty
-        {
-            slot.dirty = true;
-            self.dirty.push(id);
-        }
-    }
-}
-
-/// The socket half of a driver: quinn-udp's state for it and the buffers.
-struct Io {
-    socket: tokio::net::UdpSocket,
-    udp: UdpSocketState,
-    recv_buf: Vec<u8>,
-    metas: Vec<RecvMeta>,
-    /// The transmit being sent; reused by every connection in turn.
-    send_buf: Vec<u8>,
-    /// A transmit the socket would not take yet, in `send_buf`.
-    blocked: Option<proto::Transmit>,
-    /// Connections that may have more to send once the socket takes it.
-    backlog: std::collections::VecDeque<ConnId>,
-    /// Endpoint responses (version negotiation, resets, refusals).
-    scratch: Vec<u8>,
 }
 
 /// One UDP socket's connections and the task that drives them.
@@ -551,15 +407,7 @@ impl<H: Handler> Driver<H> {
             if slot.generation != generation {
                 continue;
             }
-            let mut link = Link {
-                id: ConnId(index),
-                quic: &mut slot.quic,
-                state: &mut slot.state,
-                now,
-                wake: &mut slot.wake,
-                waker: &slot.waker,
-            };
-            self.handler.ready(&mut link);
+            self.handler.ready(&mut slot.link(index, now));
             self.core.mark(ConnId(index));
         }
     }
@@ -575,15 +423,7 @@ impl<H: Handler> Driver<H> {
             slot.quic.handle_timeout(now);
             if slot.wake.is_some_and(|w| w <= now) {
                 slot.wake = None;
-                let mut link = Link {
-                    id: ConnId(index),
-                    quic: &mut slot.quic,
-                    state: &mut slot.state,
-                    now,
-                    wake: &mut slot.wake,
-                    waker: &slot.waker,
-                };
-                self.handler.wake(&mut link);
+                self.handler.wake(&mut slot.link(index, now));
             }
             self.core.mark(ConnId(index));
         }
@@ -629,15 +469,7 @@ impl<H: Handler> Driver<H> {
             }
             while let Some(event) = slot.quic.poll() {
                 progressed = true;
-                let mut link = Link {
-                    id,
-                    quic: &mut slot.quic,
-                    state: &mut slot.state,
-                    now,
-                    wake: &mut slot.wake,
-                    waker: &slot.waker,
-                };
-                self.handler.event(&mut link, event);
+                self.handler.event(&mut slot.link(id.0, now), event);
             }
             if !progressed {
                 break;
@@ -697,40 +529,11 @@ impl<H: Handler> Driver<H> {
     }
 }
 
-impl Io {
-    /// Sends the transmit in `send_buf`; false (and kept) if the socket is full.
-    fn send(&mut self, t: proto::Transmit) -> bool {
-        let transmit = udp_transmit(&t, &self.send_buf[..t.size]);
-        let (socket, udp) = (&self.socket, &self.udp);
-        match socket.try_io(Interest::WRITABLE, || udp.send(socket.into(), &transmit)) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.blocked = Some(t);
-                false
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "UDP send failed");
-                true
-            }
-        }
-    }
-}
-
 /// The next datagram another driver of the group handed over; never, for a
 /// driver alone.
 async fn moved(steer: &mut Option<steer::Steer>) -> Option<steer::Moved> {
     match steer {
         Some(s) => s.inbox.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-fn udp_transmit<'a>(t: &proto::Transmit, contents: &'a [u8]) -> quinn::udp::Transmit<'a> {
-    quinn::udp::Transmit {
-        destination: t.destination,
-        ecn: t.ecn.and_then(|e| quinn::udp::EcnCodepoint::from_bits(e as u8)),
-        contents,
-        segment_size: t.segment_size,
-        src_ip: t.src_ip,
     }
 }

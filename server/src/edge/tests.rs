@@ -2,15 +2,17 @@
 //! clients that send lines and wait for them back.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::*;
+use rebinder::Rebinder;
+
+mod rebinder;
 
 const ALPN: &[u8] = b"edge-test";
 /// A bound on how long a test waits for what must happen; never a
@@ -68,13 +70,7 @@ fn loopback() -> std::net::UdpSocket {
 /// Reads what stream `id` has.
 fn read_all(quic: &mut proto::Connection, id: StreamId) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut stream = quic.recv_stream(id);
-    if let Ok(mut chunks) = stream.read(true) {
-        while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
-            out.extend_from_slice(&chunk.bytes);
-        }
-        let _ = chunks.finalize();
-    }
+    read_stream(quic, id, |b| out.extend_from_slice(b));
     out
 }
 
@@ -323,6 +319,15 @@ where
     (Running { tx, task: tokio::spawn(driver.run(rx)) }, addr)
 }
 
+impl<H: Handler> Running<H> {
+    /// Sends `command` (the handler's stop) and waits for the driver to hand
+    /// its handler back.
+    async fn stop(self, command: H::Command) -> H {
+        assert!(self.tx.send(command).await.is_ok(), "the driver is running");
+        self.task.await.unwrap()
+    }
+}
+
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, f).await.unwrap_or_else(|_| panic!("{what} did not happen"))
 }
@@ -336,8 +341,7 @@ async fn many_connections_share_one_driver_on_each_end() {
     let lines = Lines { again_after: Some(Duration::from_millis(100)), ..lines };
     let (clients, _) = spawn(loopback(), None, lines);
     let finished = tokio::time::timeout(PATIENCE, done).await;
-    clients.tx.send(LinesCommand::Stop).await.unwrap();
-    let lines = clients.task.await.unwrap();
+    let lines = clients.stop(LinesCommand::Stop).await;
     let short: Vec<(usize, usize, Option<String>)> = (0..300)
         .filter(|i| lines.echoed[*i] < 3)
         .map(|i| (i, lines.echoed[i], lines.ended[i].clone()))
@@ -359,8 +363,7 @@ async fn many_connections_share_one_driver_on_each_end() {
         }
     })
     .await;
-    server.tx.send(()).await.unwrap();
-    let _ = server.task.await.unwrap();
+    server.stop(()).await;
 }
 
 #[tokio::test]
@@ -373,11 +376,9 @@ async fn a_wake_up_comes_when_asked_for() {
     let lines = Lines { again_after: Some(Duration::from_millis(50)), ..lines };
     let (clients, _) = spawn(loopback(), None, lines);
     within("five echoes each, paced by wake-ups", done).await.unwrap();
-    clients.tx.send(LinesCommand::Stop).await.unwrap();
-    let lines = clients.task.await.unwrap();
+    let lines = clients.stop(LinesCommand::Stop).await;
     assert!(lines.echoed.iter().all(|n| *n >= 5));
-    server.tx.send(()).await.unwrap();
-    server.task.await.unwrap();
+    server.stop(()).await;
 }
 
 #[tokio::test]
@@ -399,74 +400,11 @@ async fn silent_connections_time_out_on_both_ends() {
         }
     })
     .await;
-    clients.tx.send(LinesCommand::Stop).await.unwrap();
-    let lines = clients.task.await.unwrap();
+    let lines = clients.stop(LinesCommand::Stop).await;
     for e in &lines.ended {
         assert!(e.as_deref().is_some_and(|e| e.contains("timed out")), "{e:?}");
     }
-    server.tx.send(()).await.unwrap();
-    server.task.await.unwrap();
-}
-
-/// A relay between clients and a server whose server-facing port can
-/// change mid-connection (a NAT rebinding, a phone moving networks), and
-/// which can drop everything.
-struct Rebinder {
-    addr: SocketAddr,
-    moved: Arc<AtomicBool>,
-    dropping: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Rebinder {
-    async fn start(server: SocketAddr) -> Self {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let backs = [
-            Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()),
-            Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()),
-        ];
-        let (moved, dropping) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        let mut tasks = Vec::new();
-        {
-            let (front, backs, moved, dropping, client) =
-                (front.clone(), backs.clone(), moved.clone(), dropping.clone(), client.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                    *client.lock().unwrap() = Some(from);
-                    if dropping.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    let back = &backs[usize::from(moved.load(Ordering::SeqCst))];
-                    let _ = back.send_to(&buf[..n], server).await;
-                }
-            }));
-        }
-        for back in backs {
-            let (front, dropping, client) = (front.clone(), dropping.clone(), client.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                while let Ok((n, _)) = back.recv_from(&mut buf).await {
-                    let to = *client.lock().unwrap();
-                    if let Some(to) = to
-                        && !dropping.load(Ordering::SeqCst)
-                    {
-                        let _ = front.send_to(&buf[..n], to).await;
-                    }
-                }
-            }));
-        }
-        Self { addr: front.local_addr().unwrap(), moved, dropping, tasks }
-    }
-}
-
-impl Drop for Rebinder {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+    server.stop(()).await;
 }
 
 #[tokio::test]
@@ -498,12 +436,10 @@ async fn a_connection_follows_its_client_to_a_new_address() {
         }
     })
     .await;
-    clients.tx.send(LinesCommand::Stop).await.unwrap();
-    let lines = clients.task.await.unwrap();
+    let lines = clients.stop(LinesCommand::Stop).await;
     assert_eq!(lines.ended[0], None, "the connection lived through the move");
     assert_eq!(seen.lock().unwrap().admitted, 1, "one connection, not a new one");
-    server.tx.send(()).await.unwrap();
-    server.task.await.unwrap();
+    server.stop(()).await;
 }
 
 #[tokio::test]
@@ -539,10 +475,8 @@ async fn a_client_whose_packets_stop_is_let_go_while_the_others_carry_on() {
         assert!(after[i] > before[i], "client {i} went on being echoed: {before:?} then {after:?}");
     }
     assert_eq!(seen.lock().unwrap().ended, 1, "only the silent client was let go");
-    clients.tx.send(LinesCommand::Stop).await.unwrap();
-    clients.task.await.unwrap();
-    server.tx.send(()).await.unwrap();
-    server.task.await.unwrap();
+    clients.stop(LinesCommand::Stop).await;
+    server.stop(()).await;
 }
 
 #[tokio::test]
@@ -588,15 +522,13 @@ async fn in_a_group_a_moved_client_is_steered_back_to_its_driver() {
         }
     })
     .await;
-    clients.tx.send(LinesCommand::Stop).await.unwrap();
-    let lines = clients.task.await.unwrap();
+    let lines = clients.stop(LinesCommand::Stop).await;
     assert!(lines.ended.iter().all(Option::is_none), "every connection lived through its move");
     assert_eq!(seen.lock().unwrap().admitted, 20, "no client had to connect again");
     // With twenty independent moves over two sockets, some land on the
     // other driver's socket (all staying put has odds of one in a million).
     assert!(steered.load(Ordering::Relaxed) > 0, "no datagram was steered");
     for s in servers {
-        s.tx.send(()).await.unwrap();
-        s.task.await.unwrap();
+        s.stop(()).await;
     }
 }
