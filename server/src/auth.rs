@@ -169,16 +169,29 @@ fn dev_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let path = dir.join(DEV_SECRET_FILE);
     if let Ok(s) = std::fs::read_to_string(&path) {
         let s = s.trim();
-        if !s.is_empty() {
-            return Ok(s.as_bytes().to_vec());
+        if s.is_empty() {
+            return make_dev_secret(dir, &path);
         }
+        // What this node writes: 64 hex digits. Anything else (a file an
+        // older node cut short on a full disk) would be a weak secret.
+        anyhow::ensure!(
+            s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()),
+            "the development secret {} is not 64 hex digits (cut short?): delete it to make a new one \
+             (tokens signed with the old one stop working), or set auth.hs256_secret",
+            path.display()
+        );
+        return Ok(s.as_bytes().to_vec());
     }
+    make_dev_secret(dir, &path)
+}
+
+fn make_dev_secret(dir: &Path, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut raw = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
         .map_err(|_| anyhow::anyhow!("no system randomness"))?;
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    crate::tls::write_private(&path, hex.as_bytes())?;
+    crate::durable::write_private(path, hex.as_bytes())?;
     Ok(hex.into_bytes())
 }
 
@@ -200,6 +213,21 @@ mod tests {
 
     fn now() -> u64 {
         roomcast_protocol::unix_ms(SystemTime::now()) / 1000
+    }
+
+    #[test]
+    fn the_development_secret_is_made_once_and_one_cut_short_refuses_the_start() {
+        let dir = std::env::temp_dir().join(format!("roomcast-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = dev_secret(&dir).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(dev_secret(&dir).unwrap(), first, "kept and reused");
+        assert!(!dir.join(format!("{DEV_SECRET_FILE}.tmp")).exists(), "no temporary file left");
+        // What an older node left when the disk filled mid-write.
+        std::fs::write(dir.join(DEV_SECRET_FILE), &first[..20]).unwrap();
+        let refused = dev_secret(&dir).unwrap_err().to_string();
+        assert!(refused.contains("not 64 hex digits") && refused.contains("delete it"), "{refused}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod config;
 mod connection;
 pub mod drain;
+mod durable;
 pub mod edge;
 pub mod endpoint;
 pub mod gate;
@@ -136,9 +137,8 @@ pub async fn serve_with_drain(
         secs => {
             let dir = config.data_dir.join("archive");
             let (retention, max) = (Duration::from_secs(secs), config.room.archive_max_bytes);
-            let archive =
-                room::Archive::open(dir.clone(), retention, max, Some(metrics.archive_dropped.clone()))
-                    .with_context(|| format!("opening the history archive in {}", dir.display()))?;
+            let archive = room::Archive::open(dir.clone(), retention, max, metrics.archive_counters())
+                .with_context(|| format!("opening the history archive in {}", dir.display()))?;
             Some(archive)
         }
     };
@@ -170,6 +170,7 @@ pub async fn serve_with_drain(
     };
     let gifts = gifts::Gifts::open(&config.gifts, &config.data_dir, node_epoch, fleet.as_ref())
         .with_context(|| format!("opening the gift ledger in {}", config.data_dir.display()))?;
+    gifts.ledger.count_failures(&metrics.storage_failures);
     let gifts = Arc::new(gifts);
     let rooms = match fleet {
         None => room::Rooms::with_archive(config.room.clone(), metrics.clone(), hooks.clone(), archive),

@@ -95,6 +95,25 @@ enum Command {
         #[arg(long)]
         amount: u64,
     },
+    /// The gift ledger's journal on disk.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum LedgerCommand {
+    /// Rewrites a gift ledger journal that the node refuses to read, without
+    /// its unreadable parts, keeping the journal as it was beside it
+    /// (`<journal>.corrupt-<unix ms>`). A whole record found inside an
+    /// unreadable line (appended after a torn one) is kept. Only while the
+    /// node is stopped. Prints what was kept and dropped.
+    Repair {
+        /// The journal's file name in the data directory: `gift-ledger.jsonl`
+        /// (the embedded ledger) or `gift-webhook-keys.jsonl` (the webhook
+        /// ledger's keys).
+        #[arg(long, default_value = roomcast_server::gifts::ledger::JOURNAL_FILE)]
+        file: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,6 +186,7 @@ async fn main() -> Result<()> {
             println!("{}", roomcast_server::auth::mint_hs256(&secret, &user, &name, role, ttl));
             Ok(())
         }
+        Some(Command::Ledger(LedgerCommand::Repair { file })) => repair_ledger(&config.data_dir.join(file)),
         Some(Command::Credit { user, amount }) => {
             anyhow::ensure!(amount > 0, "--amount must be at least 1");
             anyhow::ensure!(
@@ -195,6 +215,31 @@ async fn main() -> Result<()> {
 }
 
 /// Resolves on the first SIGTERM (what process supervisors send) or Ctrl-C.
+/// `roomcast-server ledger repair`.
+fn repair_ledger(path: &std::path::Path) -> Result<()> {
+    let now = roomcast_protocol::unix_ms(std::time::SystemTime::now());
+    let report = roomcast_server::gifts::ledger::repair(path, now)
+        .with_context(|| format!("repairing {}", path.display()))?;
+    let Some(backup) = &report.backup else {
+        println!("{}: every record reads ({} records); nothing to repair", path.display(), report.kept);
+        return Ok(());
+    };
+    println!("{}: repaired; the journal as it was is kept in {}", path.display(), backup.display());
+    println!("kept {} records as they were", report.kept);
+    for (line, offset, op) in &report.salvaged {
+        println!("line {line} (byte {offset}): kept a whole {op} record found after a torn one");
+    }
+    for (line, offset, text) in &report.dropped {
+        println!("line {line} (byte {offset}): dropped {} bytes: {text}", text.len());
+    }
+    for (user, key) in &report.unsettled {
+        println!(
+            "user {user:?} key {key:?}: charged with no receipt; its next send is broadcast (once) as charged"
+        );
+    }
+    Ok(())
+}
+
 async fn drain_signal() {
     #[cfg(unix)]
     let term = async {

@@ -71,6 +71,13 @@ pub struct Metrics {
     gifts: Family<ReasonLabel, Counter>,
     /// Sequenced events not archived because the archive's writer was behind.
     pub archive_dropped: Counter,
+    /// Sequenced events not archived because the disk refused their write.
+    pub archive_write_failed: Counter,
+    /// Writes the disk refused (or could not sync), by file.
+    pub storage_failures: StorageFailures,
+    /// Rooms that took a new epoch because the fleet's Redis had lost their
+    /// numbering.
+    pub fleet_rooms_renumbered: Counter,
     /// Deliveries from the fleet's Redis dropped because the node was behind
     /// (their rooms read them back from the stream).
     pub fleet_deliveries_dropped: Counter,
@@ -107,6 +114,23 @@ pub struct AdminRequestLabels {
     pub method: String,
     pub route: String,
     pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabel {
+    file: &'static str,
+}
+
+/// `roomcast_storage_write_failures_total`, one handle per file the node
+/// writes as it serves.
+#[derive(Debug, Clone, Default)]
+pub struct StorageFailures {
+    /// The embedded ledger's journal.
+    pub gift_ledger: Counter,
+    /// The webhook ledger's key journal.
+    pub gift_webhook_keys: Counter,
+    /// The room archive.
+    pub archive: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,6 +181,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The archive's counters.
+    pub fn archive_counters(&self) -> crate::room::ArchiveCounters {
+        crate::room::ArchiveCounters {
+            queue_full: self.archive_dropped.clone(),
+            write_failed: self.archive_write_failed.clone(),
+            write_failures: self.storage_failures.archive.clone(),
+        }
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("roomcast");
         let connections = Gauge::default();
@@ -221,11 +254,30 @@ impl Metrics {
             "Gift sends answered, by outcome (repeat: an idempotency key seen before)",
             gifts.clone(),
         );
-        let archive_dropped = Counter::default();
+        let archive = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "archive_dropped",
-            "Sequenced events not kept for replay after the live because the archive's writer was behind",
-            archive_dropped.clone(),
+            "Sequenced events not kept for replay after the live: the archive's writer was behind (queue_full) or the disk refused the write (write_failed)",
+            archive.clone(),
+        );
+        let archive_dropped = archive.get_or_create(&ReasonLabel { reason: "queue_full" }).clone();
+        let archive_write_failed = archive.get_or_create(&ReasonLabel { reason: "write_failed" }).clone();
+        let storage = Family::<FileLabel, Counter>::default();
+        registry.register(
+            "storage_write_failures",
+            "Writes the disk refused or could not sync, by file (gift_ledger, gift_webhook_keys, archive); a failed write is cut back, so files hold whole records only",
+            storage.clone(),
+        );
+        // One statement each: a family's handle holds its lock until dropped.
+        let gift_ledger = storage.get_or_create(&FileLabel { file: "gift_ledger" }).clone();
+        let gift_webhook_keys = storage.get_or_create(&FileLabel { file: "gift_webhook_keys" }).clone();
+        let archive_failures = storage.get_or_create(&FileLabel { file: "archive" }).clone();
+        let storage_failures = StorageFailures { gift_ledger, gift_webhook_keys, archive: archive_failures };
+        let fleet_rooms_renumbered = Counter::default();
+        registry.register(
+            "fleet_rooms_renumbered",
+            "Rooms that took a new epoch because the fleet's Redis had lost their numbering (flushed, restarted without persistence, failed over behind, or evicted); members resume incomplete",
+            fleet_rooms_renumbered.clone(),
         );
         let fleet_deliveries_dropped = Counter::default();
         registry.register(
@@ -318,6 +370,9 @@ impl Metrics {
             chat_rate_limited,
             gifts,
             archive_dropped,
+            archive_write_failed,
+            storage_failures,
+            fleet_rooms_renumbered,
             fleet_deliveries_dropped,
             edge_steered,
             quiz_answers,

@@ -60,25 +60,23 @@ fn load_files(cert: &Path, key: &Path, development: bool) -> Result<Material> {
 fn dev_material(dir: &Path) -> Result<Material> {
     let cert = dir.join(DEV_CERT_FILE);
     let key = dir.join(DEV_KEY_FILE);
-    if !cert.exists() || !key.exists() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-        let ck = rcgen::generate_simple_self_signed(names).context("generating development certificate")?;
-        write_private(&key, ck.signing_key.serialize_pem().as_bytes())?;
-        std::fs::write(&cert, ck.cert.pem()).with_context(|| format!("writing {}", cert.display()))?;
+    if cert.exists() && key.exists() {
+        match load_files(&cert, &key, true) {
+            Ok(m) => return Ok(m),
+            // Only this node ever wrote them: a pair it cannot read (cut short
+            // by a full disk under an older node) is made anew.
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "development certificate unreadable; making a new one")
+            }
+        }
     }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let ck = rcgen::generate_simple_self_signed(names).context("generating development certificate")?;
+    // The key first: a certificate on disk means its key is there, whole.
+    crate::durable::write_private(&key, ck.signing_key.serialize_pem().as_bytes())?;
+    crate::durable::write_private(&cert, ck.cert.pem().as_bytes())?;
     load_files(&cert, &key, true)
-}
-
-/// Writes a file readable by its owner only.
-pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(data).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The certificate `config` asks for (creating the development certificate
@@ -168,6 +166,23 @@ mod tests {
         assert!(a.development);
         assert_eq!(a.fingerprint, b.fingerprint);
         assert_eq!(a.fingerprint.len(), 32 * 3 - 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_development_certificate_cut_short_is_made_anew() {
+        let dir = std::env::temp_dir().join(format!("roomcast-tls-torn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config { data_dir: dir.clone(), ..Config::default() };
+        let (_, a) = crypto(&config, Counter::default()).unwrap();
+        // What an older node left when the disk filled mid-write.
+        let pem = std::fs::read(dir.join(DEV_CERT_FILE)).unwrap();
+        std::fs::write(dir.join(DEV_CERT_FILE), &pem[..pem.len() / 2]).unwrap();
+        let (_, b) = crypto(&config, Counter::default()).unwrap();
+        assert!(b.development);
+        assert_ne!(a.fingerprint, b.fingerprint, "a new certificate");
+        let (_, c) = crypto(&config, Counter::default()).unwrap();
+        assert_eq!(b.fingerprint, c.fingerprint, "and kept");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

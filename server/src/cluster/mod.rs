@@ -22,6 +22,7 @@ mod ledger;
 mod link;
 mod quiz;
 mod sanctions;
+mod settings;
 
 pub use ledger::FleetLedger;
 pub use quiz::Revealed;
@@ -121,6 +122,9 @@ pub struct Sequenced {
     pub first: u64,
     /// The room's epoch (hex), the same on every node.
     pub epoch: String,
+    /// Redis had lost the room's numbering: `epoch` is a new one, numbered
+    /// from 1.
+    pub renumbered: bool,
 }
 
 /// Why the fleet could not do something.
@@ -250,6 +254,8 @@ impl Fleet {
         let link = Link::new(&options.redis, options.cluster, options.unreachable_after, push)?;
         if !link.ping().await {
             tracing::warn!("the fleet's Redis does not answer yet: joins are refused until it does");
+        } else if let Ok(conn) = link.conn().await {
+            settings::check(conn).await;
         }
         link.keep_checking();
         let mut id = [0u8; 8];
@@ -293,12 +299,16 @@ impl Fleet {
 
     /// Numbers `events` (each an encoded `RoomEvent` without `seq` and
     /// `message_id`) as the room's next, keeps them in its stream and
-    /// publishes them, atomically. `epoch` is the room's epoch if it has
-    /// none yet.
+    /// publishes them, atomically. `followed` is the epoch this node's room
+    /// follows and `seen` the last sequence number it has in it: when Redis
+    /// has lost the room's numbering (the epoch gone, or the counter behind
+    /// `seen`), the room takes a new epoch, numbered from 1
+    /// (`sequence.lua`).
     pub async fn sequence(
         &self,
         room: &RoomId,
-        epoch: u64,
+        followed: u64,
+        seen: u64,
         events: &[Bytes],
     ) -> Result<Sequenced, FleetError> {
         if events.is_empty() || events.len() > MAX_BATCH {
@@ -307,15 +317,17 @@ impl Fleet {
         let [seq, log, epoch_key, channel] = keys(room);
         let mut invocation = self.script.key(seq);
         invocation.key(log).key(epoch_key).key(done_key(room, "batches"));
-        invocation.arg(channel).arg(self.history_len).arg(format!("{epoch:x}"));
+        invocation.arg(channel).arg(self.history_len).arg(format!("{followed:x}"));
         invocation.arg(self.publish).arg(&*self.node).arg(self.calls.fetch_add(1, Ordering::Relaxed));
+        let fresh = roomcast_protocol::unix_ms(std::time::SystemTime::now()).max(followed + 1);
+        invocation.arg(seen).arg(format!("{fresh:x}"));
         for e in events {
             invocation.arg(e.as_ref());
         }
         let mut conn = self.link.conn().await?;
         let reply = invocation.invoke_async(&mut conn).await.map_err(FleetError::from);
-        let (first, epoch): (u64, String) = self.answered(reply)?;
-        Ok(Sequenced { first, epoch })
+        let (first, epoch, lost): (u64, String, u8) = self.answered(reply)?;
+        Ok(Sequenced { first, epoch, renumbered: lost == 1 })
     }
 
     /// Starts receiving `room`'s events.

@@ -10,8 +10,13 @@
 //! * Writing never touches the room's task: `ArchiveSink::record` is a
 //!   `try_send` of the encoded event into a bounded queue, drained by one
 //!   writer thread that appends in batches. An event that finds the queue
-//!   full is not archived and is counted (`dropped`); the room and its live
-//!   history are unaffected.
+//!   full is not archived and is counted (`queue_full`); the room and its
+//!   live history are unaffected.
+//! * A file holds whole records only. A batch the disk refuses (full, or an
+//!   I/O error) is cut back to the file's length before it, its events are
+//!   counted (`write_failed`) and the failure is logged once until a write
+//!   succeeds again; what is written after the disk has room again reads
+//!   back like the rest. Live history is unaffected.
 //! * Reading happens on tokio's blocking pool, never behind live traffic. A
 //!   recalled message is left out (its `RecallNotice` is kept), as in live
 //!   history; a torn last record (a crash mid-write) is ignored.
@@ -20,13 +25,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use roomcast_protocol::{HistoryRange, MAX_SERVER_FRAME_BYTES, RoomId, v1};
 
@@ -51,8 +57,18 @@ pub struct Archive {
     dir: PathBuf,
     tx: SyncSender<Record>,
     dropped: AtomicU64,
-    /// The same count, for `roomcast_archive_dropped_total`.
-    dropped_metric: Option<prometheus_client::metrics::counter::Counter>,
+    counters: ArchiveCounters,
+}
+
+/// Where the archive counts what it could not keep.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveCounters {
+    /// Events not archived because the writer was behind.
+    pub queue_full: Counter,
+    /// Events not archived because the disk refused their write.
+    pub write_failed: Counter,
+    /// Writes the disk refused.
+    pub write_failures: Counter,
 }
 
 /// A room incarnation's way into the archive.
@@ -73,29 +89,26 @@ impl ArchiveSink {
         let record = Record { file: self.file.clone(), bytes: event.encode_to_vec() };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.archive.tx.try_send(record) {
             self.archive.dropped.fetch_add(1, Ordering::Relaxed);
-            if let Some(m) = &self.archive.dropped_metric {
-                m.inc();
-            }
+            self.archive.counters.queue_full.inc();
         }
     }
 }
 
 impl Archive {
     /// Opens (or creates) the archive in `dir` and starts its writer thread.
-    /// Events it cannot keep up with are counted in `dropped`, if given.
+    /// What it cannot keep is counted in `counters`.
     pub fn open(
         dir: PathBuf,
         retention: Duration,
         max_bytes: u64,
-        dropped: Option<prometheus_client::metrics::counter::Counter>,
+        counters: ArchiveCounters,
     ) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(&dir)?;
         let (tx, rx) = sync_channel(QUEUE);
-        let writer_dir = dir.clone();
-        std::thread::Builder::new()
-            .name("roomcast-archive".into())
-            .spawn(move || write_loop(&writer_dir, &rx, retention, max_bytes))?;
-        Ok(Arc::new(Self { dir, tx, dropped: AtomicU64::new(0), dropped_metric: dropped }))
+        let writer =
+            Writer { dir: dir.clone(), retention, max_bytes, counters: counters.clone(), failing: false };
+        std::thread::Builder::new().name("roomcast-archive".into()).spawn(move || writer.run(&rx))?;
+        Ok(Arc::new(Self { dir, tx, dropped: AtomicU64::new(0), counters }))
     }
 
     /// The sink of `room`'s incarnation `epoch`.
@@ -155,40 +168,79 @@ fn read_room(dir: &Path, room: &RoomId) -> Option<Vec<v1::RoomEvent>> {
     Some(events)
 }
 
-/// The writer thread: appends batches until every sink and the archive are
-/// gone, and sweeps old files.
-fn write_loop(dir: &Path, rx: &Receiver<Record>, retention: Duration, max_bytes: u64) {
-    let mut last_sweep = std::time::Instant::now();
-    sweep(dir, retention, max_bytes);
-    loop {
-        let first = match rx.recv_timeout(SWEEP_EVERY) {
-            Ok(r) => Some(r),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let mut batch: HashMap<Arc<str>, Vec<Vec<u8>>> = HashMap::new();
-        for r in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()).take(4_096)) {
-            batch.entry(r.file).or_default().push(r.bytes);
-        }
-        for (file, events) in batch {
-            if let Err(e) = append(&dir.join(&*file), &events) {
-                tracing::warn!(error = %e, file = %file, "archive write failed");
+/// The writer thread's state.
+struct Writer {
+    dir: PathBuf,
+    retention: Duration,
+    max_bytes: u64,
+    counters: ArchiveCounters,
+    /// The last write failed (logged once until one succeeds).
+    failing: bool,
+}
+
+impl Writer {
+    /// Appends batches until every sink and the archive are gone, and
+    /// sweeps old files.
+    fn run(mut self, rx: &Receiver<Record>) {
+        let mut last_sweep = std::time::Instant::now();
+        sweep(&self.dir, self.retention, self.max_bytes);
+        loop {
+            let first = match rx.recv_timeout(SWEEP_EVERY) {
+                Ok(r) => Some(r),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch: HashMap<Arc<str>, Vec<Vec<u8>>> = HashMap::new();
+            for r in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()).take(4_096)) {
+                batch.entry(r.file).or_default().push(r.bytes);
+            }
+            for (file, events) in batch {
+                self.write(&file, &events);
+            }
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                sweep(&self.dir, self.retention, self.max_bytes);
+                last_sweep = std::time::Instant::now();
             }
         }
-        if last_sweep.elapsed() >= SWEEP_EVERY {
-            sweep(dir, retention, max_bytes);
-            last_sweep = std::time::Instant::now();
+    }
+
+    fn write(&mut self, file: &str, events: &[Vec<u8>]) {
+        match append(&self.dir.join(file), events) {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!(file = %file, "archive writes succeed again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.counters.write_failures.inc();
+                self.counters.write_failed.inc_by(events.len() as u64);
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!(error = %e, file = %file, "archive write failed; events are not kept for replay until writes succeed again");
+                }
+            }
         }
     }
 }
 
+/// Appends `events` to the file at `path` in one write; on an error the
+/// file is cut back to where it was, so it never holds a torn record
+/// before whole ones.
 fn append(path: &Path, events: &[Vec<u8>]) -> io::Result<()> {
-    let mut out = BufWriter::new(OpenOptions::new().create(true).append(true).open(path)?);
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    let start = file.metadata()?.len();
+    let mut bytes = Vec::with_capacity(events.iter().map(|e| e.len() + 4).sum());
     for e in events {
-        out.write_all(&(e.len() as u32).to_be_bytes())?;
-        out.write_all(e)?;
+        bytes.extend_from_slice(&(e.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(e);
     }
-    out.flush()
+    let written = file.write_all(&bytes);
+    if written.is_err()
+        && let Err(cut) = file.set_len(start)
+    {
+        tracing::error!(error = %cut, file = %path.display(), "a failed archive write could not be cut back");
+    }
+    written
 }
 
 /// Deletes files older than `retention`, then the oldest while the archive
@@ -249,7 +301,9 @@ mod tests {
     #[tokio::test]
     async fn a_room_reads_back_by_seq_and_media_time_without_recalled_messages_and_its_newest_incarnation() {
         let d = dir("read");
-        let archive = Archive::open(d.clone(), Duration::from_secs(3600), u64::MAX, None).unwrap();
+        let archive =
+            Archive::open(d.clone(), Duration::from_secs(3600), u64::MAX, ArchiveCounters::default())
+                .unwrap();
         let room = RoomId::new("r").unwrap();
         let old = archive.sink(&room, 1);
         old.record(&chat(1, 0));

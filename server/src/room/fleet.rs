@@ -10,14 +10,23 @@
 //!   (`Numbered`). A room's events go to Redis in the order it made them.
 //! * Deliveries pass through an [`Orderer`]: a repeat is dropped, a hole is
 //!   read back from the stream before what follows it is taken.
+//! * When Redis has lost the room's numbering (flushed, restarted without
+//!   persistence, failed over behind, evicted), `sequence.lua` gives the
+//!   room a new epoch numbered from 1. Every node sees it in the message
+//!   ids of what arrives and goes on with the room's new incarnation
+//!   (`RoomState::renumber`): no sequence number or message id is used
+//!   twice, and nothing numbered afterwards is taken for a repeat.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use roomcast_protocol::{ErrorCode, RoomId, v1};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use super::archive::Archive;
 use super::state::{GiftSequenced, RoomState};
 use crate::cluster::{Arrival, Fleet, MAX_BATCH, Orderer};
 
@@ -69,6 +78,20 @@ pub(super) struct Publisher {
     tx: mpsc::Sender<Batch>,
 }
 
+/// Where the room is in the fleet's numbering: its epoch and the last
+/// sequence number it has taken in it, read together by the publisher.
+#[derive(Debug, Clone, Copy, Default)]
+struct Position {
+    epoch: u64,
+    seq: u64,
+}
+
+type SharedPosition = Arc<Mutex<Position>>;
+
+fn read(position: &SharedPosition) -> Position {
+    *position.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl std::fmt::Debug for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batch").field("events", &self.events.len()).finish_non_exhaustive()
@@ -77,9 +100,9 @@ impl std::fmt::Debug for Batch {
 
 impl Publisher {
     /// Starts `room`'s publisher task.
-    pub(super) fn start(fleet: Fleet, room: RoomId, epoch: u64) -> Self {
+    fn start(fleet: Fleet, room: RoomId, position: SharedPosition) -> Self {
         let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
-        tokio::spawn(publish(fleet, room, epoch, rx));
+        tokio::spawn(publish(fleet, room, position, rx));
         Self { tx }
     }
 
@@ -121,7 +144,7 @@ impl Publisher {
 
 /// The publisher task: what has queued goes to Redis in one call; replies
 /// are completed in order.
-async fn publish(fleet: Fleet, room: RoomId, epoch: u64, mut rx: mpsc::Receiver<Batch>) {
+async fn publish(fleet: Fleet, room: RoomId, position: SharedPosition, mut rx: mpsc::Receiver<Batch>) {
     while let Some(first) = rx.recv().await {
         let mut batches = vec![first];
         let mut count = batches[0].events.len();
@@ -139,8 +162,16 @@ async fn publish(fleet: Fleet, room: RoomId, epoch: u64, mut rx: mpsc::Receiver<
         let mut numbered = Vec::with_capacity(events.len());
         let mut failed = false;
         for chunk in events.chunks(MAX_BATCH) {
-            match fleet.sequence(&room, epoch, chunk).await {
-                Ok(s) => numbered.extend((0..chunk.len() as u64).map(|i| (s.first + i, s.epoch.clone()))),
+            let at = read(&position);
+            match fleet.sequence(&room, at.epoch, at.seq, chunk).await {
+                Ok(s) => {
+                    if s.renumbered {
+                        warn!(room = %room, lost = %format!("{:x}", at.epoch), seen = at.seq, epoch = %s.epoch,
+                            "the fleet's Redis had lost the room's numbering (flushed, restarted without \
+                             persistence, failed over behind or evicted): the room takes a new epoch");
+                    }
+                    numbered.extend((0..chunk.len() as u64).map(|i| (s.first + i, s.epoch.clone())));
+                }
                 Err(e) => {
                     warn!(error = %e, room = %room, "events not sequenced: the fleet's Redis is unreachable");
                     failed = true;
@@ -168,6 +199,18 @@ pub(super) struct Following {
     pub(super) fleet: Fleet,
     pub(super) orderer: Orderer,
     pub(super) publisher: Publisher,
+    /// The epoch and last sequence number taken, shared with the publisher.
+    position: SharedPosition,
+    /// Where a new incarnation's events are archived.
+    archive: Option<Arc<Archive>>,
+    /// `roomcast_fleet_rooms_renumbered_total`.
+    renumbered: Counter,
+}
+
+/// The epoch a numbered event's message id (`{epoch:x}-{seq}`) carries.
+fn epoch_of(event: &v1::RoomEvent) -> Option<u64> {
+    let (hex, _) = event.message_id.rsplit_once('-')?;
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// Subscribes `room` and brings `state` to the fleet's position: its epoch,
@@ -178,6 +221,8 @@ pub(super) async fn follow(
     state: &mut RoomState,
     local_epoch: u64,
     recent: usize,
+    archive: Option<Arc<Archive>>,
+    renumbered: Counter,
 ) -> Result<Following, crate::cluster::FleetError> {
     // Subscribe first: nothing numbered after the position read below is
     // missed; what arrives twice is dropped by the orderer.
@@ -189,10 +234,14 @@ pub(super) async fn follow(
     let now_ms = roomcast_protocol::unix_ms(std::time::SystemTime::now());
     state.join_fleet(last, epoch, events, tokio::time::Instant::now(), now_ms);
     debug!(last, epoch, "room follows the fleet");
+    let position = Arc::new(Mutex::new(Position { epoch, seq: last }));
     Ok(Following {
         fleet: fleet.clone(),
         orderer: Orderer::after(last),
-        publisher: Publisher::start(fleet.clone(), room.clone(), epoch),
+        publisher: Publisher::start(fleet.clone(), room.clone(), position.clone()),
+        position,
+        archive,
+        renumbered,
     })
 }
 
@@ -202,6 +251,10 @@ impl Following {
     pub(super) async fn ingest(&mut self, room: &RoomId, state: &mut RoomState, events: Vec<v1::RoomEvent>) {
         let now = tokio::time::Instant::now();
         for e in events {
+            let epoch = read(&self.position).epoch;
+            if let Some(new) = epoch_of(&e).filter(|e| *e != epoch) {
+                self.renumber(room, state, epoch, new, now);
+            }
             if let Some(v1::room_event::Kind::QuizResult(r)) = &e.kind {
                 // This node's players read their verdicts.
                 self.fleet.quiz_revealed(room, r);
@@ -214,8 +267,11 @@ impl Following {
                         .await
                     {
                         Ok(Ok(missed)) => {
+                            let epoch = read(&self.position).epoch;
                             for m in missed {
-                                if m.seq >= from && m.seq <= to {
+                                // The stream of another incarnation (Redis
+                                // lost the room meanwhile) fills no hole.
+                                if m.seq >= from && m.seq <= to && epoch_of(&m) == Some(epoch) {
                                     if let Some(v1::room_event::Kind::QuizResult(r)) = &m.kind {
                                         self.fleet.quiz_revealed(room, r);
                                     }
@@ -234,5 +290,24 @@ impl Following {
                 }
             }
         }
+        let mut position = self.position.lock().unwrap_or_else(PoisonError::into_inner);
+        position.seq = state.last_seq();
+    }
+
+    /// The room goes on as its new incarnation `new` (see the module docs).
+    fn renumber(
+        &mut self,
+        room: &RoomId,
+        state: &mut RoomState,
+        old: u64,
+        new: u64,
+        now: tokio::time::Instant,
+    ) {
+        warn!(room = %room, old = %format!("{old:x}"), new = %format!("{new:x}"),
+            "the room's numbering restarted in the fleet (its Redis had lost it): members resume incomplete");
+        self.renumbered.inc();
+        self.orderer = Orderer::after(0);
+        *self.position.lock().unwrap_or_else(PoisonError::into_inner) = Position { epoch: new, seq: 0 };
+        state.renumber(new, self.archive.as_ref().map(|a| a.sink(room, new)), now);
     }
 }

@@ -94,13 +94,13 @@ pub struct HistoryLog {
     inner: Mutex<Inner>,
     max_len: usize,
     max_age: Duration,
-    /// Where every event pushed is also kept for replay after the live.
-    archive: Option<super::archive::ArchiveSink>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     events: VecDeque<(Instant, v1::RoomEvent)>,
+    /// Where every event pushed is also kept for replay after the live.
+    archive: Option<super::archive::ArchiveSink>,
 }
 
 /// A page of history.
@@ -113,7 +113,7 @@ pub struct Page {
 
 impl HistoryLog {
     pub fn new(max_len: usize, max_age: Duration) -> Arc<Self> {
-        Arc::new(Self { inner: Mutex::default(), max_len, max_age, archive: None })
+        Arc::new(Self { inner: Mutex::default(), max_len, max_age })
     }
 
     /// A history that also hands every event pushed to `archive`.
@@ -122,7 +122,17 @@ impl HistoryLog {
         max_age: Duration,
         archive: super::archive::ArchiveSink,
     ) -> Arc<Self> {
-        Arc::new(Self { inner: Mutex::default(), max_len, max_age, archive: Some(archive) })
+        let inner = Inner { events: VecDeque::new(), archive: Some(archive) };
+        Arc::new(Self { inner: Mutex::new(inner), max_len, max_age })
+    }
+
+    /// History for a new incarnation of the room (the fleet renumbered
+    /// it): what was kept is dropped, and what is pushed from now on is
+    /// archived in `archive`, the new incarnation's file.
+    pub(super) fn renew(&self, archive: Option<super::archive::ArchiveSink>) {
+        let mut inner = self.lock();
+        inner.events.clear();
+        inner.archive = archive;
     }
 
     // Nothing panics while holding the lock, so poison carries no meaning.
@@ -140,10 +150,10 @@ impl HistoryLog {
     }
 
     pub fn push(&self, now: Instant, event: v1::RoomEvent) {
-        if let Some(archive) = &self.archive {
+        let mut inner = self.lock();
+        if let Some(archive) = &inner.archive {
             archive.record(&event);
         }
-        let mut inner = self.lock();
         inner.events.push_back((now, event));
         self.trim(&mut inner, now);
     }

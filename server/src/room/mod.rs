@@ -33,7 +33,7 @@ mod registry;
 mod state;
 mod task;
 
-pub use archive::Archive;
+pub use archive::{Archive, ArchiveCounters};
 pub use fanout::{Drained, SLOTS, Slot};
 pub use feed::Feed;
 pub use handle::{JoinRequest, Joined, Reply, RoomHandle};

@@ -209,6 +209,11 @@ impl Rooms {
         entry
     }
 
+    /// Where rooms' sequenced events are archived, if anywhere.
+    pub(super) fn archive(&self) -> Option<&Arc<Archive>> {
+        self.archive.as_ref()
+    }
+
     /// The live room `id`, if any.
     fn live(&self, id: &RoomId) -> Result<Entry, ErrorCode> {
         self.lock().get(id).filter(|e| !e.handle.tx.is_closed()).cloned().ok_or(ErrorCode::NotFound)

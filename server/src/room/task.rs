@@ -94,7 +94,17 @@ pub(super) async fn run_room(
         RoomState::new(id.clone(), epoch, limits(&rooms.config), history).with_likes(likes.clone());
     let mut following = match &fleet {
         None => None,
-        Some(fleet) => match follow(fleet, &id, &mut state, epoch, rooms.config.history_len).await {
+        Some(fleet) => match follow(
+            fleet,
+            &id,
+            &mut state,
+            epoch,
+            rooms.config.history_len,
+            rooms.archive().cloned(),
+            metrics.fleet_rooms_renumbered.clone(),
+        )
+        .await
+        {
             Ok(f) => Some(f),
             Err(e) => {
                 // A room that cannot follow the fleet's sequence takes

@@ -12,13 +12,17 @@
 //! {"op":"refund","user":"u1","key":"k-2","amount":10,"balance":490,"at":1764370002000}
 //! ```
 //!
-//! **Durability.** A credit, a debit or a refund is written and `fsync`ed
-//! (`sync_data`) before it is answered, one record per sync: a charge that
-//! was acknowledged survives a crash. A `settle` (the room's sequence number
-//! for an accepted key) is written without a sync of its own and reaches the
-//! disk with the next record's. A torn last line (a crash mid-write) is cut
-//! off at start; any other unreadable line refuses the start rather than
-//! guess at balances.
+//! **Durability.** Every record is written and `fsync`ed (`sync_data`)
+//! before it is answered, one record per sync: a charge that was
+//! acknowledged survives a crash, and so does the room's receipt for it
+//! (`settle`), so a gift answered once is never broadcast again after a
+//! restart. The file holds whole records only, and a debit is taken only
+//! while there is room for its receipt ([`file`]: failed writes are cut
+//! back, a reserve file is given back when the disk fills). A torn last line
+//! (a crash mid-write) is cut off at start; any other unreadable line
+//! refuses the start with its line and byte offset rather than guess at
+//! balances, and `roomcast-server ledger repair` rewrites the journal
+//! without it ([`replay`]).
 //!
 //! **Compaction.** When the journal holds many more lines than the state it
 //! describes (expired keys, superseded balances), it is rewritten as that
@@ -31,15 +35,22 @@
 //! `.await`; [`super::Ledger`] runs each operation on tokio's blocking pool,
 //! so the sync never stalls a runtime thread, a room or another user's chat.
 
+mod file;
+mod replay;
+
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::fs::OpenOptions;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
+use self::file::JournalFile;
+pub use self::file::RESERVE_BYTES;
+pub use self::replay::{RepairReport, repair};
 use super::{DebitOutcome, LedgerError, Receipt};
 
 /// The embedded ledger's journal file name in the data directory.
@@ -56,6 +67,24 @@ enum Record {
     Debit { user: String, key: String, amount: u64, balance: u64, at: u64 },
     Settle { user: String, key: String, seq: u64, message_id: String, combo_id: String, combo_count: u32 },
     Refund { user: String, key: String, amount: u64, balance: u64, at: u64 },
+}
+
+impl Record {
+    fn op(&self) -> &'static str {
+        match self {
+            Self::Credit { .. } => "credit",
+            Self::Debit { .. } => "debit",
+            Self::Settle { .. } => "settle",
+            Self::Refund { .. } => "refund",
+        }
+    }
+
+    /// The record as one journal line.
+    fn line(&self) -> Result<Vec<u8>, LedgerError> {
+        let mut line = serde_json::to_vec(self).map_err(io::Error::other)?;
+        line.push(b'\n');
+        Ok(line)
+    }
 }
 
 /// An accepted key.
@@ -176,7 +205,7 @@ impl Book {
 #[derive(Debug)]
 struct Inner {
     book: Book,
-    file: File,
+    file: JournalFile,
     lines: usize,
 }
 
@@ -201,30 +230,17 @@ impl EmbeddedLedger {
     pub fn open_file(dir: &Path, name: &str, key_ttl: Duration, now_ms: u64) -> Result<Self, LedgerError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(name);
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
+        let replayed = replay::replay(&path)?;
+        if replayed.torn > 0 {
+            tracing::warn!(bytes = replayed.torn, file = %path.display(), "cutting a torn last record off the gift ledger journal (it was never acknowledged)");
+        }
         let mut book = Book::default();
-        // Only whole lines count: a last line without its newline was torn
-        // by a crash before it was synced, so it was never acknowledged.
-        let whole = text.rfind('\n').map_or(0, |i| i + 1);
-        let mut lines = 0;
-        for (n, line) in text[..whole].lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let record: Record = serde_json::from_str(line)
-                .map_err(|e| LedgerError::Corrupt { line: n + 1, why: e.to_string() })?;
+        let lines = replayed.records.len();
+        for record in replayed.records {
             book.apply(record);
-            lines += 1;
         }
-        if whole < text.len() {
-            tracing::warn!(bytes = text.len() - whole, "cutting a torn last line off the gift ledger");
-            file.set_len(whole as u64)?;
-            file.seek(SeekFrom::End(0))?;
-            file.sync_data()?;
-        }
-        drop(text);
+        let handle = OpenOptions::new().append(true).create(true).open(&path)?;
+        let file = JournalFile::new(path.clone(), handle, replayed.whole)?;
         // Nothing is in flight in a process that just started.
         book.keys.values_mut().for_each(|a| a.in_flight = false);
         let key_ttl_ms = key_ttl.as_millis().min(u128::from(u64::MAX)) as u64;
@@ -237,6 +253,11 @@ impl EmbeddedLedger {
         };
         ledger.compact_if_due(&mut ledger.lock(), now_ms, 2)?;
         Ok(ledger)
+    }
+
+    /// Counts the journal's failed writes in `failures`.
+    pub fn count_failures(&self, failures: Counter) {
+        self.lock().file.count_failures(failures);
     }
 
     /// Where the journal is.
@@ -271,6 +292,7 @@ impl EmbeddedLedger {
         let Some(balance) = have.checked_sub(amount) else {
             return Ok(DebitOutcome::Insufficient { balance: have });
         };
+        inner.file.ready_for_debit()?;
         let record = Record::Debit { user: user.into(), key: key.into(), amount, balance, at: now_ms };
         self.append(&mut inner, record, true, now_ms)?;
         Ok(DebitOutcome::Charged { balance })
@@ -300,6 +322,7 @@ impl EmbeddedLedger {
         if let Some(outcome) = inner.book.repeat(user, key) {
             return Ok(outcome);
         }
+        inner.file.ready_for_debit()?;
         let record = Record::Debit { user: user.into(), key: key.into(), amount, balance, at: now_ms };
         self.append(&mut inner, record, true, now_ms)?;
         Ok(DebitOutcome::Charged { balance })
@@ -346,7 +369,10 @@ impl EmbeddedLedger {
         self.lock().book.keys.get(&(user.into(), key.into())).map(|a| a.amount)
     }
 
-    /// Records the room's receipt for an accepted key (not synced by itself).
+    /// Records the room's receipt for an accepted key, synced. The gift was
+    /// broadcast, so the receipt holds in memory even when the disk refuses
+    /// it: the journal then writes it before anything else, and takes no
+    /// debit until it has (see [`file`]).
     pub fn settle(&self, user: &str, key: &str, receipt: Receipt) -> Result<(), LedgerError> {
         let mut inner = self.lock();
         if !inner.book.keys.contains_key(&(user.into(), key.into())) {
@@ -355,8 +381,11 @@ impl EmbeddedLedger {
         let Receipt { seq, message_id, combo_id, combo_count } = receipt;
         let record =
             Record::Settle { user: user.into(), key: key.into(), seq, message_id, combo_id, combo_count };
-        let now_ms = roomcast_protocol::unix_ms(std::time::SystemTime::now());
-        self.append(&mut inner, record, false, now_ms)
+        let line = record.line()?;
+        let written = inner.file.append_promised(&line, true);
+        inner.book.apply(record);
+        inner.lines += 1;
+        written.map_err(LedgerError::from)
     }
 
     /// Ends a charge's time in flight; the next send of its key sequences it
@@ -370,7 +399,7 @@ impl EmbeddedLedger {
     /// Writes `record`, applies it, and compacts the journal if it has grown
     /// well past the state it describes.
     fn append(&self, inner: &mut Inner, record: Record, sync: bool, now_ms: u64) -> Result<(), LedgerError> {
-        write(&mut inner.file, &record, sync)?;
+        inner.file.append(&record.line()?, sync)?;
         inner.book.apply(record);
         inner.lines += 1;
         if let Err(e) = self.compact_if_due(inner, now_ms, 4) {
@@ -392,35 +421,15 @@ impl EmbeddedLedger {
             return Ok(());
         }
         let records = inner.book.snapshot(now_ms);
-        let tmp = self.path.with_extension("jsonl.tmp");
-        {
-            let mut out = BufWriter::new(File::create(&tmp)?);
-            for record in &records {
-                serde_json::to_writer(&mut out, record).map_err(io::Error::other)?;
-                out.write_all(b"\n")?;
-            }
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let mut text = Vec::with_capacity(records.len() * 128);
+        for record in &records {
+            text.extend_from_slice(&record.line()?);
         }
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        inner.file = OpenOptions::new().append(true).open(&self.path)?;
+        inner.file.replace(&text)?;
         tracing::info!(from = inner.lines, to = records.len(), "gift ledger journal compacted");
         inner.lines = records.len();
         Ok(())
     }
-}
-
-/// Appends one record as a line, synced to disk if `sync`.
-fn write(file: &mut File, record: &Record, sync: bool) -> Result<(), LedgerError> {
-    let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
-    line.push(b'\n');
-    file.write_all(&line)?;
-    if sync {
-        file.sync_data()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use journal::{EmbeddedLedger, JOURNAL_FILE};
+pub use journal::{EmbeddedLedger, JOURNAL_FILE, RepairReport, repair};
 pub use webhook::{KEYS_FILE, WebhookLedger};
 
 pub use crate::cluster::FleetLedger;
@@ -85,8 +85,13 @@ pub enum DebitOutcome {
 pub enum LedgerError {
     #[error("ledger journal: {0}")]
     Io(#[from] io::Error),
-    #[error("ledger journal line {line}: {why}")]
-    Corrupt { line: usize, why: String },
+    #[error(
+        "gift ledger journal {} line {line} (byte {offset}) is unreadable: {why}. The node does not \
+         start rather than guess at balances; stop it and run `roomcast-server ledger repair` (the \
+         journal as it was is kept beside it)",
+        path.display()
+    )]
+    Corrupt { path: std::path::PathBuf, line: usize, offset: u64, why: String },
     #[error("the ledger did not answer in time")]
     Timeout,
     #[error("a credit would overflow the balance")]
@@ -125,6 +130,15 @@ impl Ledger {
                 }
                 debited
             }
+        }
+    }
+
+    /// Counts the failed writes of the journals this ledger keeps on disk.
+    pub fn count_failures(&self, failures: &crate::metrics::StorageFailures) {
+        match self {
+            Self::Embedded(l) => l.count_failures(failures.gift_ledger.clone()),
+            Self::Webhook(l) => l.journal().count_failures(failures.gift_webhook_keys.clone()),
+            Self::Fleet(_) => {}
         }
     }
 

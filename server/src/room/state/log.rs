@@ -18,6 +18,7 @@ use roomcast_protocol::{RoomId, v1};
 use tokio::time::Instant;
 use v1::room_event::Kind;
 
+use super::super::archive::ArchiveSink;
 use super::super::fanout::Shed;
 use super::super::history::HistoryLog;
 use super::super::kinds;
@@ -238,6 +239,16 @@ impl EventLog {
     /// The events from log position `at` on.
     pub(super) fn since(&self, at: u64) -> &[Pending] {
         &self.events[(at - self.base) as usize..]
+    }
+
+    /// Starts a new incarnation `epoch`, numbered from 1: the log's events
+    /// (already pushed: the caller flushed) and the history are dropped, and
+    /// what is sequenced from now on is archived in `archive`.
+    pub(super) fn renumber(&mut self, epoch: u64, archive: Option<ArchiveSink>) {
+        self.trim_before(self.end());
+        self.epoch = epoch;
+        self.seq = 0;
+        self.history.renew(archive);
     }
 
     /// Forgets the events before position `oldest`.

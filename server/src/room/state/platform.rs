@@ -8,6 +8,7 @@ use roomcast_protocol::{ErrorCode, v1};
 use tokio::time::Instant;
 use v1::room_event::Kind;
 
+use super::super::archive::ArchiveSink;
 use super::RoomState;
 use super::admission::Admit;
 use crate::auth::{Identity, Role};
@@ -122,6 +123,26 @@ impl RoomState {
             self.remove_with(conn, notice.clone());
         }
         seq
+    }
+
+    /// Goes on as a new incarnation `epoch`, numbered from 1, because the
+    /// fleet's Redis lost the room's numbering (see `cluster/sequence.lua`).
+    /// Members keep what they were sent: each member's stream ends with a
+    /// `Lagged` frame just after the old numbering, so its app rejoins, finds
+    /// another epoch and is told its resume is incomplete, as after a node
+    /// restart. History starts empty; the archive keeps the old
+    /// incarnation's file and starts `archive`.
+    pub(crate) fn renumber(&mut self, epoch: u64, archive: Option<ArchiveSink>, now: Instant) {
+        self.flush(now);
+        let next = self.log.seq + 1;
+        let lagged = v1::room_frame::Body::Lagged(v1::Lagged { from_seq: next, to_seq: next });
+        let lagged = encode_frame(&v1::RoomFrame { body: Some(lagged) });
+        for conn in self.roster.conns() {
+            if let Some(m) = self.roster.get(conn) {
+                m.outbox.close_with(lagged.clone());
+            }
+        }
+        self.log.renumber(epoch, archive);
     }
 
     /// The room's figures, with page `offset..offset + limit` of its

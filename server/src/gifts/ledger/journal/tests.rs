@@ -1,5 +1,6 @@
 //! Unit tests of `journal`.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use super::*;
@@ -104,7 +105,73 @@ fn a_torn_last_line_is_cut_and_a_corrupt_one_refuses_the_start() {
     let mut f = OpenOptions::new().append(true).open(&path).unwrap();
     f.write_all(b"not json\n").unwrap();
     drop(f);
+    let len = std::fs::metadata(&path).unwrap().len();
+    let refused = EmbeddedLedger::open(&d, DAY, 3).unwrap_err();
+    assert!(
+        matches!(&refused, LedgerError::Corrupt { line: 3, offset, .. } if *offset == len - b"not json\n".len() as u64),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().contains("roomcast-server ledger repair"), "{refused}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn repair_keeps_a_whole_record_appended_after_a_torn_one_and_a_copy_of_the_journal() {
+    let d = dir("repair");
+    let receipt = Receipt { seq: 5, message_id: "e-5".into(), combo_id: "c".into(), combo_count: 1 };
+    {
+        let l = EmbeddedLedger::open(&d, DAY, 0).unwrap();
+        l.credit("alice", 1_000, 0).unwrap();
+        l.debit("alice", 1, "k0", 1).unwrap();
+    }
+    // What an older node wrote when a full disk tore a receipt and the next
+    // debit was appended after it on the same line, then its receipt.
+    let path = d.join(JOURNAL_FILE);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(br#"{"op":"settle","user":"alice","key":"k0","#).unwrap();
+    f.write_all(br#"{"op":"debit","user":"alice","key":"k1","amount":1,"balance":998,"at":2}"#).unwrap();
+    f.write_all(b"\n").unwrap();
+    f.write_all(br#"{"op":"settle","user":"alice","key":"k1","seq":5,"message_id":"e-5","combo_id":"c","combo_count":1}"#).unwrap();
+    f.write_all(b"\n").unwrap();
+    drop(f);
+    let before = std::fs::read(&path).unwrap();
     assert!(matches!(EmbeddedLedger::open(&d, DAY, 3), Err(LedgerError::Corrupt { line: 3, .. })));
+
+    let report = repair(&path, 42).unwrap();
+    assert_eq!(report.kept, 3, "the credit, k0's debit and k1's receipt");
+    assert_eq!(
+        report.salvaged.iter().map(|(l, _, op)| (*l, op.as_str())).collect::<Vec<_>>(),
+        [(3, "debit")]
+    );
+    assert_eq!(report.dropped.len(), 1);
+    assert!(report.dropped[0].2.starts_with(r#"{"op":"settle","user":"alice","key":"k0""#));
+    assert_eq!(report.unsettled, [("alice".to_string(), "k0".to_string())], "k0's receipt was torn");
+    let backup = report.backup.unwrap();
+    assert_eq!(std::fs::read(&backup).unwrap(), before, "the journal as it was is kept");
+
+    let l = EmbeddedLedger::open(&d, DAY, 3).unwrap();
+    assert_eq!(l.balance("alice"), 998, "both acknowledged charges");
+    assert_eq!(
+        l.debit("alice", 1, "k1", 4).unwrap(),
+        DebitOutcome::Repeat { balance: 998, receipt: Some(receipt) },
+        "the salvaged charge keeps its receipt"
+    );
+    drop(l);
+    assert!(repair(&path, 43).unwrap().backup.is_none(), "a journal that reads needs no repair");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_journal_keeps_a_reserve_beside_it() {
+    let d = dir("reserve");
+    let l = EmbeddedLedger::open(&d, DAY, 0).unwrap();
+    let reserve = file::reserve_path(&d.join(JOURNAL_FILE));
+    assert_eq!(std::fs::metadata(&reserve).unwrap().len(), RESERVE_BYTES as u64);
+    // Taken away (as a full disk takes it), it is made again at the next debit.
+    std::fs::remove_file(&reserve).unwrap();
+    l.credit("u", 10, 0).unwrap();
+    l.debit("u", 1, "k", 1).unwrap();
+    assert_eq!(std::fs::metadata(&reserve).unwrap().len(), RESERVE_BYTES as u64);
     let _ = std::fs::remove_dir_all(&d);
 }
 
