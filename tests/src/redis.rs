@@ -45,6 +45,21 @@ impl RedisServer {
         self.launch().await;
     }
 
+    /// Forgets everything it holds (`FLUSHALL`), as a Redis without
+    /// persistence does when it restarts.
+    pub async fn flushall(&self) {
+        assert!(command(self.port, "FLUSHALL").await.starts_with("+OK"), "FLUSHALL");
+    }
+
+    /// Kills it and starts it again on the same port with nothing on disk:
+    /// a restart without persistence.
+    pub async fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).unwrap();
+        self.launch().await;
+    }
+
     /// Kills it and leaves it down.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -202,3 +202,100 @@ async fn on_a_redis_cluster_rooms_share_one_sequence_through_their_own_shard() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Chats `texts` as `host` in `room`, each retried until the fleet's Redis
+/// answers (it may be restarting), and returns the acknowledgements.
+async fn chat_through(host: &Client, room: &str, texts: &[&str]) -> Vec<roomcast_client::v1::ChatAck> {
+    let mut acks = Vec::new();
+    for text in texts {
+        let mut ack = None;
+        for _ in 0..100 {
+            match host.send_chat(room, text).await {
+                Ok(a) => {
+                    ack = Some(a);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        acks.push(ack.expect("the fleet's Redis answers again"));
+    }
+    acks
+}
+
+/// Waits until `events` has delivered chats with every one of `texts` and,
+/// with `rejoin`, a rejoin's answer (the SDK replays a rejoin's history
+/// before it says `Resumed`); returns what arrived meanwhile (texts with
+/// their sequence numbers, and `resumed complete=…` for each rejoin).
+async fn receive_all(events: &mut roomcast_client::Events, texts: &[&str], rejoin: bool) -> Vec<String> {
+    let mut missing: Vec<&str> = texts.to_vec();
+    let mut seen: Vec<String> = Vec::new();
+    while !missing.is_empty() || (rejoin && !seen.iter().any(|s| s.starts_with("resumed"))) {
+        let got = wait_for(events, |e| match e {
+            Event::Message(m) if m.seq > 0 => Some(format!("{}#{}", text(m), m.seq)),
+            Event::Lagged { from, to, .. } => Some(format!("lagged {from}..={to}")),
+            Event::Resumed { complete, .. } => Some(format!("resumed complete={complete}")),
+            _ => None,
+        })
+        .await;
+        missing.retain(|t| !got.starts_with(&format!("{t}#")));
+        seen.push(got);
+    }
+    seen
+}
+
+/// Whether a rejoin in `seen` was told its resume is incomplete.
+fn told_incomplete(seen: &[String]) -> bool {
+    seen.iter().any(|s| s == "resumed complete=false")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_forgets_the_room_gets_a_new_epoch_and_nothing_acknowledged_is_dropped() {
+    let mut redis = RedisServer::start().await;
+    let a = TestServer::in_fleet(&redis.url(), None).await;
+    let b = TestServer::in_fleet(&redis.url(), Some(&a.secret)).await;
+    let (host, _h) = a.connect("hana", Role::Host).await;
+    host.join("talk").await.unwrap();
+    let (viewer, mut seen) = Client::connect(b.client_config(a.token("vic", Role::Viewer))).await.unwrap();
+    viewer.join("talk").await.unwrap();
+
+    let first = chat_through(&host, "talk", &["one", "two", "three"]).await;
+    assert_eq!(first.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    let got = receive_all(&mut seen, &["one", "two", "three"], false).await;
+    assert_eq!(got, ["one#1", "two#2", "three#3"]);
+    let mut ids: Vec<String> = first.iter().map(|a| a.message_id.clone()).collect();
+
+    // Redis loses everything (FLUSHALL; a failover to an empty replica or an
+    // eviction look the same to the fleet).
+    redis.flushall().await;
+    let flushed = chat_through(&host, "talk", &["four", "five", "six"]).await;
+    ids.extend(flushed.iter().map(|a| a.message_id.clone()));
+    let epoch = |id: &str| id.split_once('-').map(|(e, _)| e.to_string()).unwrap();
+    assert_ne!(epoch(&flushed[0].message_id), epoch(&first[0].message_id), "a new epoch");
+    assert_eq!(flushed.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 2, 3], "numbered from 1 in it");
+    let got = receive_all(&mut seen, &["four", "five", "six"], true).await;
+    assert!(told_incomplete(&got), "told the resume is incomplete: {got:?}");
+
+    // Redis restarts with nothing on disk.
+    redis.restart_empty().await;
+    let restarted = chat_through(&host, "talk", &["seven", "eight"]).await;
+    ids.extend(restarted.iter().map(|a| a.message_id.clone()));
+    assert_ne!(epoch(&restarted[0].message_id), epoch(&flushed[0].message_id), "another epoch");
+    let got = receive_all(&mut seen, &["seven", "eight"], true).await;
+    assert!(told_incomplete(&got), "told the resume is incomplete: {got:?}");
+
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no message id is used twice: {ids:?}");
+    for node in [&a, &b] {
+        let renumbered =
+            roomcast_tests::metric(&node.scrape().await, "roomcast_fleet_rooms_renumbered_total");
+        assert_eq!(renumbered, Some(2.0), "each node's room took each new epoch once");
+    }
+    // A newcomer joins the new incarnation.
+    let (late, _l) = Client::connect(b.client_config(a.token("lee", Role::Viewer))).await.unwrap();
+    let joined = late.join("talk").await.unwrap();
+    assert_eq!(format!("{:x}", joined.epoch), epoch(&restarted[0].message_id));
+    assert_eq!(joined.current_seq, 2);
+    a.stop().await;
+    b.stop().await;
+}

@@ -27,9 +27,11 @@
 //!
 //! **Keys.** The node keeps the keys the backend charged, with the room's
 //! receipts, in its own journal (`gift-webhook-keys.jsonl` in the data
-//! directory, the embedded ledger's format): a repeat within the key's time
-//! to live is answered from it without calling the backend, and the gift is
-//! broadcast once.
+//! directory, the embedded ledger's format, with its reserve): a repeat
+//! within the key's time to live is answered from it without calling the
+//! backend, and the gift is broadcast once. A node whose disk has no room
+//! for a charge's record and receipt refuses the send before asking the
+//! backend to charge.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +123,10 @@ impl WebhookLedger {
         if let Some(outcome) = self.journal.lookup(&charge.user, &charge.key, charge.now_ms) {
             return Ok(outcome);
         }
+        // A charge the node could not journal with its receipt is not asked
+        // for (a full disk): nothing is charged, the send is refused.
+        let journal = self.journal.clone();
+        blocking(move || journal.ready()).await?;
         let answer = self.call("debit", &charge).await?;
         match answer.outcome {
             Outcome::Insufficient => Ok(DebitOutcome::Insufficient { balance: answer.balance }),
