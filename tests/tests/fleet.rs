@@ -98,7 +98,7 @@ async fn nodes_sequencing_at_once_get_one_gap_free_sequence_seen_in_order_everyw
             for batch in 0..10 {
                 let events: Vec<Bytes> =
                     (0..5).map(|i| chat(&room, &format!("{name}-{batch}-{i}"))).collect();
-                firsts.push(fleet.sequence(&room, 0xabc, 0, &events).await.unwrap());
+                firsts.push(fleet.sequence(&room, 0xabc, 0, &events, &[]).await.unwrap());
             }
             firsts
         }));
@@ -128,7 +128,7 @@ async fn nodes_sequencing_at_once_get_one_gap_free_sequence_seen_in_order_everyw
     assert_eq!(b.current_seq(&room).await.unwrap(), 100);
     // A node that is not subscribed hears nothing.
     let other = RoomId::new("live:2").unwrap();
-    a.sequence(&other, 1, 0, &[chat(&other, "elsewhere")]).await.unwrap();
+    a.sequence(&other, 1, 0, &[chat(&other, "elsewhere")], &[]).await.unwrap();
     assert!(tokio::time::timeout(Duration::from_millis(300), b_rx.recv()).await.is_err());
 }
 
@@ -140,7 +140,7 @@ async fn after_redis_restarts_nodes_resubscribe_and_fill_the_hole_from_the_strea
     let (b, _b_rx, _) = node(&redis).await;
     a.subscribe(&room).await.unwrap();
     b.epoch(&room, 7).await.unwrap();
-    b.sequence(&room, 7, 0, &[chat(&room, "one"), chat(&room, "two")]).await.unwrap();
+    b.sequence(&room, 7, 0, &[chat(&room, "one"), chat(&room, "two")], &[]).await.unwrap();
     let before = follow(&a, &mut a_rx, &room, 2).await;
     assert_eq!(before.iter().map(text).collect::<Vec<_>>(), ["one", "two"]);
 
@@ -148,7 +148,7 @@ async fn after_redis_restarts_nodes_resubscribe_and_fill_the_hole_from_the_strea
     // B's sends until it has reconnected fail; what it sends after counts.
     let mut sent = 0;
     for i in 0..200 {
-        if b.sequence(&room, 7, 2, &[chat(&room, &format!("after-{i}"))]).await.is_ok() {
+        if b.sequence(&room, 7, 2, &[chat(&room, &format!("after-{i}"))], &[]).await.is_ok() {
             sent += 1;
             if sent == 3 {
                 break;
@@ -189,7 +189,7 @@ async fn after_redis_restarts_nodes_resubscribe_and_fill_the_hole_from_the_strea
     }
     assert_eq!(after, [3, 4, 5]);
     // Subscribed again: the next event arrives live.
-    b.sequence(&room, 7, 5, &[chat(&room, "live again")]).await.unwrap();
+    b.sequence(&room, 7, 5, &[chat(&room, "live again")], &[]).await.unwrap();
     let d = tokio::time::timeout(Duration::from_secs(10), a_rx.recv()).await.unwrap().unwrap();
     assert_eq!(d.events.last().map(|e| e.seq), Some(6));
 }

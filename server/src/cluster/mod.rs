@@ -304,23 +304,30 @@ impl Fleet {
     /// has lost the room's numbering (the epoch gone, or the counter behind
     /// `seen`), the room takes a new epoch, numbered from 1
     /// (`sequence.lua`).
+    /// `gifts` (user, name, value) are what the batch's gift events add to
+    /// the room's ranking, counted with the numbering.
     pub async fn sequence(
         &self,
         room: &RoomId,
         followed: u64,
         seen: u64,
         events: &[Bytes],
+        gifts: &[(&str, &str, u64)],
     ) -> Result<Sequenced, FleetError> {
-        if events.is_empty() || events.len() > MAX_BATCH {
+        if events.is_empty() || events.len() > MAX_BATCH || gifts.len() > events.len() {
             return Err(FleetError::Batch);
         }
         let [seq, log, epoch_key, channel] = keys(room);
         let mut invocation = self.script.key(seq);
         invocation.key(log).key(epoch_key).key(done_key(room, "batches"));
+        invocation.key(done_key(room, "rank")).key(done_key(room, "rank:names"));
         invocation.arg(channel).arg(self.history_len).arg(format!("{followed:x}"));
         invocation.arg(self.publish).arg(&*self.node).arg(self.calls.fetch_add(1, Ordering::Relaxed));
         let fresh = roomcast_protocol::unix_ms(std::time::SystemTime::now()).max(followed + 1);
-        invocation.arg(seen).arg(format!("{fresh:x}"));
+        invocation.arg(seen).arg(format!("{fresh:x}")).arg(gifts.len());
+        for (user, name, value) in gifts {
+            invocation.arg(*user).arg(*name).arg(*value);
+        }
         for e in events {
             invocation.arg(e.as_ref());
         }
@@ -431,6 +438,30 @@ impl Fleet {
             redis::cmd("SET").arg(&key).arg(format!("{proposal:x}")).arg("NX").query_async(&mut conn).await?;
         let hex: String = conn.get(&key).await?;
         u64::from_str_radix(&hex, 16).map_err(|e| FleetError::Decode(format!("epoch {hex:?}: {e}")))
+    }
+
+    /// `room`'s gift ranking in the fleet, (user, name, value) highest
+    /// first, and its last sequence number, read together: the totals hold
+    /// exactly the gifts numbered up to that number.
+    pub async fn ranking(&self, room: &RoomId) -> Result<(Vec<(String, String, u64)>, u64), FleetError> {
+        let [seq, ..] = keys(room);
+        let mut conn = self.link.conn().await?;
+        let (totals, names, last): (Vec<(String, f64)>, HashMap<String, String>, Option<u64>) = redis::pipe()
+            .atomic()
+            .zrevrange_withscores(done_key(room, "rank"), 0, -1)
+            .hgetall(done_key(room, "rank:names"))
+            .get(seq)
+            .query_async(&mut conn)
+            .await?;
+        self.link.answered();
+        let ranking = totals
+            .into_iter()
+            .map(|(user, value)| {
+                let name = names.get(&user).cloned().unwrap_or_default();
+                (user, name, value as u64)
+            })
+            .collect();
+        Ok((ranking, last.unwrap_or(0)))
     }
 
     /// `room`'s last sequence number (0 before its first event).

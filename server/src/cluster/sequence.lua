@@ -6,6 +6,8 @@
 -- KEYS[2]  the room's event stream          rc:{ROOM}:log
 -- KEYS[3]  the room's epoch                 rc:{ROOM}:epoch
 -- KEYS[4]  each node's last batch           rc:{ROOM}:batches (hash: node -> "ID FIRST")
+-- KEYS[5]  the room's gift ranking          rc:{ROOM}:rank (sorted set: user -> value)
+-- KEYS[6]  the ranked users' names          rc:{ROOM}:rank:names (hash: user -> name)
 -- ARGV[1]  the room's channel               rc:{ROOM}:events
 -- ARGV[2]  the stream's length bound (approximate trim)
 -- ARGV[3]  the epoch this node's room follows (hex)
@@ -17,7 +19,11 @@
 -- ARGV[7]  the last sequence number this node's room has seen in that epoch
 -- ARGV[8]  a new epoch (hex), greater than ARGV[3], for when Redis lost the
 --          room's numbering
--- ARGV[9..] the events, each an encoded RoomEvent without seq and message id
+-- ARGV[9]  K, the batch's gifts, then K triples (user, name, value): added to
+--          the room's ranking with the numbering, so every node ranks the
+--          same gifts and a room that starts following reads the totals
+-- ARGV[10 + 3K..] the events, each an encoded RoomEvent without seq and
+--          message id
 --
 -- Redis lost the room's numbering when its epoch is gone (flushed,
 -- restarted without persistence, evicted) or its counter is behind what
@@ -64,18 +70,30 @@ local lost = 0
 if not epoch or (epoch == ARGV[3] and (tonumber(redis.call('GET', KEYS[1])) or 0) < tonumber(ARGV[7])) then
   epoch = ARGV[8]
   redis.call('SET', KEYS[3], epoch)
-  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[5], KEYS[6])
   lost = 1
 end
 
-local n = #ARGV - 8
+local gifts = tonumber(ARGV[9])
+local base = 9 + 3 * gifts
+for i = 0, gifts - 1 do
+  local at = 10 + 3 * i
+  redis.call('ZINCRBY', KEYS[5], ARGV[at + 2], ARGV[at])
+  redis.call('HSET', KEYS[6], ARGV[at], ARGV[at + 1])
+end
+if gifts > 0 then
+  redis.call('PEXPIRE', KEYS[5], 86400000)
+  redis.call('PEXPIRE', KEYS[6], 86400000)
+end
+
+local n = #ARGV - base
 local last = redis.call('INCRBY', KEYS[1], n)
 local first = last - n + 1
 local batch = {}
 for i = 1, n do
   local seq = first + i - 1
   local id = epoch .. '-' .. seq
-  local event = ARGV[8 + i] .. '\16' .. varint(seq) .. '\26' .. varint(#id) .. id
+  local event = ARGV[base + i] .. '\16' .. varint(seq) .. '\26' .. varint(#id) .. id
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'e', event)
   batch[#batch + 1] = be32(#event) .. event
 end

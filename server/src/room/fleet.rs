@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::archive::Archive;
-use super::state::{GiftSequenced, RoomState};
+use super::state::{GiftSequenced, Outgoing, RoomState};
 use crate::cluster::{Arrival, Fleet, MAX_BATCH, Orderer};
 
 /// Batches waiting for a room's publisher; beyond it a request is refused
@@ -68,7 +68,7 @@ type Complete = Box<dyn FnOnce(Result<(u64, String), ErrorCode>) + Send>;
 
 /// One command's events, and its reply.
 struct Batch {
-    events: Vec<Bytes>,
+    events: Vec<Outgoing>,
     complete: Complete,
 }
 
@@ -158,12 +158,17 @@ async fn publish(fleet: Fleet, room: RoomId, position: SharedPosition, mut rx: m
             }
         }
         // A batch over MAX_BATCH events goes in several calls, in order.
-        let events: Vec<Bytes> = batches.iter().flat_map(|b| b.events.iter().cloned()).collect();
+        let events: Vec<&Outgoing> = batches.iter().flat_map(|b| b.events.iter()).collect();
         let mut numbered = Vec::with_capacity(events.len());
         let mut failed = false;
         for chunk in events.chunks(MAX_BATCH) {
             let at = read(&position);
-            match fleet.sequence(&room, at.epoch, at.seq, chunk).await {
+            let bytes: Vec<Bytes> = chunk.iter().map(|o| o.bytes.clone()).collect();
+            let gifts: Vec<(&str, &str, u64)> = chunk
+                .iter()
+                .filter_map(|o| o.tally.as_ref().map(|t| (t.user_id.as_str(), t.name.as_str(), t.value)))
+                .collect();
+            match fleet.sequence(&room, at.epoch, at.seq, &bytes, &gifts).await {
                 Ok(s) => {
                     if s.renumbered {
                         warn!(room = %room, lost = %format!("{:x}", at.epoch), seen = at.seq, epoch = %s.epoch,
@@ -228,11 +233,22 @@ pub(super) async fn follow(
     // missed; what arrives twice is dropped by the orderer.
     fleet.subscribe(room).await?;
     let epoch = fleet.epoch(room, local_epoch).await?;
-    let last = fleet.current_seq(room).await?;
+    // The ranking so far and the number it holds gifts up to: gifts
+    // numbered after it count as they arrive.
+    let (ranking, last) = fleet.ranking(room).await?;
     let from = last.saturating_sub(recent as u64) + 1;
     let events = if last > 0 { fleet.replay(room, from, last).await? } else { Vec::new() };
     let now_ms = roomcast_protocol::unix_ms(std::time::SystemTime::now());
     state.join_fleet(last, epoch, events, tokio::time::Instant::now(), now_ms);
+    state.seed_ranking(
+        ranking
+            .into_iter()
+            .map(|(user_id, display_name, value)| v1::RankEntry {
+                user: Some(v1::User { user_id, display_name, ..Default::default() }),
+                value,
+            })
+            .collect(),
+    );
     debug!(last, epoch, "room follows the fleet");
     let position = Arc::new(Mutex::new(Position { epoch, seq: last }));
     Ok(Following {

@@ -119,7 +119,6 @@ impl RoomState {
             combo_count,
         });
         let sender = identity.to_proto();
-        self.ranking.add(sender.clone(), gift.value);
         let event = self.sequence(kind, Some(sender), gift.media_ts_ms, now, now_ms);
         Ok(GiftSequenced { seq: event.seq, message_id: event.message_id, combo_id, combo_count })
     }

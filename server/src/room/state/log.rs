@@ -23,6 +23,7 @@ use super::super::fanout::Shed;
 use super::super::history::HistoryLog;
 use super::super::kinds;
 use super::ConnId;
+use super::ranking::GiftTally;
 
 /// An event in the room's log, waiting to be pushed to members.
 #[derive(Debug)]
@@ -62,7 +63,15 @@ pub(super) struct EventLog {
     counts: [u64; kinds::KINDS],
     /// In a fleet: the encoded events made here, for Redis to number.
     fleet: bool,
-    pub(super) outgoing: Vec<bytes::Bytes>,
+    pub(super) outgoing: Vec<Outgoing>,
+}
+
+/// An event made here for the fleet to number: encoded, and what it adds
+/// to the room's gift ranking.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) bytes: Bytes,
+    pub(crate) tally: Option<GiftTally>,
 }
 
 impl EventLog {
@@ -143,7 +152,8 @@ impl EventLog {
                 sender,
                 kind: Some(kind),
             };
-            self.outgoing.push(prost::Message::encode_to_vec(&event).into());
+            let tally = GiftTally::of(&event);
+            self.outgoing.push(Outgoing { bytes: prost::Message::encode_to_vec(&event).into(), tally });
             return event;
         }
         self.seq += 1;

@@ -56,6 +56,7 @@ use roster::{Roster, Subscriber};
 use rounds::Rounds;
 
 pub use gifts::{GiftRequest, GiftSequenced};
+pub(crate) use log::Outgoing;
 pub use platform::{AdminKind, AdminMessage, RoomInfo};
 pub use rounds::FlushStats;
 
@@ -417,7 +418,7 @@ impl RoomState {
 
     /// The events made here since the last call, encoded, for the fleet to
     /// number (empty on a node running alone).
-    pub fn take_outgoing(&mut self) -> Vec<bytes::Bytes> {
+    pub(crate) fn take_outgoing(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.log.outgoing)
     }
 
@@ -434,6 +435,7 @@ impl RoomState {
             self.admission.numbered(&sender.user_id, id, event.seq, &event.message_id);
         }
         self.quiz_ingested(&event, now);
+        self.rank(&event);
         let subscribed = !self.roster.subscribers.is_empty();
         self.log.ingest(event, subscribed, now);
     }
@@ -452,7 +454,13 @@ impl RoomState {
         now_ms: u64,
     ) -> v1::RoomEvent {
         let subscribed = !self.roster.subscribers.is_empty();
-        self.log.sequence(kind, sender, media_ts_ms, subscribed, now, now_ms)
+        let event = self.log.sequence(kind, sender, media_ts_ms, subscribed, now, now_ms);
+        if event.seq > 0 {
+            // Numbered here (a node alone); in a fleet it counts on its way
+            // back from Redis, in `ingest`.
+            self.rank(&event);
+        }
+        event
     }
 }
 

@@ -143,6 +143,8 @@ impl RoomState {
             }
         }
         self.log.renumber(epoch, archive);
+        // Redis dropped the old incarnation's totals with its numbering.
+        self.ranking = super::ranking::Ranking::default();
     }
 
     /// The room's figures, with page `offset..offset + limit` of its

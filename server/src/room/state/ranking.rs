@@ -2,6 +2,13 @@
 //! The top goes to members as an ephemeral Normal event when it changes, at
 //! most once every `INTERVAL`; the platform reads the whole ranking. One
 //! entry per user who gave a gift in this incarnation of the room.
+//!
+//! A gift counts when it enters the room's log, numbered: on a node alone
+//! when the room sequences it, in a fleet when it comes back from Redis,
+//! whichever node sent it, so every node ranks the same gifts. Redis keeps
+//! the fleet's totals with the numbering (`sequence.lua`, from each
+//! outgoing event's [`GiftTally`]), and a room that starts following
+//! mid-live starts from them ([`RoomState::seed_ranking`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +36,22 @@ pub(super) struct Ranking {
     last_top: Vec<v1::RankEntry>,
 }
 
+/// What one gift adds to its sender's total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GiftTally {
+    pub(crate) user_id: String,
+    pub(crate) name: String,
+    pub(crate) value: u64,
+}
+
+impl GiftTally {
+    /// What `event` adds to the ranking, if it is a gift.
+    pub(super) fn of(event: &v1::RoomEvent) -> Option<Self> {
+        let (Some(Kind::Gift(g)), Some(sender)) = (&event.kind, &event.sender) else { return None };
+        Some(Self { user_id: sender.user_id.clone(), name: sender.display_name.clone(), value: g.value })
+    }
+}
+
 impl Ranking {
     pub(super) fn add(&mut self, user: v1::User, value: u64) {
         let entry = self.by_user.entry(Arc::from(user.user_id.as_str())).or_insert_with(|| (user, 0));
@@ -48,6 +71,24 @@ impl Ranking {
 }
 
 impl RoomState {
+    /// Counts `event` in the ranking if it is a gift (see the module docs).
+    pub(super) fn rank(&mut self, event: &v1::RoomEvent) {
+        if let (Some(Kind::Gift(g)), Some(sender)) = (&event.kind, &event.sender) {
+            self.ranking.add(sender.clone(), g.value);
+        }
+    }
+
+    /// Starts the ranking from the fleet's totals (a room that starts
+    /// following mid-live); gifts numbered after them count as they arrive.
+    pub fn seed_ranking(&mut self, totals: Vec<v1::RankEntry>) {
+        self.ranking = Ranking::default();
+        for e in totals {
+            if let Some(user) = e.user {
+                self.ranking.add(user, e.value);
+            }
+        }
+    }
+
     /// When the ranking should next go out, if gifts changed it.
     pub fn ranking_due(&self, now: Instant) -> Option<Instant> {
         let r = &self.ranking;

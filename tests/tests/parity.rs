@@ -1,0 +1,179 @@
+//! One room, one behaviour: each scenario here is written once and run
+//! against a node alone and against a fleet of nodes on one real Redis,
+//! with members and senders spread over the nodes. A behaviour that differs
+//! between the two is a bug.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use roomcast_client::{Client, Events};
+use roomcast_server::auth::Role;
+use roomcast_tests::redis::RedisServer;
+use roomcast_tests::{TestServer, wait_for};
+
+/// Where a scenario runs.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// One node: every "node" of the scenario is the same one.
+    Node,
+    /// Nodes sharing rooms through one Redis.
+    Fleet,
+}
+
+/// The nodes of a scenario.
+struct Deployment {
+    mode: Mode,
+    nodes: Vec<TestServer>,
+    redis: Option<RedisServer>,
+}
+
+impl Deployment {
+    /// `n` nodes (one, whatever `n`, in [`Mode::Node`]).
+    async fn start(mode: Mode, n: usize) -> Self {
+        let mut d = Deployment { mode, nodes: Vec::new(), redis: None };
+        match mode {
+            Mode::Node => d.nodes.push(TestServer::start().await),
+            Mode::Fleet => {
+                d.redis = Some(RedisServer::start().await);
+                for _ in 0..n {
+                    d.add().await;
+                }
+            }
+        }
+        d
+    }
+
+    /// One more node, started now (the same one in [`Mode::Node`]);
+    /// returns its index.
+    async fn add(&mut self) -> usize {
+        if let (Mode::Fleet, Some(redis)) = (self.mode, &self.redis) {
+            let secret = self.nodes.first().map(|n| n.secret.clone());
+            self.nodes.push(TestServer::in_fleet(&redis.url(), secret.as_deref()).await);
+        }
+        self.nodes.len() - 1
+    }
+
+    /// Node `i` of the scenario.
+    fn node(&self, i: usize) -> &TestServer {
+        &self.nodes[i % self.nodes.len()]
+    }
+
+    /// `user` connected to node `i`.
+    async fn connect(&self, i: usize, user: &str, role: Role) -> (Client, Events) {
+        let node = self.node(i);
+        let token = self.nodes[0].token(user, role);
+        Client::connect(node.client_config(token)).await.unwrap()
+    }
+
+    async fn stop(self) {
+        for node in self.nodes {
+            node.stop().await;
+        }
+    }
+}
+
+/// Runs a scenario in every mode, each as a test of its own.
+macro_rules! in_every_mode {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_one_node() {
+                super::$scenario(super::Mode::Node).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_a_fleet() {
+                super::$scenario(super::Mode::Fleet).await;
+            }
+        }
+    };
+}
+
+/// Credits `user` through node `i`'s admin API.
+async fn credit(d: &Deployment, i: usize, user: &str, amount: u64) {
+    let body = format!(r#"{{"amount": {amount}}}"#);
+    let answer = d.node(i).admin("POST", &format!("/v1/users/{user}/credit"), Some(&body)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+/// A node's whole ranking of `room` through its admin API.
+async fn admin_ranking(node: &TestServer, room: &str) -> Vec<(String, u64)> {
+    let answer = node.admin("GET", &format!("/v1/rooms/{room}/ranking"), None).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["user"]["user_id"].as_str().unwrap().to_owned(), e["value"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Waits until a ranking event on `events` shows `expected`, the final top.
+async fn see_ranking(events: &mut Events, expected: &[(String, u64)]) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let top = wait_for(events, |e| e.ranking().map(|(_, entries)| entries.to_vec())).await;
+        let got: Vec<(String, u64)> = top
+            .iter()
+            .map(|e| (e.user.as_ref().map(|u| u.user_id.clone()).unwrap_or_default(), e.value))
+            .collect();
+        if got == expected {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the final ranking never arrived: last {got:?}");
+    }
+}
+
+/// Gifters on different nodes; every member on every node sees the same top
+/// and every node's admin API answers the same whole ranking, a node that
+/// starts carrying the room afterwards included.
+async fn one_ranking_for_the_room(mode: Mode) {
+    let mut d = Deployment::start(mode, 2).await;
+    let mut watchers = Vec::new();
+    for i in 0..2 {
+        let (w, events) = d.connect(i, &format!("wes{i}"), Role::Viewer).await;
+        w.join("rank").await.unwrap();
+        watchers.push((w, events));
+    }
+    let mut gifters = Vec::new();
+    for (i, user) in ["ann", "bob", "cat"].into_iter().enumerate() {
+        credit(&d, i + 1, user, 1_000).await;
+        let (client, _events) = d.connect(i, user, Role::Viewer).await;
+        client.join("rank").await.unwrap();
+        gifters.push(client);
+    }
+    // ann: 3 roses = 3; bob: a rocket = 500; cat: a heart and 2 roses = 12.
+    for i in 0..3 {
+        gifters[0].send_gift("rank", "rose", 1, &format!("ann-{i}")).await.unwrap();
+    }
+    gifters[1].send_gift("rank", "rocket", 1, "bob-0").await.unwrap();
+    gifters[2].send_gift("rank", "heart", 1, "cat-0").await.unwrap();
+    gifters[2].send_gift("rank", "rose", 2, "cat-1").await.unwrap();
+    let expected: Vec<(String, u64)> =
+        [("bob", 500), ("cat", 12), ("ann", 3)].iter().map(|(u, v)| (u.to_string(), *v)).collect();
+    for (_, events) in &mut watchers {
+        see_ranking(events, &expected).await;
+    }
+    for i in 0..2 {
+        assert_eq!(admin_ranking(d.node(i), "rank").await, expected, "node {i}'s admin API");
+    }
+    // A node that starts carrying the room now starts from the totals.
+    let late = d.add().await;
+    let (lee, mut lee_events) = d.connect(late, "lee", Role::Viewer).await;
+    lee.join("rank").await.unwrap();
+    assert_eq!(admin_ranking(d.node(late), "rank").await, expected, "a node that joined the room late");
+    // And counts what follows like every other node.
+    gifters[0].send_gift("rank", "rocket", 1, "ann-big").await.unwrap();
+    let after: Vec<(String, u64)> =
+        [("ann", 503), ("bob", 500), ("cat", 12)].iter().map(|(u, v)| (u.to_string(), *v)).collect();
+    see_ranking(&mut lee_events, &after).await;
+    for (_, events) in &mut watchers {
+        see_ranking(events, &after).await;
+    }
+    for i in [0, 1, late] {
+        assert_eq!(admin_ranking(d.node(i), "rank").await, after, "node {i}'s admin API");
+    }
+    d.stop().await;
+}
+
+in_every_mode!(one_ranking_for_the_room);
