@@ -379,3 +379,32 @@ async fn drain_cost() {
     assert_eq!(lost, 0);
     assert_eq!(draining, viewers);
 }
+
+/// A session that is in no room and sends nothing (a heartbeat interval of
+/// a minute, so no presence check of the node's wakes it) is closed by a
+/// drain as soon as the drain starts, with its control stream finished and
+/// `SERVER_DRAINING`, not left until the settle time runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_in_no_room_is_closed_at_once_by_a_drain() {
+    let node = TestServer::start_with(|c| {
+        c.presence.heartbeat_interval_ms = 60_000;
+        c.drain.settle_ms = 20_000;
+        c.drain.timeout_secs = 30;
+    })
+    .await;
+    let mut raw = node.raw_session("idle", Role::Viewer).await;
+    // Idle: everything the handshake and the hello started is done.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(node.drain().start());
+    let closed = tokio::time::timeout(Duration::from_secs(5), raw.conn.closed())
+        .await
+        .expect("the idle session was not closed within 5 s of the drain (the settle time is 20 s)");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(u64::from(c.error_code), u64::from(ErrorCode::ServerDraining.to_code()), "{c:?}");
+        }
+        other => panic!("closed with {other:?}"),
+    }
+    assert!(raw.control.server_frame().await.is_none(), "the control stream was finished first");
+    node.finished().await.unwrap();
+}
