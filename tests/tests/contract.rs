@@ -215,3 +215,94 @@ async fn a_reveal_without_a_quiz_is_404_no_quiz() {
     assert_eq!(got, (404, "NO_QUIZ".to_string()));
     server.stop().await;
 }
+
+/// The room's like total as the admin API reads it, once it is not 0.
+async fn like_total_once_counted(server: &TestServer, room: &str) -> u64 {
+    let deadline = tokio::time::Instant::now() + roomcast_tests::WAIT;
+    loop {
+        let info = server.admin("GET", &format!("/v1/rooms/{room}"), None).await;
+        let info: Value = serde_json::from_str(&info.body).unwrap();
+        let total = info["like_total"].as_u64().unwrap_or(0);
+        if total > 0 {
+            return total;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no like counted in {room}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The like cap as the contract states it, with the node's defaults: a
+/// token bucket of 20 taps a second holding two seconds' worth, full for a
+/// user the node has not seen, so a fresh user's first report counts 40
+/// taps exactly; what comes after is counted at no more than 20 a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_users_first_like_report_counts_40_taps_then_20_a_second() {
+    use roomcast_protocol::datagram::ClientDatagram;
+    let server = TestServer::start().await;
+    let mut raw = server.raw_session("lia", Role::Viewer).await;
+    raw.join(2, v1::Join { room: "likes".into(), ..Default::default() }).await;
+    let report = |taps| ClientDatagram::LikeReport { room: "likes".into(), taps }.encode();
+    let first_sent = std::time::Instant::now();
+    raw.conn.send_datagram(report(1_000)).unwrap();
+    assert_eq!(
+        like_total_once_counted(&server, "likes").await,
+        40,
+        "the burst: two seconds' worth, full at start"
+    );
+    raw.conn.send_datagram(report(1_000)).unwrap();
+    // The second report's taps come from what refilled since the first,
+    // at most 20 a second of the time between the two sends (bounded here
+    // by the time since the first was sent, once the second is counted).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut total = 40;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        total = like_total_once_counted(&server, "likes").await;
+    }
+    let elapsed = first_sent.elapsed().as_secs_f64();
+    assert!(
+        (total - 40) as f64 <= 20.0 * elapsed + 1.0,
+        "{} taps counted from the second report after {elapsed:.2} s",
+        total - 40
+    );
+    server.stop().await;
+}
+
+/// The gift cap as the contract states it, with the node's defaults: a
+/// token bucket of 30 sends a second holding one second's worth, full for
+/// a user the node has not seen. A fresh user's burst of 60 sends has its
+/// first 30 accepted, and no more than the refill adds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_users_gift_burst_gets_30_then_30_a_second() {
+    let server = TestServer::start().await;
+    let credited = server.admin("POST", "/v1/users/gil/credit", Some(r#"{"amount":100000}"#)).await;
+    assert_eq!(credited.status, 200, "{}", credited.body);
+    let (client, _events) = server.connect("gil", Role::Viewer).await;
+    client.join("gifts").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut sends = Vec::new();
+    for i in 0..60 {
+        let c = client.clone();
+        sends.push(tokio::spawn(async move {
+            c.send_gift("gifts", "rose", 1, &format!("gil-{i}")).await.unwrap()
+        }));
+    }
+    let mut accepted = 0u32;
+    let mut limited = 0u32;
+    for s in sends {
+        let ack = s.await.unwrap();
+        match v1::GiftOutcome::try_from(ack.outcome) {
+            Ok(v1::GiftOutcome::Accepted) => accepted += 1,
+            Ok(v1::GiftOutcome::RateLimited) => limited += 1,
+            other => panic!("{other:?}: {ack:?}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(accepted >= 30, "the burst, full at start: {accepted} accepted");
+    assert!(
+        f64::from(accepted) <= 30.0 + 30.0 * elapsed + 1.0,
+        "{accepted} accepted in {elapsed:.2} s: no more than the burst and the refill"
+    );
+    assert_eq!(accepted + limited, 60);
+    server.stop().await;
+}
