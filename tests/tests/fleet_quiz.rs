@@ -162,3 +162,22 @@ async fn a_fleet_player_that_sends_nothing_after_answering_gets_its_verdict_at_t
     a.stop().await;
     b.stop().await;
 }
+
+/// The same quiz rules in a fleet: the platform drives the quiz through one
+/// node while the players, silent but for their answers, are on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stated_quiz_rules_hold_in_a_fleet() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = TestServer::start_with(|c| {
+        c.redis = Some(url.clone());
+        c.presence.heartbeat_interval_ms = 60_000;
+    })
+    .await;
+    let b = TestServer::in_fleet(&redis.url(), Some(&a.secret)).await;
+    let (host, _h) = Client::connect(b.client_config(a.token("hana", Role::Host))).await.unwrap();
+    host.join("rules").await.unwrap();
+    roomcast_tests::quiz_rules::quiz_rules_hold(&b, &a, "rules").await;
+    a.stop().await;
+    b.stop().await;
+}

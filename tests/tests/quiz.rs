@@ -334,3 +334,14 @@ async fn a_player_that_sends_nothing_after_answering_gets_its_verdict_at_the_rev
     }
     server.stop().await;
 }
+
+/// The quiz rules the proto states (players, revive cards on a missed
+/// answer, no verdicts for a user refused as eliminated, which outcome wins,
+/// the verdict's bound), on one node, with players that send nothing but
+/// their answers and a heartbeat interval of a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stated_quiz_rules_hold_on_one_node() {
+    let server = TestServer::start_with(|c| c.presence.heartbeat_interval_ms = 60_000).await;
+    roomcast_tests::quiz_rules::quiz_rules_hold(&server, &server, "rules").await;
+    server.stop().await;
+}

@@ -133,8 +133,10 @@ impl requests::Ctx<'_> {
             Some(run) => {
                 let answered = run.answer(&self.s.identity.user_id, &a.question_id, a.option, now_ms);
                 let watching = matches!(&self.s.quiz, Some(QuizWatch { source: Source::Local { run: r, .. }, .. }) if Arc::ptr_eq(r, &run));
-                if answered.0 == AnswerOutcome::Accepted && !watching {
-                    // A player from now on: it hears of every reveal.
+                if !watching && run.is_player(&self.s.identity.user_id) {
+                    // A player (this answer made it one, or an earlier one
+                    // on any session did): this session hears of every
+                    // reveal, as in a fleet.
                     let revealed = Changes::new(run.revealed());
                     self.s.quiz =
                         Some(QuizWatch { room: room.clone(), source: Source::Local { run, revealed } });
