@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use roomcast_client::{Backoff, Client, ClientConfig, Event, Events, Trust};
 use roomcast_protocol::ErrorCode;
 use roomcast_server::auth::Role;
+use roomcast_tests::binary::{server_binary, wait_child};
 use roomcast_tests::{TestServer, WAIT, sequenced, text, wait_for};
 
 /// Every event up to the end of the session (reconnection off), with a bound.
@@ -148,23 +149,6 @@ async fn the_sdk_moves_to_the_next_address_at_once_and_rejoins() {
 }
 
 /// The `roomcast-server` binary of this build, rebuilt if needed (bounded).
-fn server_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let profile = if cfg!(debug_assertions) { None } else { Some("--release") };
-    let mut build = Command::new(cargo)
-        .args(["build", "-q", "-p", "roomcast-server", "--bin", "roomcast-server"])
-        .args(profile)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .spawn()
-        .unwrap();
-    let status =
-        wait_child(&mut build, Duration::from_secs(300)).expect("building roomcast-server timed out");
-    assert!(status.success(), "building roomcast-server failed");
-    dir.join("roomcast-server")
-}
-
 /// Starts `binary` on a loopback port with `secret`, its data in `dir`, no
 /// HTTP listeners, and `config` if given; returns it with the address and
 /// certificate fingerprint it printed.
@@ -205,20 +189,6 @@ fn started(stdout: std::process::ChildStdout) -> (std::net::SocketAddr, String) 
     }
     std::thread::spawn(move || lines.for_each(drop));
     (addr.unwrap(), fingerprint.unwrap())
-}
-
-/// Waits for `child` to exit, at most `bound`; kills it past the bound.
-fn wait_child(child: &mut Child, bound: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + bound;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 #[tokio::test]

@@ -35,8 +35,12 @@ pub(super) type Reveal = (Option<Arc<str>>, u32);
 /// Kept here, the registration lasts until the change comes, and its wake
 /// is a mark in the driver's ready queue.
 struct Changes<T> {
-    next: Option<Pin<Box<dyn Future<Output = Option<(T, tokio::sync::watch::Receiver<T>)>> + Send>>>,
+    next: Option<NextChange<T>>,
 }
+
+/// The next value of a watch and the watch, once it changed; `None` once
+/// its sender is gone.
+type NextChange<T> = Pin<Box<dyn Future<Output = Option<(T, tokio::sync::watch::Receiver<T>)>> + Send>>;
 
 impl<T: Clone + Send + Sync + 'static> Changes<T> {
     /// The changes of `watch` after the value it holds now.
@@ -45,9 +49,7 @@ impl<T: Clone + Send + Sync + 'static> Changes<T> {
         Self { next: Some(Self::wait(watch)) }
     }
 
-    fn wait(
-        mut watch: tokio::sync::watch::Receiver<T>,
-    ) -> Pin<Box<dyn Future<Output = Option<(T, tokio::sync::watch::Receiver<T>)>> + Send>> {
+    fn wait(mut watch: tokio::sync::watch::Receiver<T>) -> NextChange<T> {
         Box::pin(async move {
             watch.changed().await.ok()?;
             let value = watch.borrow_and_update().clone();
