@@ -128,7 +128,11 @@ pub async fn serve_with_drain(
     drain: Drain,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let metrics = Arc::new(metrics::Metrics::new());
+    let mut metrics = metrics::Metrics::new();
+    if config.redis.is_some() {
+        metrics.register_redis();
+    }
+    let metrics = Arc::new(metrics);
     let (server_config, _) = endpoint::server_config(&config, metrics.tls_resumed.clone())?;
     let node_epoch = roomcast_protocol::unix_ms(SystemTime::now());
     let (hooks, hook_dispatcher) = webhooks::start(&config.webhooks, &metrics, node_epoch)?;
@@ -235,9 +239,9 @@ pub async fn serve_with_drain(
         let stopped = async move {
             let _ = stop_rx.changed().await;
         };
-        let drain = drain.clone();
+        let ready = metrics::Readiness { drain: drain.clone(), fleet: shared.rooms.fleet().cloned() };
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(listener, metrics, drain, stopped).await {
+            if let Err(e) = metrics::serve(listener, metrics, ready, stopped).await {
                 tracing::warn!(error = %e, "metrics endpoint failed");
             }
         });

@@ -263,6 +263,8 @@ async fn drain_signal() {
 
 async fn serve(config: Config) -> Result<()> {
     tracing_subscriber::fmt()
+        // Logs to stderr: stdout carries what the node prints at start.
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
                 // quinn's per-connection spans are entered on every poll of its
@@ -272,16 +274,45 @@ async fn serve(config: Config) -> Result<()> {
         .init();
     let (endpoint, cert) = roomcast_server::endpoint::bind(&config)?;
     let addr = endpoint.local_addr()?;
+    // Every listener is bound here, so that what is printed is where each
+    // one listens (a port 0 included).
+    let metrics = match config.metrics_listen {
+        Some(a) => {
+            Some(roomcast_server::metrics::bind(a).await.with_context(|| format!("binding metrics on {a}"))?)
+        }
+        None => None,
+    };
+    let admin = match config.admin.listen {
+        Some(a) => Some(
+            roomcast_server::admin::bind(a).await.with_context(|| format!("binding the admin API on {a}"))?,
+        ),
+        None => None,
+    };
     println!("roomcast listening on {addr} (QUIC, ALPN roomcast/1)");
     let kind = if cert.development { "development certificate" } else { "certificate" };
     println!("{kind}: {} (sha256 {})", cert.cert_path.display(), cert.fingerprint);
-    if let Some(m) = config.metrics_listen {
-        println!("metrics: http://{m}/metrics");
+    match &metrics {
+        Some(l) => {
+            let m = l.local_addr()?;
+            println!(
+                "metrics: http://{m}/metrics (liveness http://{m}/healthz, readiness http://{m}/readyz)"
+            );
+        }
+        None => println!("metrics: off"),
+    }
+    match &admin {
+        Some(l) => {
+            let a = l.local_addr()?;
+            println!("admin API: http://{a}/v1 (OpenAPI http://{a}/openapi.json)");
+            println!("dashboard: http://{a}/dashboard");
+        }
+        None => println!("admin API and dashboard: off"),
     }
     if config.auth.es256_public_key.is_none() {
         println!("development token: roomcast-server token --user alice [--role viewer|host|admin]");
     }
-    roomcast_server::run(config, endpoint, drain_signal()).await
+    let drain = roomcast_server::Drain::new();
+    roomcast_server::serve_with_drain(config, endpoint, metrics, admin, drain, drain_signal()).await
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Prometheus metrics, served over HTTP at `/metrics` (OpenMetrics text),
 //! with `/healthz` (200 while the process lives) and `/readyz` (200 while
-//! serving, 503 once draining).
+//! the node takes joins; 503 once draining, or in a fleet while its Redis is
+//! unreachable: see [`Readiness`]).
 //!
 //! Handles are created once and kept; nothing on the hot path looks up a
 //! label. Rooms add their fan-out counts once per command, not per member.
@@ -20,6 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::Fleet;
 use crate::drain::Drain;
 use crate::room::FlushStats;
 
@@ -104,6 +106,16 @@ pub struct Metrics {
     pub webhooks: WebhookMetrics,
     /// Admin API requests, by method, route and status.
     pub admin_requests: Family<AdminRequestLabels, Counter>,
+    /// The fleet's Redis as this node sees it; a node alone has none.
+    redis: Option<RedisGauges>,
+}
+
+/// `roomcast_redis_up` and `roomcast_redis_ping_rtt_seconds`, set from the
+/// fleet's link each time the metrics are read.
+#[derive(Debug)]
+struct RedisGauges {
+    up: Gauge,
+    rtt: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// Labels of `roomcast_admin_requests_total`. `route` is the route's
@@ -385,6 +397,35 @@ impl Metrics {
             tls_resumed,
             webhooks,
             admin_requests,
+            redis: None,
+        }
+    }
+
+    /// Registers the fleet's Redis gauges: for a node with `redis` set,
+    /// before it is shared.
+    pub fn register_redis(&mut self) {
+        let up = Gauge::default();
+        self.registry.register(
+            "redis_up",
+            "1 while the fleet's Redis answers within fleet.unreachable_after_ms (joins are taken), 0 while not (joins are refused UNAVAILABLE and /readyz is 503)",
+            up.clone(),
+        );
+        let rtt = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        self.registry.register(
+            "redis_ping_rtt_seconds",
+            "Round trip of the last ping the fleet's Redis answered (one every 500 ms)",
+            rtt.clone(),
+        );
+        self.redis = Some(RedisGauges { up, rtt });
+    }
+
+    /// Sets the Redis gauges from what the fleet's link last saw.
+    fn observe_redis(&self, fleet: &Fleet) {
+        if let Some(g) = &self.redis {
+            g.up.set(i64::from(fleet.reachable()));
+            if let Some(rtt) = fleet.ping_rtt() {
+                g.rtt.set(rtt.as_secs_f64());
+            }
         }
     }
 
@@ -458,13 +499,41 @@ impl Metrics {
     }
 }
 
+/// Whether the node can take joins now, as `/readyz` answers it: not while
+/// it drains, and in a fleet not while its Redis is unreachable (every join
+/// is then refused `UNAVAILABLE`), so that a load balancer sends viewers
+/// elsewhere until it answers again.
+#[derive(Clone)]
+pub struct Readiness {
+    pub drain: Drain,
+    /// The node's fleet link, if it is in one.
+    pub fleet: Option<Fleet>,
+}
+
+impl Readiness {
+    /// Why the node is not ready, or `None` if it is.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.drain.is_draining() {
+            Some("draining")
+        } else if self.fleet.as_ref().is_some_and(|f| !f.reachable()) {
+            Some("redis unreachable")
+        } else {
+            None
+        }
+    }
+}
+
 /// `/metrics`, `/healthz` and `/readyz`.
-pub fn router(metrics: Arc<Metrics>, drain: Drain) -> Router {
+pub fn router(metrics: Arc<Metrics>, ready: Readiness) -> Router {
+    let fleet = ready.fleet.clone();
     Router::new()
         .route(
             "/metrics",
             get(move || {
                 let m = metrics.clone();
+                if let Some(f) = &fleet {
+                    m.observe_redis(f);
+                }
                 async move {
                     (
                         [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
@@ -478,12 +547,11 @@ pub fn router(metrics: Arc<Metrics>, drain: Drain) -> Router {
         .route(
             "/readyz",
             get(move || {
-                let draining = drain.is_draining();
+                let why = ready.not_ready();
                 async move {
-                    if draining {
-                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                    } else {
-                        (StatusCode::OK, "ready\n")
+                    match why {
+                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                        None => (StatusCode::OK, "ready\n".to_string()),
                     }
                 }
             }),
@@ -494,10 +562,10 @@ pub fn router(metrics: Arc<Metrics>, drain: Drain) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    drain: Drain,
+    ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, drain)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(metrics, ready)).with_graceful_shutdown(shutdown).await
 }
 
 /// Binds the metrics listener.

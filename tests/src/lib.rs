@@ -22,6 +22,8 @@ use tokio::task::JoinHandle;
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+pub mod binary;
+pub mod quiz_rules;
 pub mod redis;
 pub mod relay;
 

@@ -645,7 +645,8 @@ async fn bad_input_gets_a_json_error_with_a_stable_code_and_changes_nothing() {
         422,
         "INVALID_REQUEST",
     );
-    assert_error(&post(br#"{"kind":"system","text":""}"#, vec![json_type]).await, 422, "INVALID_REQUEST");
+    // An empty text, as an empty chat on the wire: MESSAGE_TOO_LONG.
+    assert_error(&post(br#"{"kind":"system","text":""}"#, vec![json_type]).await, 422, "MESSAGE_TOO_LONG");
     assert_error(&post(br#"{"kind":"system","text":"x"}"#, vec![]).await, 415, "UNSUPPORTED_MEDIA_TYPE");
     assert_error(
         &post(br#"{"kind":"system","text":"x"}"#, vec![("Content-Type", "text/plain")]).await,

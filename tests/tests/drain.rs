@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use roomcast_client::{Backoff, Client, ClientConfig, Event, Events, Trust};
 use roomcast_protocol::ErrorCode;
 use roomcast_server::auth::Role;
+use roomcast_tests::binary::{server_binary, wait_child};
 use roomcast_tests::{TestServer, WAIT, sequenced, text, wait_for};
 
 /// Every event up to the end of the session (reconnection off), with a bound.
@@ -148,23 +149,6 @@ async fn the_sdk_moves_to_the_next_address_at_once_and_rejoins() {
 }
 
 /// The `roomcast-server` binary of this build, rebuilt if needed (bounded).
-fn server_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let profile = if cfg!(debug_assertions) { None } else { Some("--release") };
-    let mut build = Command::new(cargo)
-        .args(["build", "-q", "-p", "roomcast-server", "--bin", "roomcast-server"])
-        .args(profile)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .spawn()
-        .unwrap();
-    let status =
-        wait_child(&mut build, Duration::from_secs(300)).expect("building roomcast-server timed out");
-    assert!(status.success(), "building roomcast-server failed");
-    dir.join("roomcast-server")
-}
-
 /// Starts `binary` on a loopback port with `secret`, its data in `dir`, no
 /// HTTP listeners, and `config` if given; returns it with the address and
 /// certificate fingerprint it printed.
@@ -205,20 +189,6 @@ fn started(stdout: std::process::ChildStdout) -> (std::net::SocketAddr, String) 
     }
     std::thread::spawn(move || lines.for_each(drop));
     (addr.unwrap(), fingerprint.unwrap())
-}
-
-/// Waits for `child` to exit, at most `bound`; kills it past the bound.
-fn wait_child(child: &mut Child, bound: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + bound;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 #[tokio::test]
@@ -378,4 +348,33 @@ async fn drain_cost() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(lost, 0);
     assert_eq!(draining, viewers);
+}
+
+/// A session that is in no room and sends nothing (a heartbeat interval of
+/// a minute, so no presence check of the node's wakes it) is closed by a
+/// drain as soon as the drain starts, with its control stream finished and
+/// `SERVER_DRAINING`, not left until the settle time runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_in_no_room_is_closed_at_once_by_a_drain() {
+    let node = TestServer::start_with(|c| {
+        c.presence.heartbeat_interval_ms = 60_000;
+        c.drain.settle_ms = 20_000;
+        c.drain.timeout_secs = 30;
+    })
+    .await;
+    let mut raw = node.raw_session("idle", Role::Viewer).await;
+    // Idle: everything the handshake and the hello started is done.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(node.drain().start());
+    let closed = tokio::time::timeout(Duration::from_secs(5), raw.conn.closed())
+        .await
+        .expect("the idle session was not closed within 5 s of the drain (the settle time is 20 s)");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(u64::from(c.error_code), u64::from(ErrorCode::ServerDraining.to_code()), "{c:?}");
+        }
+        other => panic!("closed with {other:?}"),
+    }
+    assert!(raw.control.server_frame().await.is_none(), "the control stream was finished first");
+    node.finished().await.unwrap();
 }

@@ -299,3 +299,64 @@ async fn a_redis_that_forgets_the_room_gets_a_new_epoch_and_nothing_acknowledged
     a.stop().await;
     b.stop().await;
 }
+
+/// `/readyz` and the Redis gauges of a node, polled until `want` holds or
+/// the harness's wait runs out.
+async fn until_ready_is(node: &TestServer, want: u16) -> (String, String) {
+    let deadline = tokio::time::Instant::now() + roomcast_tests::WAIT;
+    loop {
+        let (status, body) = node.http_get("/readyz").await;
+        if status == want {
+            return (body, node.scrape().await);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz stayed {status} {body:?}, not {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Readiness follows whether the node can take joins: a fleet node whose
+/// Redis does not answer (not started yet, then killed) is not ready while
+/// it refuses joins, and is again once Redis answers; `roomcast_redis_up`
+/// and `roomcast_redis_ping_rtt_seconds` say so. A node alone exports no
+/// Redis gauges and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_and_the_redis_gauges_follow_whether_the_fleets_redis_answers() {
+    let mut redis = RedisServer::stopped();
+    let url = redis.url();
+    let node = TestServer::start_with(move |c| {
+        c.redis = Some(url);
+        c.fleet.unreachable_after_ms = 1_000;
+    })
+    .await;
+    // Redis on a closed port: joins refused, and the node says it is not ready.
+    let (body, scrape) = until_ready_is(&node, 503).await;
+    assert_eq!(body, "redis unreachable\n");
+    assert_eq!(roomcast_tests::metric(&scrape, "roomcast_redis_up"), Some(0.0), "{scrape}");
+    let (viewer, _events) = node.connect("vic", Role::Viewer).await;
+    let refused = viewer.join("ready").await.unwrap_err();
+    assert!(matches!(refused, Error::Refused { code: ErrorCode::Unavailable, .. }), "{refused:?}");
+
+    // Redis up: ready, up, a round trip measured, and joins taken.
+    redis.restart().await;
+    let (body, scrape) = until_ready_is(&node, 200).await;
+    assert_eq!(body, "ready\n");
+    assert_eq!(roomcast_tests::metric(&scrape, "roomcast_redis_up"), Some(1.0), "{scrape}");
+    let rtt = roomcast_tests::metric(&scrape, "roomcast_redis_ping_rtt_seconds").expect("a round trip");
+    assert!(rtt > 0.0 && rtt < 5.0, "{rtt}");
+    viewer.join("ready").await.unwrap();
+
+    // Redis gone past the bound: not ready again, and down.
+    redis.kill();
+    let (body, scrape) = until_ready_is(&node, 503).await;
+    assert_eq!(body, "redis unreachable\n");
+    assert_eq!(roomcast_tests::metric(&scrape, "roomcast_redis_up"), Some(0.0), "{scrape}");
+    let (late, _l) = node.connect("lee", Role::Viewer).await;
+    assert!(late.join("ready").await.is_err(), "not ready, and joins are refused");
+    node.stop().await;
+
+    let alone = TestServer::start().await;
+    assert_eq!(alone.http_get("/readyz").await, (200, "ready\n".to_string()));
+    let scrape = alone.scrape().await;
+    assert!(!scrape.contains("roomcast_redis"), "a node alone has no Redis gauges: {scrape}");
+    alone.stop().await;
+}

@@ -112,3 +112,72 @@ async fn players_on_every_node_answer_one_quiz_once_each_and_hear_their_verdicts
     a.stop().await;
     b.stop().await;
 }
+
+/// In a fleet too, a player on a bare QUIC connection that sends nothing
+/// after answering (heartbeats a minute apart, so no presence check wakes
+/// its session) is told its verdict at the reveal, revealed through another
+/// node, not at its next packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_player_that_sends_nothing_after_answering_gets_its_verdict_at_the_reveal() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = TestServer::start_with(|c| {
+        c.redis = Some(url.clone());
+        c.presence.heartbeat_interval_ms = 60_000;
+    })
+    .await;
+    let b = TestServer::in_fleet(&redis.url(), Some(&a.secret)).await;
+    let mut raw = a.raw_session("ann", Role::Viewer).await;
+    raw.join(2, v1::Join { room: "silent".into(), ..Default::default() }).await;
+    // The room is live on B too, where the platform drives the quiz.
+    let (host, _h) = Client::connect(b.client_config(a.token("hana", Role::Host))).await.unwrap();
+    host.join("silent").await.unwrap();
+    admin(&b, "POST", "/v1/rooms/silent/quiz", Some(json!({"rounds": 1}))).await;
+    let q = ask(&b, "silent", 1).await;
+    let body = v1::client_frame::Body::SubmitAnswer(v1::SubmitAnswer {
+        room: "silent".into(),
+        question_id: q.clone(),
+        option: 1,
+    });
+    match raw.request(3, body).await {
+        v1::server_frame::Body::AnswerAck(ack) => assert_eq!(ack.outcome, ACCEPTED),
+        other => panic!("answer answered with {other:?}"),
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    admin(&b, "POST", &format!("/v1/rooms/silent/quiz/questions/{q}/reveal"), None).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let verdict = loop {
+        match tokio::time::timeout_at(deadline, raw.control.server_frame()).await {
+            Ok(Some(v1::ServerFrame {
+                request_id: 0,
+                body: Some(v1::server_frame::Body::QuizVerdict(v)),
+            })) => {
+                break v;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("no verdict within 5 s of the reveal"),
+        }
+    };
+    assert!(verdict.correct && verdict.still_in && verdict.room == "silent", "{verdict:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The same quiz rules in a fleet: the platform drives the quiz through one
+/// node while the players, silent but for their answers, are on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stated_quiz_rules_hold_in_a_fleet() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = TestServer::start_with(|c| {
+        c.redis = Some(url.clone());
+        c.presence.heartbeat_interval_ms = 60_000;
+    })
+    .await;
+    let b = TestServer::in_fleet(&redis.url(), Some(&a.secret)).await;
+    let (host, _h) = Client::connect(b.client_config(a.token("hana", Role::Host))).await.unwrap();
+    host.join("rules").await.unwrap();
+    roomcast_tests::quiz_rules::quiz_rules_hold(&b, &a, "rules").await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -291,3 +291,53 @@ async fn a_viewer_whose_network_drops_out_gets_every_gift_on_resume() {
     assert_eq!(got, acks, "every gift sent while away, once, in order");
     server.stop().await;
 }
+
+/// Repeats of one idempotency key sent at once from three sessions, most of
+/// them while the first is still being sequenced: every answer is ACCEPTED
+/// with the same `seq`, `message_id`, `combo_id` and `combo_count`, all
+/// set, as `GiftAck` documents for ACCEPTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_repeat_of_a_key_is_answered_with_the_first_sends_seq_message_id_and_combo() {
+    // No gift cap: every send of a key reaches the ledger.
+    let server = TestServer::start_with(|c| c.gifts.per_user_per_sec = 0.0).await;
+    assert_eq!(credit(&server, "gus", 1_000).await, 1_000);
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (c, e) = server.connect("gus", Role::Viewer).await;
+        c.join("repeats").await.unwrap();
+        sessions.push((c, e));
+    }
+    for round in 0..3 {
+        let key = format!("gus-{round}");
+        let mut sends = Vec::new();
+        for (c, _) in &sessions {
+            for _ in 0..4 {
+                let (c, key): (Client, String) = (c.clone(), key.clone());
+                sends.push(tokio::spawn(
+                    async move { c.send_gift("repeats", "heart", 1, &key).await.unwrap() },
+                ));
+            }
+        }
+        let mut acks = Vec::new();
+        for s in sends {
+            acks.push(s.await.unwrap());
+        }
+        let first = &acks[0];
+        assert!(
+            first.outcome == ACCEPTED
+                && first.seq > 0
+                && !first.message_id.is_empty()
+                && !first.combo_id.is_empty()
+                && first.combo_count >= 1,
+            "{first:?}"
+        );
+        for a in &acks {
+            assert_eq!(
+                (a.outcome, a.seq, &a.message_id, &a.combo_id, a.combo_count, a.balance),
+                (ACCEPTED, first.seq, &first.message_id, &first.combo_id, first.combo_count, first.balance),
+                "every repeat answers as the first: {acks:?}"
+            );
+        }
+    }
+    server.stop().await;
+}

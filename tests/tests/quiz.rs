@@ -244,3 +244,104 @@ async fn members_are_nudged_about_the_open_question_until_it_closes() {
     assert!((1..=2).contains(&nudges), "{nudges} nudges");
     server.stop().await;
 }
+
+/// Reads control frames until a `QuizVerdict`, for at most `within`.
+async fn raw_verdict(raw: &mut roomcast_tests::RawSession, within: Duration) -> Option<v1::QuizVerdict> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, raw.control.server_frame()).await {
+            Ok(Some(v1::ServerFrame {
+                request_id: 0,
+                body: Some(v1::server_frame::Body::QuizVerdict(v)),
+            })) => {
+                return Some(v);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// Three players on bare QUIC connections answer and then send nothing at
+/// all (no heartbeat, no request), with a heartbeat interval of a minute so
+/// that no presence check of the node's own wakes their sessions: each is
+/// still told its verdict at the reveal, within the contract's bound of one
+/// second (allowing slack here for a loaded test machine), not at its next
+/// packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_that_sends_nothing_after_answering_gets_its_verdict_at_the_reveal() {
+    let server = TestServer::start_with(|c| c.presence.heartbeat_interval_ms = 60_000).await;
+    let room = "silent";
+    let mut players = Vec::new();
+    for user in ["ann", "bob", "cy"] {
+        let mut raw = server.raw_session(user, Role::Viewer).await;
+        raw.join(2, v1::Join { room: room.into(), ..Default::default() }).await;
+        players.push(raw);
+    }
+    admin(
+        &server,
+        "POST",
+        &format!("/v1/rooms/{room}/quiz"),
+        Some(json!({"rounds": 2, "stream_delay_ms": 0})),
+    )
+    .await;
+    let started = ask(&server, room, 1, 1_000, 30_000).await;
+    let qid = started["question_id"].as_str().unwrap().to_owned();
+    for (i, raw) in players.iter_mut().enumerate() {
+        let option = if i == 1 { 0 } else { 1 };
+        let body = v1::client_frame::Body::SubmitAnswer(v1::SubmitAnswer {
+            room: room.into(),
+            question_id: qid.clone(),
+            option,
+        });
+        match raw.request(3, body).await {
+            v1::server_frame::Body::AnswerAck(a) => assert_eq!(a.outcome, ACCEPTED),
+            other => panic!("answer answered with {other:?}"),
+        }
+    }
+    // Long enough for every session to have gone idle.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    admin(&server, "POST", &format!("/v1/rooms/{room}/quiz/questions/{qid}/reveal"), None).await;
+    // The bound the contract states is 1 s; 5 s leaves room for a loaded
+    // machine and is still far below the heartbeat interval (60 s) that
+    // used to carry the verdict.
+    for (i, raw) in players.iter_mut().enumerate() {
+        let v = raw_verdict(raw, Duration::from_secs(5)).await;
+        let v = v.unwrap_or_else(|| panic!("player {i} got no verdict within 5 s of the reveal"));
+        assert_eq!((v.room.as_str(), v.question_id.as_str()), (room, qid.as_str()));
+        assert_eq!(v.still_in, i != 1, "{v:?}");
+    }
+
+    // The second reveal reaches the players still in the same way: the
+    // waker is registered again after the first verdict.
+    let second = ask(&server, room, 0, 2_000, 30_000).await;
+    let qid2 = second["question_id"].as_str().unwrap().to_owned();
+    let body = v1::client_frame::Body::SubmitAnswer(v1::SubmitAnswer {
+        room: room.into(),
+        question_id: qid2.clone(),
+        option: 0,
+    });
+    match players[0].request(4, body).await {
+        v1::server_frame::Body::AnswerAck(a) => assert_eq!(a.outcome, ACCEPTED),
+        other => panic!("answer answered with {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    admin(&server, "POST", &format!("/v1/rooms/{room}/quiz/questions/{qid2}/reveal"), None).await;
+    for i in [0, 2] {
+        let v = raw_verdict(&mut players[i], Duration::from_secs(5)).await;
+        let v = v.unwrap_or_else(|| panic!("player {i} got no verdict on round 2 within 5 s of the reveal"));
+        assert_eq!(v.question_id, qid2);
+    }
+    server.stop().await;
+}
+
+/// The quiz rules the proto states (players, revive cards on a missed
+/// answer, no verdicts for a user refused as eliminated, which outcome wins,
+/// the verdict's bound), on one node, with players that send nothing but
+/// their answers and a heartbeat interval of a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stated_quiz_rules_hold_on_one_node() {
+    let server = TestServer::start_with(|c| c.presence.heartbeat_interval_ms = 60_000).await;
+    roomcast_tests::quiz_rules::quiz_rules_hold(&server, &server, "rules").await;
+    server.stop().await;
+}

@@ -261,6 +261,8 @@ async fn answers_carrying_history_stay_within_64_kib_and_say_where_the_rest_is()
     // the last seq + 1, until the whole range is read.
     let mut reader = server.raw_session("rex", Role::Viewer).await;
     let (mut next, mut pages, mut read) = (1, 0, Vec::new());
+    let mut cut_pages: Vec<Vec<v1::RoomEvent>> = Vec::new();
+    let mut page_starts = Vec::new();
     loop {
         let range = v1::fetch_history::Range::Seq(v1::SeqRange { from: next, to: u64::MAX });
         let fetch = v1::FetchHistory { room: "big".into(), range: Some(range), limit: 0 };
@@ -270,12 +272,45 @@ async fn answers_carrying_history_stay_within_64_kib_and_say_where_the_rest_is()
         };
         pages += 1;
         read.extend(page.events.iter().map(|e| e.seq));
+        page_starts.push(page.events.first().cloned());
         if !page.truncated {
             break;
         }
+        cut_pages.push(page.events.clone());
         next = page.events.last().expect("a truncated page has events").seq + 1;
     }
     assert!(pages > 1, "130 KB do not fit one page");
     assert_eq!(read, (1..=total).collect::<Vec<_>>());
+    // Each page cut by size is exactly what the contract's rule predicts: as
+    // many events as keep the sum of their costs within 48 KiB, the next
+    // one past it.
+    for (i, page) in cut_pages.iter().enumerate() {
+        let used: usize = page.iter().map(page_cost).sum();
+        let next = page_starts[i + 1].as_ref().expect("the next page starts with an event");
+        assert!(used <= PAGE_BUDGET, "page {i}: {used} bytes");
+        assert!(used + page_cost(next) > PAGE_BUDGET, "page {i} stopped short: {used} + {}", page_cost(next));
+    }
+    // The resume's `Joined.history` above was cut by the same rule.
+    let resumed: Vec<v1::RoomEvent> = read_resume_history(&server, &joined).await;
+    let used: usize = resumed.iter().map(page_cost).sum();
+    assert!(used <= PAGE_BUDGET, "{used} bytes in Joined.history");
     server.stop().await;
+}
+
+/// The contract's page budget: 48 KiB of event costs.
+const PAGE_BUDGET: usize = 49_152;
+
+/// What one event costs a page, by the contract's rule: its encoded length,
+/// the varint of that length, and one byte.
+fn page_cost(e: &v1::RoomEvent) -> usize {
+    use prost::Message;
+    let len = e.encoded_len();
+    len + prost::length_delimiter_len(len) + 1
+}
+
+/// The history of a resume from the start of `joined`'s room.
+async fn read_resume_history(server: &TestServer, joined: &v1::Joined) -> Vec<v1::RoomEvent> {
+    let mut again = server.raw_session("ria", Role::Viewer).await;
+    let resume = v1::Join { last_seq: Some(0), epoch: Some(joined.epoch), ..join("big") };
+    again.join(2, resume).await.history
 }

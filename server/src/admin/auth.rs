@@ -7,15 +7,15 @@
 //! nothing, whatever it carries.
 
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ring::digest::{SHA256, digest};
 use roomcast_protocol::ErrorCode;
 
 use super::AdminState;
-use super::errors::ApiError;
+use super::errors::{ApiCode, ApiError};
 use crate::auth::{Identity, Role, TokenVerifier};
 
 /// The header carrying the API key.
@@ -72,7 +72,7 @@ pub fn authenticate(
         _ => ApiError::unauthorized("invalid token"),
     })?;
     if identity.role != Role::Admin {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", "the token's role is not admin"));
+        return Err(ApiError::new(ApiCode::Forbidden, "the token's role is not admin"));
     }
     Ok(Caller::Admin(identity))
 }
@@ -88,6 +88,8 @@ fn keys_match(given: &[u8], expected: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use axum::http::StatusCode;
 
     use super::*;
     use crate::auth::mint_hs256;

@@ -20,11 +20,164 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// Every code the admin API answers with: one closed list, each code with
+/// its one HTTP status. The OpenAPI document's `ErrorDetail.code` and the
+/// README list exactly these (a test holds both to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiCode {
+    /// No credentials, a wrong API key or an invalid token.
+    Unauthorized,
+    /// An admin token past its `exp`.
+    TokenExpired,
+    /// A valid token whose role is not admin.
+    Forbidden,
+    /// Malformed JSON, query or path.
+    BadRequest,
+    /// An invalid room id.
+    InvalidRoom,
+    /// Well-formed input with wrong or unknown fields, or a value outside
+    /// its range.
+    InvalidRequest,
+    /// A message text that is empty or longer than `limits.max_message_bytes`.
+    MessageTooLong,
+    /// A message the banned-words filter refuses.
+    MessageRefused,
+    /// No such room on this node, no such route, message or sanction.
+    NotFound,
+    /// No quiz runs in the room.
+    NoQuiz,
+    /// No such open question in the room's quiz (unknown, or revealed).
+    NoQuestion,
+    /// The route does not serve that method.
+    MethodNotAllowed,
+    /// The room is closed.
+    RoomClosed,
+    /// A quiz already runs in the room.
+    QuizRunning,
+    /// The quiz's previous question has not been revealed.
+    QuestionOpen,
+    /// Every round of the quiz has been asked.
+    NoRoundsLeft,
+    /// Balances are kept by the platform's backend (a webhook ledger).
+    LedgerRemote,
+    /// The body is larger than `admin.max_body_bytes`.
+    PayloadTooLarge,
+    /// The body is not JSON.
+    UnsupportedMediaType,
+    /// A rate limit refused it.
+    RateLimited,
+    /// The node is draining.
+    ServerDraining,
+    /// What it needs cannot be reached now (the fleet's Redis).
+    Unavailable,
+    /// The ledger could not record it.
+    LedgerUnavailable,
+    /// The node failed.
+    Internal,
+}
+
+impl ApiCode {
+    /// Every code, in the order the documents list them.
+    pub const ALL: [ApiCode; 24] = [
+        Self::Unauthorized,
+        Self::TokenExpired,
+        Self::Forbidden,
+        Self::BadRequest,
+        Self::InvalidRoom,
+        Self::InvalidRequest,
+        Self::MessageTooLong,
+        Self::MessageRefused,
+        Self::NotFound,
+        Self::NoQuiz,
+        Self::NoQuestion,
+        Self::MethodNotAllowed,
+        Self::RoomClosed,
+        Self::QuizRunning,
+        Self::QuestionOpen,
+        Self::NoRoundsLeft,
+        Self::LedgerRemote,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::RateLimited,
+        Self::ServerDraining,
+        Self::Unavailable,
+        Self::LedgerUnavailable,
+        Self::Internal,
+    ];
+
+    /// The stable name a caller matches on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::TokenExpired => "TOKEN_EXPIRED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::BadRequest => "BAD_REQUEST",
+            Self::InvalidRoom => "INVALID_ROOM",
+            Self::InvalidRequest => "INVALID_REQUEST",
+            Self::MessageTooLong => "MESSAGE_TOO_LONG",
+            Self::MessageRefused => "MESSAGE_REFUSED",
+            Self::NotFound => "NOT_FOUND",
+            Self::NoQuiz => "NO_QUIZ",
+            Self::NoQuestion => "NO_QUESTION",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::RoomClosed => "ROOM_CLOSED",
+            Self::QuizRunning => "QUIZ_RUNNING",
+            Self::QuestionOpen => "QUESTION_OPEN",
+            Self::NoRoundsLeft => "NO_ROUNDS_LEFT",
+            Self::LedgerRemote => "LEDGER_REMOTE",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::ServerDraining => "SERVER_DRAINING",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::LedgerUnavailable => "LEDGER_UNAVAILABLE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status every answer with this code has.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::Unauthorized | Self::TokenExpired => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::BadRequest | Self::InvalidRoom => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest | Self::MessageTooLong | Self::MessageRefused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::NotFound | Self::NoQuiz | Self::NoQuestion => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RoomClosed
+            | Self::QuizRunning
+            | Self::QuestionOpen
+            | Self::NoRoundsLeft
+            | Self::LedgerRemote => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::ServerDraining | Self::Unavailable | Self::LedgerUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The list as the documents give it: `` `CODE` status `` pairs, by
+    /// status.
+    pub fn listing() -> String {
+        let mut codes = Self::ALL.to_vec();
+        codes.sort_by_key(|c| c.status().as_u16());
+        let items: Vec<String> =
+            codes.iter().map(|c| format!("`{}` {}", c.as_str(), c.status().as_u16())).collect();
+        items.join(", ")
+    }
+}
+
 /// A failed admin request, answered as [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
-    /// Stable, upper snake case; what a caller matches on.
+    /// Stable, upper snake case; what a caller matches on
+    /// ([`ApiCode::as_str`]).
     pub code: &'static str,
     /// For people; may change.
     pub message: String,
@@ -39,55 +192,51 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable code: `UNAUTHORIZED`, `TOKEN_EXPIRED`, `FORBIDDEN`,
-    /// `BAD_REQUEST` (malformed JSON or query), `INVALID_REQUEST` (well-formed
-    /// but wrong fields or values), `INVALID_ROOM`, `MESSAGE_TOO_LONG`,
-    /// `NOT_FOUND`, `METHOD_NOT_ALLOWED`, `ROOM_CLOSED`, `PAYLOAD_TOO_LARGE`,
-    /// `UNSUPPORTED_MEDIA_TYPE`, `MESSAGE_REFUSED`, `RATE_LIMITED`,
-    /// `SERVER_DRAINING`, `LEDGER_UNAVAILABLE`, `INTERNAL`.
+    /// Stable code; the document lists every one with its status (see
+    /// `ApiCode`).
     pub code: String,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+    pub fn new(code: ApiCode, message: impl Into<String>) -> Self {
+        Self { status: code.status(), code: code.as_str(), message: message.into() }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+        Self::new(ApiCode::Unauthorized, message)
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+        Self::new(ApiCode::BadRequest, message)
     }
 
     /// Well-formed input whose fields or values are wrong.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_REQUEST", message)
+        Self::new(ApiCode::InvalidRequest, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+        Self::new(ApiCode::NotFound, message)
     }
 
     /// A room-side failure, under its wire name.
     pub fn room(code: ErrorCode, message: impl Into<String>) -> Self {
-        let (status, name) = match code {
-            ErrorCode::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-            ErrorCode::InvalidRoom => (StatusCode::BAD_REQUEST, "INVALID_ROOM"),
-            ErrorCode::MessageTooLong => (StatusCode::UNPROCESSABLE_ENTITY, "MESSAGE_TOO_LONG"),
-            ErrorCode::MessageRefused => (StatusCode::UNPROCESSABLE_ENTITY, "MESSAGE_REFUSED"),
-            ErrorCode::RoomClosed => (StatusCode::CONFLICT, "ROOM_CLOSED"),
-            ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
-            ErrorCode::ServerDraining => (StatusCode::SERVICE_UNAVAILABLE, "SERVER_DRAINING"),
-            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-            ErrorCode::Forbidden => (StatusCode::FORBIDDEN, "FORBIDDEN"),
-            ErrorCode::BadToken => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-            ErrorCode::TokenExpired => (StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        let code = match code {
+            ErrorCode::NotFound => ApiCode::NotFound,
+            ErrorCode::InvalidRoom => ApiCode::InvalidRoom,
+            ErrorCode::MessageTooLong => ApiCode::MessageTooLong,
+            ErrorCode::MessageRefused => ApiCode::MessageRefused,
+            ErrorCode::RoomClosed => ApiCode::RoomClosed,
+            ErrorCode::RateLimited => ApiCode::RateLimited,
+            ErrorCode::ServerDraining => ApiCode::ServerDraining,
+            ErrorCode::Unavailable => ApiCode::Unavailable,
+            ErrorCode::Forbidden => ApiCode::Forbidden,
+            ErrorCode::BadToken => ApiCode::Unauthorized,
+            ErrorCode::TokenExpired => ApiCode::TokenExpired,
+            _ => ApiCode::Internal,
         };
-        Self::new(status, name, message)
+        Self::new(code, message)
     }
 }
 
@@ -164,16 +313,12 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 fn unsupported_media_type() -> ApiError {
-    ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "UNSUPPORTED_MEDIA_TYPE",
-        "the body must be JSON (Content-Type: application/json)",
-    )
+    ApiError::new(ApiCode::UnsupportedMediaType, "the body must be JSON (Content-Type: application/json)")
 }
 
 fn bytes_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "the request body is too large")
+        ApiError::new(ApiCode::PayloadTooLarge, "the request body is too large")
     } else {
         ApiError::bad_request(format!("could not read the request body: {rejection}"))
     }
@@ -240,11 +385,7 @@ pub async fn no_route() -> ApiError {
 
 /// The answer to a method a route does not serve.
 pub async fn wrong_method() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
-        "this route does not serve that method",
-    )
+    ApiError::new(ApiCode::MethodNotAllowed, "this route does not serve that method")
 }
 
 #[cfg(test)]

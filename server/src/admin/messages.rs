@@ -29,9 +29,11 @@ pub enum PublishKind {
 #[serde(deny_unknown_fields)]
 pub struct Sender {
     /// 1 to 128 bytes.
+    #[schema(min_length = 1, max_length = 128)]
     pub user_id: String,
     /// At most 128 bytes.
     #[serde(default)]
+    #[schema(max_length = 128)]
     pub display_name: String,
 }
 
@@ -40,7 +42,9 @@ pub struct Sender {
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     pub kind: PublishKind,
-    /// 1 byte to `limits.max_message_bytes` (512 by default).
+    /// 1 byte to `limits.max_message_bytes` (512 by default); outside that,
+    /// `MESSAGE_TOO_LONG` (empty included), as for a chat on the wire.
+    #[schema(min_length = 1)]
     pub text: String,
     /// Position on the stream's media timeline, in ms.
     #[serde(default)]
@@ -49,6 +53,7 @@ pub struct PublishRequest {
     /// same id is answered with the first one's sequence number and not
     /// published twice.
     #[serde(default)]
+    #[schema(max_length = 64)]
     pub client_msg_id: Option<String>,
     /// For a host message: the host it is shown from (role host). A system
     /// notice has no sender.
@@ -70,13 +75,12 @@ impl PublishRequest {
     /// Checks every field, so that nothing reaches the room unless all of it
     /// is right.
     fn into_message(self, max_text: usize) -> ApiResult<AdminMessage> {
-        if self.text.is_empty() {
-            return Err(ApiError::invalid("text is empty"));
-        }
-        if self.text.len() > max_text {
+        // One rule with chat on the wire: a text outside 1 to `max_text`
+        // bytes is `MESSAGE_TOO_LONG`, empty included.
+        if self.text.is_empty() || self.text.len() > max_text {
             return Err(ApiError::room(
                 roomcast_protocol::ErrorCode::MessageTooLong,
-                format!("text is longer than {max_text} bytes"),
+                format!("text must be 1 to {max_text} bytes"),
             ));
         }
         let client_msg_id = self.client_msg_id.unwrap_or_default();
@@ -185,7 +189,7 @@ mod tests {
     #[test]
     fn every_field_is_checked_before_the_room_sees_it() {
         assert!(request(PublishKind::System, "hi").into_message(4).is_ok());
-        assert_eq!(request(PublishKind::System, "").into_message(4).unwrap_err().code, "INVALID_REQUEST");
+        assert_eq!(request(PublishKind::System, "").into_message(4).unwrap_err().code, "MESSAGE_TOO_LONG");
         assert_eq!(
             request(PublishKind::System, "hello").into_message(4).unwrap_err().code,
             "MESSAGE_TOO_LONG"

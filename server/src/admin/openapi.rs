@@ -9,11 +9,12 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi as _, PartialSchema, ToSchema};
 
-use super::errors::ErrorBody;
+use super::errors::{ApiCode, ErrorBody};
 
 /// The serialised document, built once with the router.
 #[derive(Debug, Clone)]
@@ -77,6 +78,17 @@ pub(super) fn finish(doc: &mut OpenApi) {
     let mut schemas = vec![(ErrorBody::name().into_owned(), ErrorBody::schema())];
     ErrorBody::schemas(&mut schemas);
     components.schemas.extend(schemas);
+    // The one list of codes, as an enum with each code's status.
+    if let Some(RefOr::T(Schema::Object(detail))) = components.schemas.get_mut("ErrorDetail") {
+        let code = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(format!(
+                "Stable code, with the HTTP status it always comes with: {}.",
+                ApiCode::listing()
+            )))
+            .enum_values(Some(ApiCode::ALL.map(ApiCode::as_str)));
+        detail.properties.insert("code".into(), RefOr::T(Schema::Object(code.build())));
+    }
     let error = |description: &str| {
         RefOr::T(
             ResponseBuilder::new()

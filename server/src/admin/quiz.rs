@@ -13,22 +13,22 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AdminState;
-use super::errors::{ApiError, ApiResult, ErrorBody, JsonBody, PathParams, room_id};
+use super::errors::{ApiCode, ApiError, ApiResult, ErrorBody, JsonBody, PathParams, room_id};
 use crate::quiz::{DEFAULT_WINDOW_MS, QuestionSpec, QuizError, QuizSpec, QuizStatus};
 use crate::room::QuizEvent;
 
 impl From<QuizError> for ApiError {
     fn from(e: QuizError) -> Self {
-        let (status, code) = match &e {
-            QuizError::Running => (StatusCode::CONFLICT, "QUIZ_RUNNING"),
-            QuizError::NoQuiz => (StatusCode::NOT_FOUND, "NO_QUIZ"),
-            QuizError::QuestionOpen => (StatusCode::CONFLICT, "QUESTION_OPEN"),
-            QuizError::NoRoundsLeft => (StatusCode::CONFLICT, "NO_ROUNDS_LEFT"),
-            QuizError::NoQuestion => (StatusCode::NOT_FOUND, "NO_QUESTION"),
-            QuizError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ARGUMENT"),
-            QuizError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        let code = match &e {
+            QuizError::Running => ApiCode::QuizRunning,
+            QuizError::NoQuiz => ApiCode::NoQuiz,
+            QuizError::QuestionOpen => ApiCode::QuestionOpen,
+            QuizError::NoRoundsLeft => ApiCode::NoRoundsLeft,
+            QuizError::NoQuestion => ApiCode::NoQuestion,
+            QuizError::Invalid(_) => ApiCode::InvalidRequest,
+            QuizError::Unavailable(_) => ApiCode::Unavailable,
         };
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
@@ -37,6 +37,7 @@ impl From<QuizError> for ApiError {
 #[serde(deny_unknown_fields)]
 pub struct CreateQuiz {
     /// Questions in the quiz, 1 to 100.
+    #[schema(minimum = 1, maximum = 100)]
     pub rounds: u32,
     /// Revive cards each player starts with: each saves one wrong or
     /// missed answer.
@@ -89,16 +90,21 @@ impl Quiz {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartQuestion {
-    /// 1 to 512 bytes.
+    /// 1 to 512 bytes (UTF-8).
+    #[schema(min_length = 1, max_length = 512)]
     pub text: String,
-    /// 2 to 10 options, each at most 512 bytes.
+    /// 2 to 10 options, each 0 to 512 bytes (UTF-8).
+    #[schema(min_items = 2, max_items = 10)]
     pub options: Vec<String>,
-    /// 0-based index of the correct option; kept on the node until the reveal.
+    /// 0-based index of the correct option, less than the number of
+    /// options; kept on the node until the reveal.
+    #[schema(minimum = 0, maximum = 9)]
     pub correct: u32,
     /// Where on the stream's media timeline the host asks it, in ms.
     pub media_ts_ms: u64,
-    /// How long answers are taken, in ms (default 10000).
+    /// How long answers are taken, in ms, 1 to 600000 (default 10000).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 600_000)]
     pub answer_window_ms: Option<u32>,
     /// Wall clock (ms since the epoch) by which every player is shown the
     /// question even if their video stalls; default: 2 s plus the stream
@@ -151,7 +157,7 @@ pub struct Ended {
     responses(
         (status = 201, description = "Created", body = Quiz),
         (status = 409, description = "A quiz runs in this room (`QUIZ_RUNNING`)", body = ErrorBody),
-        (status = 422, description = "Bad rounds (`INVALID_ARGUMENT`)", body = ErrorBody)
+        (status = 422, description = "`rounds` outside 1 to 100, or another field wrong (`INVALID_REQUEST`)", body = ErrorBody)
     )
 )]
 pub(super) async fn create(
@@ -212,7 +218,7 @@ pub(super) async fn status(
         (status = 200, description = "Started", body = Question),
         (status = 404, description = "No quiz (`NO_QUIZ`), or the room is not live here (`NOT_FOUND`)", body = ErrorBody),
         (status = 409, description = "The last question is unrevealed (`QUESTION_OPEN`), or every round was asked (`NO_ROUNDS_LEFT`)", body = ErrorBody),
-        (status = 422, description = "Bad text, options or correct option (`INVALID_ARGUMENT`)", body = ErrorBody)
+        (status = 422, description = "Text, options, correct option or window out of range (`INVALID_REQUEST`)", body = ErrorBody)
     )
 )]
 pub(super) async fn start(
@@ -265,7 +271,7 @@ pub(super) async fn start(
     params(("room" = String, Path, description = "Room id"), ("question_id" = String, Path, description = "The question")),
     responses(
         (status = 200, description = "Revealed", body = Reveal),
-        (status = 404, description = "No quiz, no such open question (`NO_QUESTION`), or the room is not live here", body = ErrorBody)
+        (status = 404, description = "No quiz in this room (`NO_QUIZ`), no such open question (`NO_QUESTION`), or the room is not live here (`NOT_FOUND`)", body = ErrorBody)
     )
 )]
 pub(super) async fn reveal(

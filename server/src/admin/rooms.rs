@@ -119,6 +119,7 @@ pub struct RoomList {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Most rooms to return, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -179,6 +180,7 @@ pub struct InfoQuery {
     /// First user of the page (default 0).
     offset: Option<usize>,
     /// Users per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
 }
 
@@ -411,6 +413,7 @@ pub struct HistoryQuery {
     /// Latest media timestamp, ms, inclusive.
     to_ms: Option<u64>,
     /// Most events, 1 to 500 (default 500).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
@@ -504,6 +507,7 @@ pub struct CloseRequest {
     /// Shown to members in the closing `room_status` event; at most 256
     /// bytes.
     #[serde(default)]
+    #[schema(max_length = 256)]
     pub reason: String,
 }
 

@@ -84,11 +84,14 @@ pub struct SanctionList {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SanctionRequest {
-    /// How long it lasts, 1 s to 10 years; absent: until lifted.
+    /// How long it lasts, 1 s to 10 years (315360000 s); absent: until
+    /// lifted.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 315_360_000)]
     pub duration_secs: Option<u64>,
     /// At most 256 bytes; a banned or kicked member's stream ends with it.
     #[serde(default)]
+    #[schema(max_length = 256)]
     pub reason: String,
 }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AdminState;
-use super::errors::{ApiError, ApiResult, JsonBody, PathParams, user_id};
+use super::errors::{ApiCode, ApiError, ApiResult, JsonBody, PathParams, user_id};
 use crate::gifts::LedgerError;
 
 /// Most one credit may add: a guard against a typo of a few extra digits.
@@ -25,6 +25,7 @@ pub const MAX_CREDIT: u64 = 1_000_000_000_000;
 #[serde(deny_unknown_fields)]
 pub struct CreditRequest {
     /// Currency units to add, 1 to 10^12.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
     pub amount: u64,
 }
 
@@ -60,14 +61,8 @@ pub(super) async fn credit(
     }
     let balance = state.gifts.ledger.credit(user, req.amount, unix_ms(SystemTime::now())).await.map_err(
         |e| match e {
-            LedgerError::Remote => {
-                ApiError::new(axum::http::StatusCode::CONFLICT, "LEDGER_REMOTE", e.to_string())
-            }
-            e => ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "LEDGER_UNAVAILABLE",
-                e.to_string(),
-            ),
+            LedgerError::Remote => ApiError::new(ApiCode::LedgerRemote, e.to_string()),
+            e => ApiError::new(ApiCode::LedgerUnavailable, e.to_string()),
         },
     )?;
     Ok(Json(Balance { user: user.to_string(), balance }))

@@ -93,6 +93,8 @@ pub(super) struct Link {
     conn: OnceCell<Conn>,
     /// Milliseconds after `born` of the last answered ping; 0: never.
     last_answer_ms: AtomicU64,
+    /// The round trip of the last answered ping, in microseconds; 0: none.
+    last_rtt_us: AtomicU64,
     born: Instant,
     unreachable_after: Duration,
 }
@@ -147,6 +149,7 @@ impl Link {
             cluster,
             conn,
             last_answer_ms: AtomicU64::new(0),
+            last_rtt_us: AtomicU64::new(0),
             born: Instant::now(),
             unreachable_after,
         }))
@@ -176,8 +179,15 @@ impl Link {
         last > 0 && self.born.elapsed().saturating_sub(Duration::from_millis(last)) <= self.unreachable_after
     }
 
-    /// Pings Redis once, and notes when it answered.
+    /// The round trip of the last answered ping, if one was.
+    pub(super) fn last_rtt(&self) -> Option<Duration> {
+        let us = self.last_rtt_us.load(Ordering::Relaxed);
+        (us > 0).then(|| Duration::from_micros(us))
+    }
+
+    /// Pings Redis once, and notes when it answered and how long it took.
     pub(super) async fn ping(&self) -> bool {
+        let started = Instant::now();
         let answered = async {
             let mut conn = self.conn().await?;
             let _: String = redis::cmd("PING").query_async(&mut conn).await?;
@@ -185,6 +195,8 @@ impl Link {
         };
         let ok = matches!(tokio::time::timeout(TIMEOUT, answered).await, Ok(Ok(())));
         if ok {
+            let rtt = started.elapsed().as_micros().clamp(1, u128::from(u64::MAX)) as u64;
+            self.last_rtt_us.store(rtt, Ordering::Relaxed);
             self.answered();
         }
         ok

@@ -289,6 +289,12 @@ impl Fleet {
         self.link.reachable()
     }
 
+    /// The round trip of the last ping Redis answered (one every 500 ms),
+    /// if it ever answered one.
+    pub fn ping_rtt(&self) -> Option<std::time::Duration> {
+        self.link.last_rtt()
+    }
+
     /// `result`, noting that Redis answered when it is Ok.
     fn answered<T>(&self, result: Result<T, FleetError>) -> Result<T, FleetError> {
         if result.is_ok() {

@@ -352,10 +352,13 @@ impl Fleet {
         user: &str,
     ) -> Option<v1::QuizVerdict> {
         // Through the batcher: a reveal wakes every player's session here at
-        // once, and their reads go out together, one HMGET per batch.
+        // once, and their reads go out together, one HMGET per batch. A full
+        // queue is waited on, not given up on: a verdict dropped here would
+        // never be sent (each session waits in its own step, so the wait is
+        // bounded by the node's sessions, not the queue).
         let (reply, read) = oneshot::channel();
         let ask = VerdictAsk { room: room.clone(), index, user: user.to_string(), reply };
-        self.answers.try_send(Job::Verdict(ask)).ok()?;
+        self.answers.send(Job::Verdict(ask)).await.ok()?;
         let v = read.await.ok()??;
         let fields: Vec<u32> = v.split(',').filter_map(|f| f.parse().ok()).collect();
         let [correct, still_in, revive_used, revives_left] = fields[..] else { return None };

@@ -293,8 +293,11 @@ impl Handler for Node {
                     touched.push(handle);
                 }
                 leave(leaving, LeaveReason::Drain);
+                // Each session finishes its side once idle: woken now, so
+                // that one with nothing to say (no room, no request) does
+                // not wait for its next packet or presence check.
                 for handle in touched {
-                    core.touch(handle);
+                    core.wake(handle);
                 }
                 Flow::Continue
             }
@@ -392,10 +395,15 @@ impl Node {
     fn serve(&mut self, link: &mut Link<'_, Conn>) {
         let cx_waker = link.waker().clone();
         let mut cx = Context::from_waker(&cx_waker);
-        if let Phase::Live(s) = &mut link.state.phase {
-            quiz::poll_reveal(s, &mut cx);
-        }
         if let Err((code, why)) = self.requests(link, &mut cx) {
+            return close(link, code, &why);
+        }
+        // After the requests, so that a watch an answer just set up has the
+        // waker registered before the session goes idle.
+        if let Phase::Live(s) = &mut link.state.phase
+            && quiz::poll_reveal(s, &mut cx)
+            && let Err((code, why)) = self.settle(link, &mut cx)
+        {
             return close(link, code, &why);
         }
         let Phase::Live(s) = &mut link.state.phase else { return };

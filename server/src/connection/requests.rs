@@ -244,7 +244,7 @@ impl Ctx<'_> {
         };
         Ok(Box::pin(async move {
             let mut ack = ack;
-            let (outcome, label) = match gifts.ledger.debit(charge.clone()).await {
+            let (outcome, label) = match debit_waiting_for_first(&gifts, &charge).await {
                 Err(e) => {
                     warn!(error = %e, "gift ledger unavailable");
                     (v1::GiftOutcome::LedgerUnavailable, "ledger_unavailable")
@@ -313,6 +313,36 @@ impl Ctx<'_> {
             metrics.gift(label);
             Ok(Resp::GiftAck(v1::GiftAck { outcome: outcome as i32, ..ack }))
         }))
+    }
+}
+
+/// The longest a repeat of a gift key waits for the first send of the key
+/// to be sequenced, so that it can answer with the same `seq`, message id
+/// and combo (the ledger's own bound on one call).
+const REPEAT_WAIT: Duration = Duration::from_secs(10);
+
+/// Debits `charge`. A repeat of a key whose first send is still being
+/// sequenced (in flight: no receipt yet) asks again, with a short backoff,
+/// until the receipt is there, the key is handed back as charged (the
+/// first send went away: this one sequences it), or [`REPEAT_WAIT`] has
+/// passed; only then is it answered without a receipt.
+async fn debit_waiting_for_first(
+    gifts: &Gifts,
+    charge: &Charge,
+) -> Result<DebitOutcome, crate::gifts::LedgerError> {
+    let deadline = tokio::time::Instant::now() + REPEAT_WAIT;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let outcome = gifts.ledger.debit(charge.clone()).await?;
+        match outcome {
+            DebitOutcome::Repeat { receipt: None, .. }
+                if tokio::time::Instant::now() + backoff < deadline =>
+            {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+            outcome => return Ok(outcome),
+        }
     }
 }
 

@@ -152,9 +152,20 @@ impl<S> Core<S> {
     }
 
     /// Drives connection `id` at the end of this turn: for a handler that
-    /// wrote to it from outside its events (a command, say).
+    /// wrote to it from outside its events (a command, say). The handler
+    /// itself is not called; see [`Core::wake`].
     pub fn touch(&mut self, id: ConnId) {
         self.mark(id);
+    }
+
+    /// Wakes connection `id` as its waker would: [`super::Handler::ready`]
+    /// is called for it on the driver's next turn. For a command that
+    /// changed what a connection has to do, so that an idle connection acts
+    /// on it now rather than at its next packet or wake-up.
+    pub fn wake(&mut self, id: ConnId) {
+        if let Some(Some(slot)) = self.conns.get(id.0) {
+            slot.waker.wake_by_ref();
+        }
     }
 
     pub(super) fn mark(&mut self, id: ConnId) {

@@ -152,6 +152,9 @@ struct Lines {
     ended_tx: Option<(usize, oneshot::Sender<()>)>,
     /// Send one more line this long after each echo.
     again_after: Option<Duration>,
+    /// Where each connection's waker is handed once it is connected, for
+    /// another task to wake; [`Handler::ready`] then sends one more line.
+    wakers: Option<std::sync::mpsc::Sender<Waker>>,
 }
 
 struct LineConn {
@@ -167,6 +170,8 @@ enum LinesCommand {
     Count(oneshot::Sender<usize>),
     /// Lines echoed back, by client.
     Counts(oneshot::Sender<Vec<usize>>),
+    /// Every connection is woken through [`Core::wake`].
+    WakeAll,
     Stop,
 }
 
@@ -189,6 +194,7 @@ impl Lines {
             ended: vec![None; n],
             ended_tx: None,
             again_after: None,
+            wakers: None,
         };
         (lines, rx)
     }
@@ -210,6 +216,9 @@ impl Handler for Lines {
                 self.handshaking -= 1;
                 link.state.stream = link.quic.streams().open(Dir::Bi);
                 Self::send_line(link);
+                if let Some(tx) = &self.wakers {
+                    let _ = tx.send(link.waker().clone());
+                }
             }
             Event::Stream(StreamEvent::Readable { id }) => {
                 let bytes = read_all(link.quic, id);
@@ -241,6 +250,10 @@ impl Handler for Lines {
     }
 
     fn wake(&mut self, link: &mut Link<'_, LineConn>) {
+        Self::send_line(link);
+    }
+
+    fn ready(&mut self, link: &mut Link<'_, LineConn>) {
         Self::send_line(link);
     }
 
@@ -279,6 +292,13 @@ impl Handler for Lines {
             }
             LinesCommand::Counts(reply) => {
                 let _ = reply.send(self.echoed.clone());
+                Flow::Continue
+            }
+            LinesCommand::WakeAll => {
+                let ids: Vec<ConnId> = core.iter_mut().map(|(id, _, _)| id).collect();
+                for id in ids {
+                    core.wake(id);
+                }
                 Flow::Continue
             }
             LinesCommand::Stop => {
@@ -378,6 +398,57 @@ async fn a_wake_up_comes_when_asked_for() {
     within("five echoes each, paced by wake-ups", done).await.unwrap();
     let lines = clients.stop(LinesCommand::Stop).await;
     assert!(lines.echoed.iter().all(|n| *n >= 5));
+    server.stop(()).await;
+}
+
+/// Echoes counted so far, by client.
+async fn counts(clients: &Running<Lines>) -> Vec<usize> {
+    let (tx, rx) = oneshot::channel();
+    assert!(clients.tx.send(LinesCommand::Counts(tx)).await.is_ok());
+    rx.await.unwrap()
+}
+
+/// Waits until every client has had `want` echoes.
+async fn until_echoed(clients: &Running<Lines>, want: usize) {
+    within("the echoes", async {
+        while counts(clients).await.iter().any(|n| *n < want) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waker_woken_from_another_thread_reaches_an_idle_connection() {
+    let (server_config, client_config) = tls();
+    let (server, addr) = spawn(loopback(), Some(server_config), Echo::default());
+    let (wakers_tx, wakers) = std::sync::mpsc::channel();
+    let (lines, done) = Lines::new(client_config, vec![addr; 10], 1);
+    let lines = Lines { wakers: Some(wakers_tx), ..lines };
+    let (clients, _) = spawn(loopback(), None, lines);
+    within("one echo each", done).await.unwrap();
+    // Idle now: no wake-up asked for, nothing to send, nothing to receive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wakers: Vec<Waker> = wakers.try_iter().collect();
+    assert_eq!(wakers.len(), 10);
+    // Woken from a thread outside the runtime, as a room or a watch would.
+    std::thread::spawn(move || wakers.iter().for_each(Waker::wake_by_ref)).join().unwrap();
+    until_echoed(&clients, 2).await;
+    clients.stop(LinesCommand::Stop).await;
+    server.stop(()).await;
+}
+
+#[tokio::test]
+async fn a_command_wakes_idle_connections_through_core_wake() {
+    let (server_config, client_config) = tls();
+    let (server, addr) = spawn(loopback(), Some(server_config), Echo::default());
+    let (lines, done) = Lines::new(client_config, vec![addr; 10], 1);
+    let (clients, _) = spawn(loopback(), None, lines);
+    within("one echo each", done).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(clients.tx.send(LinesCommand::WakeAll).await.is_ok());
+    until_echoed(&clients, 2).await;
+    clients.stop(LinesCommand::Stop).await;
     server.stop(()).await;
 }
 
