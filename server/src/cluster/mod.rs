@@ -115,6 +115,9 @@ pub struct Delivery {
     pub events: Vec<v1::RoomEvent>,
 }
 
+/// One user's place in a room's gift ranking: user id, name, value given.
+pub type RankTotal = (String, String, u64);
+
 /// What Redis made of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sequenced {
@@ -449,10 +452,11 @@ impl Fleet {
     /// `room`'s gift ranking in the fleet, (user, name, value) highest
     /// first, and its last sequence number, read together: the totals hold
     /// exactly the gifts numbered up to that number.
-    pub async fn ranking(&self, room: &RoomId) -> Result<(Vec<(String, String, u64)>, u64), FleetError> {
+    pub async fn ranking(&self, room: &RoomId) -> Result<(Vec<RankTotal>, u64), FleetError> {
         let [seq, ..] = keys(room);
         let mut conn = self.link.conn().await?;
-        let (totals, names, last): (Vec<(String, f64)>, HashMap<String, String>, Option<u64>) = redis::pipe()
+        type Read = (Vec<(String, f64)>, HashMap<String, String>, Option<u64>);
+        let (totals, names, last): Read = redis::pipe()
             .atomic()
             .zrevrange_withscores(done_key(room, "rank"), 0, -1)
             .hgetall(done_key(room, "rank:names"))
