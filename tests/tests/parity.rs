@@ -177,3 +177,78 @@ async fn one_ranking_for_the_room(mode: Mode) {
 }
 
 in_every_mode!(one_ranking_for_the_room);
+
+/// Waits for `events` to say the session was removed from `room` with
+/// `ROOM_CLOSED`.
+async fn removed_as_closed(events: &mut Events, room: &str) {
+    wait_for(events, |e| match e {
+        roomcast_client::Event::Removed { room: r, code, .. } if r == room => Some(*code),
+        _ => None,
+    })
+    .await
+    .map(|code| assert_eq!(code, roomcast_protocol::ErrorCode::RoomClosed))
+    .expect("a removal with a code");
+}
+
+/// Whether a join of `room` on node `i` is refused with `ROOM_CLOSED`.
+async fn join_refused_as_closed(d: &Deployment, i: usize, user: &str, room: &str) -> bool {
+    let (c, _e) = d.connect(i, user, Role::Viewer).await;
+    let refused = matches!(
+        c.join(room).await,
+        Err(roomcast_client::Error::Refused { code: roomcast_protocol::ErrorCode::RoomClosed, .. })
+    );
+    c.close();
+    refused
+}
+
+/// Closing through one node ends every node's members with `ROOM_CLOSED`
+/// and every node refuses joins, one that never carried the room included;
+/// opening through another node lets joins in on every node, into a new
+/// incarnation numbered from 1.
+async fn close_and_open_hold_on_every_node(mode: Mode) {
+    let mut d = Deployment::start(mode, 2).await;
+    let (host, _h) = d.connect(0, "hana", Role::Host).await;
+    let first = host.join("stage").await.unwrap();
+    let mut members = Vec::new();
+    for i in 0..2 {
+        let (m, events) = d.connect(i, &format!("vic{i}"), Role::Viewer).await;
+        m.join("stage").await.unwrap();
+        members.push((m, events));
+    }
+    host.send_chat("stage", "before").await.unwrap();
+
+    let answer = d.node(0).admin("POST", "/v1/rooms/stage/close", Some(r#"{"reason":"show over"}"#)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    for (_, events) in &mut members {
+        removed_as_closed(events, "stage").await;
+    }
+    for i in 0..2 {
+        assert!(join_refused_as_closed(&d, i, &format!("late{i}"), "stage").await, "node {i} refuses joins");
+    }
+    let fresh = d.add().await;
+    assert!(
+        join_refused_as_closed(&d, fresh, "newcomer", "stage").await,
+        "a node new to the room refuses too"
+    );
+
+    let answer = d.node(1).admin("POST", "/v1/rooms/stage/open", None).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let mut joined = Vec::new();
+    for i in [0, 1, fresh] {
+        let (m, events) = d.connect(i, &format!("back{i}"), Role::Viewer).await;
+        let j = m.join("stage").await.unwrap();
+        assert_eq!(j.current_seq, 0, "node {i}: a new incarnation, numbered from 1");
+        assert_ne!(j.epoch, first.epoch, "node {i}: another epoch");
+        joined.push((m, events));
+    }
+    let (host, _h) = d.connect(0, "hana", Role::Host).await;
+    host.join("stage").await.unwrap();
+    assert_eq!(host.send_chat("stage", "again").await.unwrap().seq, 1);
+    for (_, events) in &mut joined {
+        let e = roomcast_tests::sequenced(events, 1).await.remove(0);
+        assert_eq!((e.seq, roomcast_tests::text(&e)), (1, "again"));
+    }
+    d.stop().await;
+}
+
+in_every_mode!(close_and_open_hold_on_every_node);

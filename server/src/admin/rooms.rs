@@ -489,14 +489,17 @@ pub struct RoomStateChange {
     path = "/v1/rooms/{room}/open",
     tag = "rooms",
     params(("room" = String, Path, description = "Room id")),
-    responses((status = 200, description = "The room is open", body = RoomStateChange))
+    responses(
+        (status = 200, description = "The room is open", body = RoomStateChange),
+        (status = 503, description = "In a fleet, the fleet's Redis cannot be reached (`UNAVAILABLE`)", body = ErrorBody)
+    )
 )]
 pub(super) async fn open(
     State(state): State<AdminState>,
     PathParams(room): PathParams<String>,
 ) -> ApiResult<Json<RoomStateChange>> {
     let room = room_id(&room)?;
-    state.rooms.open(&room);
+    state.rooms.open(&room).await?;
     Ok(Json(RoomStateChange { room: room.to_string(), state: RoomStateName::Open, final_seq: None }))
 }
 
@@ -513,14 +516,18 @@ pub struct CloseRequest {
 
 /// Closes a room: joins are refused with `ROOM_CLOSED` from now on, and a
 /// live room sends its members a last `room_status` event (closed) and
-/// removes them. Closing a room that is not live only refuses joins.
+/// removes them. Closing a room that is not live only refuses joins. In a
+/// fleet this holds on every node, whichever node is asked.
 #[utoipa::path(
     post,
     path = "/v1/rooms/{room}/close",
     tag = "rooms",
     params(("room" = String, Path, description = "Room id")),
     request_body(content = Option<CloseRequest>, description = "Optional; an empty body closes without a reason"),
-    responses((status = 200, description = "The room is closed", body = RoomStateChange))
+    responses(
+        (status = 200, description = "The room is closed", body = RoomStateChange),
+        (status = 503, description = "In a fleet, the fleet's Redis cannot be reached (`UNAVAILABLE`)", body = ErrorBody)
+    )
 )]
 pub(super) async fn close(
     State(state): State<AdminState>,
@@ -531,7 +538,7 @@ pub(super) async fn close(
     if body.reason.len() > MAX_REASON_BYTES {
         return Err(ApiError::invalid(format!("reason is longer than {MAX_REASON_BYTES} bytes")));
     }
-    let final_seq = state.rooms.close(&room, &body.reason).await;
+    let final_seq = state.rooms.close(&room, &body.reason).await?;
     Ok(Json(RoomStateChange {
         room: room.to_string(),
         state: RoomStateName::Closed,

@@ -474,6 +474,51 @@ impl Fleet {
         Ok((ranking, last.unwrap_or(0)))
     }
 
+    /// Whether the platform closed `room` (`Some(false)`: opened it), as
+    /// any node last said.
+    pub async fn closed(&self, room: &RoomId) -> Result<Option<bool>, FleetError> {
+        let mut conn = self.link.conn().await?;
+        let state: Option<String> = conn.get(done_key(room, "lifecycle")).await?;
+        self.link.answered();
+        Ok(state.map(|s| s == "closed"))
+    }
+
+    /// Notes for the fleet that the platform closed `room` (remembered as
+    /// long as a node remembers it, a day).
+    pub async fn close(&self, room: &RoomId, remember: Duration) -> Result<(), FleetError> {
+        let mut conn = self.link.conn().await?;
+        let ms = remember.as_millis() as u64;
+        let () = redis::cmd("SET")
+            .arg(done_key(room, "lifecycle"))
+            .arg("closed")
+            .arg("PX")
+            .arg(ms.max(1))
+            .query_async(&mut conn)
+            .await?;
+        self.link.answered();
+        Ok(())
+    }
+
+    /// Opens `room` for the fleet; a closed room starts a new incarnation
+    /// (`lifecycle.lua`). Whether it was closed.
+    pub async fn open(&self, room: &RoomId) -> Result<bool, FleetError> {
+        let [seq, log, epoch, _] = keys(room);
+        let fresh = roomcast_protocol::unix_ms(std::time::SystemTime::now());
+        let mut conn = self.link.conn().await?;
+        let reopened: u8 = Script::new(include_str!("lifecycle.lua"))
+            .key(done_key(room, "lifecycle"))
+            .key(epoch)
+            .key(seq)
+            .key(log)
+            .key(done_key(room, "rank"))
+            .key(done_key(room, "rank:names"))
+            .arg(format!("{fresh:x}"))
+            .invoke_async(&mut conn)
+            .await?;
+        self.link.answered();
+        Ok(reopened == 1)
+    }
+
     /// `room`'s last sequence number (0 before its first event).
     pub async fn current_seq(&self, room: &RoomId) -> Result<u64, FleetError> {
         let [seq, ..] = keys(room);

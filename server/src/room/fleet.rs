@@ -210,6 +210,19 @@ pub(super) struct Following {
     archive: Option<Arc<Archive>>,
     /// `roomcast_fleet_rooms_renumbered_total`.
     renumbered: Counter,
+    /// The room's last status when it started following was CLOSED: the
+    /// platform closed it on some node.
+    pub(super) closed: bool,
+}
+
+/// The reason of a closing `RoomStatus`, if `event` is one.
+pub(super) fn closing(event: &v1::RoomEvent) -> Option<&str> {
+    match &event.kind {
+        Some(v1::room_event::Kind::RoomStatus(s)) if s.state == v1::RoomState::Closed as i32 => {
+            Some(&s.reason)
+        }
+        _ => None,
+    }
 }
 
 /// The epoch a numbered event's message id (`{epoch:x}-{seq}`) carries.
@@ -238,6 +251,7 @@ pub(super) async fn follow(
     let (ranking, last) = fleet.ranking(room).await?;
     let from = last.saturating_sub(recent as u64) + 1;
     let events = if last > 0 { fleet.replay(room, from, last).await? } else { Vec::new() };
+    let closed = events.last().is_some_and(|e| closing(e).is_some());
     let now_ms = roomcast_protocol::unix_ms(std::time::SystemTime::now());
     state.join_fleet(last, epoch, events, tokio::time::Instant::now(), now_ms);
     state.seed_ranking(
@@ -258,14 +272,22 @@ pub(super) async fn follow(
         position,
         archive,
         renumbered,
+        closed,
     })
 }
 
 impl Following {
     /// Takes a delivery's events in sequence order, reading any hole back
-    /// from the stream first.
-    pub(super) async fn ingest(&mut self, room: &RoomId, state: &mut RoomState, events: Vec<v1::RoomEvent>) {
+    /// from the stream first. Returns the reason of a closing status taken
+    /// (the platform closed the room on some node), if one was.
+    pub(super) async fn ingest(
+        &mut self,
+        room: &RoomId,
+        state: &mut RoomState,
+        events: Vec<v1::RoomEvent>,
+    ) -> Option<String> {
         let now = tokio::time::Instant::now();
+        let mut closed = None;
         for e in events {
             let epoch = read(&self.position).epoch;
             if let Some(new) = epoch_of(&e).filter(|e| *e != epoch) {
@@ -275,8 +297,14 @@ impl Following {
                 // This node's players read their verdicts.
                 self.fleet.quiz_revealed(room, r);
             }
-            match self.orderer.arrive(e.seq) {
-                Arrival::Repeat => {}
+            let seq = e.seq;
+            if let Some(reason) = closing(&e) {
+                closed = Some((seq, reason.to_string()));
+            }
+            match self.orderer.arrive(seq) {
+                Arrival::Repeat => {
+                    closed = closed.filter(|(s, _)| *s != seq);
+                }
                 Arrival::Next => state.ingest(e, now),
                 Arrival::Hole { from, to } => {
                     match tokio::time::timeout(Duration::from_secs(2), self.fleet.replay(room, from, to))
@@ -308,6 +336,7 @@ impl Following {
         }
         let mut position = self.position.lock().unwrap_or_else(PoisonError::into_inner);
         position.seq = state.last_seq();
+        closed.map(|(_, reason)| reason)
     }
 
     /// The room goes on as its new incarnation `new` (see the module docs).

@@ -232,18 +232,72 @@ impl Rooms {
     }
 
     /// Whether `who` may join `id` as the platform decided; a host's (or
-    /// admin's) join opens a room the node requires to be opened.
-    fn admit(&self, id: &RoomId, who: &crate::auth::Identity) -> Result<(), ErrorCode> {
-        match self.lifecycle_of(id) {
+    /// admin's) join opens a room the node requires to be opened. In a
+    /// fleet the platform may have decided on another node: a room this
+    /// node knows closed, or one it must see opened first, is looked up in
+    /// the fleet (a join into an open room asks nothing), and a room
+    /// another node reopened replaces its closed incarnation here.
+    async fn admit(self: &Arc<Self>, id: &RoomId, who: &crate::auth::Identity) -> Result<(), ErrorCode> {
+        let local = self.lifecycle_of(id);
+        let needs_open = local == Lifecycle::Auto && self.config.require_open;
+        if let Some(fleet) = &self.fleet
+            && (local == Lifecycle::Closed || needs_open)
+        {
+            match fleet.closed(id).await.map_err(|_| ErrorCode::Unavailable)? {
+                Some(false) => {
+                    if local == Lifecycle::Closed {
+                        self.forget_closed(id);
+                    }
+                    self.set_lifecycle(id, Lifecycle::Open);
+                    return Ok(());
+                }
+                Some(true) => {
+                    self.set_lifecycle(id, Lifecycle::Closed);
+                    return Err(ErrorCode::RoomClosed);
+                }
+                None if local == Lifecycle::Closed => return Err(ErrorCode::RoomClosed),
+                None => {}
+            }
+        }
+        match local {
             Lifecycle::Closed => Err(ErrorCode::RoomClosed),
             Lifecycle::Open => Ok(()),
             Lifecycle::Auto if !self.config.require_open => Ok(()),
             Lifecycle::Auto if who.role != crate::auth::Role::Viewer => {
+                self.open_in_fleet(id).await?;
                 self.set_lifecycle(id, Lifecycle::Open);
                 Ok(())
             }
             Lifecycle::Auto => Err(ErrorCode::RoomClosed),
         }
+    }
+
+    /// Drops a closed incarnation from the map: it was emptied when it
+    /// closed, and its task ends on its own without touching the next one.
+    fn forget_closed(&self, id: &RoomId) {
+        let mut map = self.lock();
+        map.remove(id);
+        self.metrics.rooms.set(map.len() as i64);
+    }
+
+    /// In a fleet: opens `id` for every node (`Fleet::open`).
+    async fn open_in_fleet(&self, id: &RoomId) -> Result<(), ErrorCode> {
+        match &self.fleet {
+            Some(fleet) => fleet.open(id).await.map(drop).map_err(|_| ErrorCode::Unavailable),
+            None => Ok(()),
+        }
+    }
+
+    /// The room's task learned from the fleet that the platform closed it
+    /// (its closing status came from another node).
+    pub(super) fn closed_elsewhere(&self, id: &RoomId) {
+        self.set_lifecycle(id, Lifecycle::Closed);
+    }
+
+    /// Whether another incarnation of `id` than the one whose figures are
+    /// `stats` is live here now.
+    pub(super) fn has_successor(&self, id: &RoomId, stats: &Arc<RoomStats>) -> bool {
+        self.lock().get(id).is_some_and(|e| !Arc::ptr_eq(&e.stats, stats) && !e.handle.tx.is_closed())
     }
 
     /// The live rooms, busiest (most online) first.
@@ -318,26 +372,36 @@ impl Rooms {
     /// anyone joins), and joins are let in even when the node requires
     /// opening. A closed room opens again with a new epoch once its old
     /// incarnation has gone.
-    pub fn open(self: &Arc<Self>, id: &RoomId) {
+    /// In a fleet the room opens on every node, and a closed one starts its
+    /// new incarnation there too.
+    pub async fn open(self: &Arc<Self>, id: &RoomId) -> Result<(), ErrorCode> {
+        self.open_in_fleet(id).await?;
         if self.lifecycle_of(id) == Lifecycle::Closed {
-            // The closed incarnation, emptied when it closed, is replaced at
-            // once; its task ends on its own without touching the new one.
-            let mut map = self.lock();
-            map.remove(id);
-            self.metrics.rooms.set(map.len() as i64);
+            self.forget_closed(id);
         }
         self.set_lifecycle(id, Lifecycle::Open);
         let _ = self.entry(id);
+        Ok(())
     }
 
     /// Closes a room: joins are refused from now on, and a live room sends
     /// its members a final `RoomStatus` and removes them. Returns the final
-    /// sequence number (0 when the room was not live).
-    pub async fn close(&self, id: &RoomId, reason: &str) -> u64 {
+    /// sequence number (0 when the room was not live). In a fleet every node
+    /// refuses joins, and the closing status goes through the room's log
+    /// (the room is followed here for it if it was not), so every node that
+    /// carries the room removes its members.
+    pub async fn close(self: &Arc<Self>, id: &RoomId, reason: &str) -> Result<u64, ErrorCode> {
+        if let Some(fleet) = &self.fleet {
+            fleet.close(id, CLOSED_MEMORY).await.map_err(|_| ErrorCode::Unavailable)?;
+        }
         self.set_lifecycle(id, Lifecycle::Closed);
         self.hooks.emit(HookEvent::RoomClosed { room: id.clone(), by: "admin".into() });
-        let Ok(e) = self.live(id) else { return 0 };
-        e.handle.call(|reply| Command::Close { reason: reason.to_string(), reply }).await.unwrap_or(0)
+        let e = match (self.live(id), &self.fleet) {
+            (Ok(e), _) => e,
+            (Err(_), Some(_)) => self.entry(id),
+            (Err(_), None) => return Ok(0),
+        };
+        Ok(e.handle.call(|reply| Command::Close { reason: reason.to_string(), reply }).await.unwrap_or(0))
     }
 
     /// Removes every connection of `user` from one room or from every room,
@@ -382,7 +446,7 @@ impl Rooms {
 
     /// Joins a room, creating it if needed.
     pub async fn join(self: &Arc<Self>, id: &RoomId, request: JoinRequest) -> Result<Joined, ErrorCode> {
-        self.admit(id, &request.identity)?;
+        self.admit(id, &request.identity).await?;
         // A room that is shutting down for idleness drops the command; the
         // next attempt creates a fresh room.
         for _ in 0..3 {

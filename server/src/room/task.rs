@@ -120,7 +120,11 @@ pub(super) async fn run_room(
         },
     };
     let mut empty_since = Some(Instant::now());
-    let mut closed = false;
+    // A room the platform closed on another node refuses joins here too.
+    let mut closed = following.as_ref().is_some_and(|f| f.closed);
+    if closed {
+        rooms.closed_elsewhere(&id);
+    }
     // In a fleet: this node's users present and likes counted, reported
     // every second; the fleet's figures come back.
     let (counts_tx, mut counts_rx) = mpsc::channel::<Result<FleetCounts, crate::cluster::FleetError>>(1);
@@ -143,8 +147,20 @@ pub(super) async fn run_room(
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 if let Command::Ingest { events } = cmd {
-                    if let Some(f) = &mut following {
-                        f.ingest(&id, &mut state, events).await;
+                    let Some(f) = &mut following else { continue };
+                    if let Some(reason) = f.ingest(&id, &mut state, events).await
+                        && !closed
+                    {
+                        // Closed by the platform on another node: this
+                        // node's members go, and joins here are refused.
+                        closed = true;
+                        rooms.closed_elsewhere(&id);
+                        for (conn, who) in state.members() {
+                            metrics.left(LeaveReason::Kicked);
+                            let user = Box::from(&*who.user_id);
+                            rooms.hooks.emit(HookEvent::UserLeft { room: id.clone(), user, conn, reason: LeaveReason::Kicked });
+                        }
+                        state.remove_all_closed(&reason, Instant::now());
                     }
                     continue;
                 }
@@ -227,8 +243,12 @@ pub(super) async fn run_room(
         metrics.record_events(state.take_event_counts());
         stats.record(&state);
     }
-    if let Some(f) = following {
+    if let Some(f) = following
+        && !rooms.has_successor(&id, &stats)
+    {
         // Gone from here: the other nodes count no one of this room here.
+        // (A closed incarnation replaced by a reopened one leaves the
+        // channel and the count to it.)
         let likes = LikesCounted { instance: epoch, total: state.likes_to_report() };
         let _ = f.fleet.report(&id, 0, likes, &[], 0, ONLINE_TTL).await;
         if let Err(e) = f.fleet.unsubscribe(&id).await {

@@ -117,12 +117,19 @@ impl RoomState {
     pub fn close(&mut self, reason: &str, now: Instant, now_ms: u64) -> u64 {
         let status = v1::RoomStatus { state: v1::RoomState::Closed as i32, reason: reason.to_string() };
         let seq = self.sequence(Kind::RoomStatus(status), None, None, now, now_ms).seq;
+        self.remove_all_closed(reason, now);
+        seq
+    }
+
+    /// Removes every member with a `ROOM_CLOSED` notice, after everything
+    /// already sequenced: the room closed here, or on another node of the
+    /// fleet (its closing status came in).
+    pub fn remove_all_closed(&mut self, reason: &str, now: Instant) {
         self.flush(now);
         let notice = removed(ErrorCode::RoomClosed, reason);
         for conn in self.roster.conns() {
             self.remove_with(conn, notice.clone());
         }
-        seq
     }
 
     /// Goes on as a new incarnation `epoch`, numbered from 1, because the
