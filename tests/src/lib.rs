@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub mod binary;
+pub mod hooks;
 pub mod quiz_rules;
 pub mod redis;
 pub mod relay;

@@ -5,7 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+
 use roomcast_client::{Client, Events};
+use roomcast_server::Config;
 use roomcast_server::auth::Role;
 use roomcast_tests::redis::RedisServer;
 use roomcast_tests::{TestServer, wait_for};
@@ -19,19 +22,30 @@ enum Mode {
     Fleet,
 }
 
+/// A change to every node's configuration.
+type Tweak = Arc<dyn Fn(&mut Config) + Send + Sync>;
+
 /// The nodes of a scenario.
 struct Deployment {
     mode: Mode,
     nodes: Vec<TestServer>,
     redis: Option<RedisServer>,
+    tweak: Tweak,
 }
 
 impl Deployment {
     /// `n` nodes (one, whatever `n`, in [`Mode::Node`]).
     async fn start(mode: Mode, n: usize) -> Self {
-        let mut d = Deployment { mode, nodes: Vec::new(), redis: None };
+        Self::start_with(mode, n, |_| {}).await
+    }
+
+    /// Like [`Deployment::start`], every node's configuration changed by
+    /// `tweak`.
+    async fn start_with(mode: Mode, n: usize, tweak: impl Fn(&mut Config) + Send + Sync + 'static) -> Self {
+        let tweak: Tweak = Arc::new(tweak);
+        let mut d = Deployment { mode, nodes: Vec::new(), redis: None, tweak: tweak.clone() };
         match mode {
-            Mode::Node => d.nodes.push(TestServer::start().await),
+            Mode::Node => d.nodes.push(TestServer::start_with(|c| tweak(c)).await),
             Mode::Fleet => {
                 d.redis = Some(RedisServer::start().await);
                 for _ in 0..n {
@@ -46,8 +60,17 @@ impl Deployment {
     /// returns its index.
     async fn add(&mut self) -> usize {
         if let (Mode::Fleet, Some(redis)) = (self.mode, &self.redis) {
+            let (url, tweak) = (redis.url(), self.tweak.clone());
             let secret = self.nodes.first().map(|n| n.secret.clone());
-            self.nodes.push(TestServer::in_fleet(&redis.url(), secret.as_deref()).await);
+            let node = TestServer::start_with(move |c| {
+                c.redis = Some(url);
+                if let Some(secret) = secret {
+                    c.auth.hs256_secret = Some(secret);
+                }
+                tweak(c);
+            })
+            .await;
+            self.nodes.push(node);
         }
         self.nodes.len() - 1
     }
@@ -252,3 +275,87 @@ async fn close_and_open_hold_on_every_node(mode: Mode) {
 }
 
 in_every_mode!(close_and_open_hold_on_every_node);
+
+/// Every reason a member leaves reaches the platform's webhook once, from
+/// whichever node the member was on: it left, it disconnected, it was
+/// kicked or banned (through another node's admin API), its heartbeats
+/// stopped, its node drained.
+async fn every_leave_reason_reaches_the_webhook(mode: Mode) {
+    let receiver = roomcast_tests::hooks::Receiver::answering(200).await;
+    let hooks = receiver.config();
+    let d = Deployment::start_with(mode, 2, move |c| c.webhooks = hooks.clone()).await;
+    let room = "hooks";
+    let mut clients = Vec::new();
+    for (i, user) in ["lena", "dina", "kim", "bo"].into_iter().enumerate() {
+        let (c, events) = d.connect(i, user, Role::Viewer).await;
+        c.join(room).await.unwrap();
+        clients.push((c, events));
+    }
+    // A session that stops heartbeating after its join.
+    let token = d.nodes[0].token("hal", Role::Viewer);
+    let mut silent = d.node(0).raw_hello(token, roomcast_protocol::PROTOCOL_VERSION).await;
+    silent.welcome().await;
+    let join = roomcast_client::v1::Join { room: room.into(), ..Default::default() };
+    silent.join(2, join).await;
+    // The drained member is on node 1 (the only node, alone).
+    let (drained, mut drained_events) = d.connect(1, "dre", Role::Viewer).await;
+    drained.join(room).await.unwrap();
+
+    clients[0].0.leave(room).await.unwrap();
+    clients[1].0.close();
+    let kick = d.node(1).admin("POST", &format!("/v1/rooms/{room}/kicks/kim"), None).await;
+    assert_eq!(kick.status, 200, "{}", kick.body);
+    let ban = d.node(0).admin("PUT", &format!("/v1/rooms/{room}/bans/bo"), None).await;
+    assert_eq!(ban.status, 200, "{}", ban.body);
+    // Three heartbeat intervals (200 ms here) without one, then the
+    // connection goes.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    drop(silent);
+    let expected: Vec<(String, String)> = [
+        ("lena", "left"),
+        ("dina", "disconnect"),
+        ("kim", "kicked"),
+        ("bo", "banned"),
+        ("hal", "heartbeat_loss"),
+    ]
+    .iter()
+    .map(|(u, r)| (u.to_string(), r.to_string()))
+    .collect();
+    let deadline = tokio::time::Instant::now() + roomcast_tests::WAIT;
+    loop {
+        let mut left = roomcast_tests::hooks::seen_of(&receiver, "user_left");
+        left.sort();
+        let mut want = expected.clone();
+        want.sort();
+        if left == want {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "leaves seen: {left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Last, the drained node.
+    assert!(d.node(1).drain().start());
+    wait_for(&mut drained_events, |e| {
+        matches!(e, roomcast_client::Event::Disconnected { .. } | roomcast_client::Event::Reconnecting { .. })
+            .then_some(())
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + roomcast_tests::WAIT;
+    loop {
+        let left = roomcast_tests::hooks::seen_of(&receiver, "user_left");
+        let of_dre: Vec<&(String, String)> = left.iter().filter(|(u, _)| u == "dre").collect();
+        if !of_dre.is_empty() {
+            assert_eq!(of_dre, [&("dre".to_string(), "drain".to_string())], "one leave, for the drain");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leave for the drained member: {left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let left = roomcast_tests::hooks::seen_of(&receiver, "user_left");
+    assert_eq!(left.len(), expected.len() + 1, "one leave per member: {left:?}");
+    assert!(receiver.seen().iter().all(|r| r.signed && r.fresh));
+    drop(drained);
+    d.stop().await;
+}
+
+in_every_mode!(every_leave_reason_reaches_the_webhook);
