@@ -179,12 +179,19 @@ pub async fn serve_with_drain(
     let rooms = match fleet {
         None => room::Rooms::with_archive(config.room.clone(), metrics.clone(), hooks.clone(), archive),
         Some(fleet) => {
+            let mut reconnections = fleet.reconnections();
             let rooms =
                 room::Rooms::in_fleet(config.room.clone(), metrics.clone(), hooks.clone(), archive, fleet);
             let router = rooms.clone();
             tokio::spawn(async move {
                 while let Some(d) = deliveries.recv().await {
                     router.deliver(d);
+                }
+            });
+            let catcher = rooms.clone();
+            tokio::spawn(async move {
+                while reconnections.changed().await.is_ok() {
+                    catcher.catch_up();
                 }
             });
             rooms

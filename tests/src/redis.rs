@@ -60,6 +60,43 @@ impl RedisServer {
         self.launch().await;
     }
 
+    /// Runs `commands` (each a list of arguments, binary-safe) in one
+    /// `MULTI`/`EXEC` and returns the raw answer: what happens in it happens
+    /// at once for every other client.
+    pub async fn transaction(&self, commands: &[Vec<Vec<u8>>]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut out = Vec::new();
+        let mut push = |args: &[Vec<u8>]| {
+            out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for a in args {
+                out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                out.extend_from_slice(a);
+                out.extend_from_slice(b"\r\n");
+            }
+        };
+        push(&[b"MULTI".to_vec()]);
+        for c in commands {
+            push(c);
+        }
+        push(&[b"EXEC".to_vec()]);
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        s.write_all(&out).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        // The answer ends with EXEC's array; read until it has arrived.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !String::from_utf8_lossy(&answer).contains(&format!("*{}\r\n", commands.len())) {
+            assert!(Instant::now() < deadline, "no answer to the transaction");
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+            answer.extend_from_slice(&buf[..n]);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     /// Kills it and leaves it down.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -490,3 +490,47 @@ async fn in_a_fleet_quiz_nudges_name_the_number_redis_gave_the_question() {
     other.stop().await;
     third.stop().await;
 }
+
+/// A node whose Redis connection dropped reads what was published before
+/// its subscription came back from the room's stream once Redis answers
+/// again, without waiting for the room's next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_connection_dropped_reads_what_its_channel_missed_without_a_next_event() {
+    use roomcast_server::auth::Role;
+    use roomcast_tests::{TestServer, sequenced};
+
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let b = TestServer::start_with(move |c| c.redis = Some(url)).await;
+    let (viewer, mut seen) = b.connect("vic", Role::Viewer).await;
+    let joined = viewer.join("quiet").await.unwrap();
+    let room = RoomId::new("quiet").unwrap();
+    // Another node, as the fleet's shared log sees it.
+    let (a, _a_rx, _) = node(&redis).await;
+    a.sequence(&room, joined.epoch, 0, &[chat(&room, "before")], &[]).await.unwrap();
+    assert_eq!(roomcast_tests::text(&sequenced(&mut seen, 1).await[0]), "before");
+
+    // In one step for every other client: the node's connection is cut,
+    // and the room's next event is numbered, kept and published, as the
+    // sequencing script does. The node cannot have heard it.
+    let id = format!("{:x}-2", joined.epoch);
+    let event = v1::RoomEvent::decode(chat(&room, "while away")).unwrap();
+    let event = v1::RoomEvent { seq: 2, message_id: id, ..event }.encode_to_vec();
+    let mut batch = (event.len() as u32).to_be_bytes().to_vec();
+    batch.extend_from_slice(&event);
+    let arg = |s: &str| s.as_bytes().to_vec();
+    let answer = redis
+        .transaction(&[
+            vec![arg("CLIENT"), arg("KILL"), arg("TYPE"), arg("normal")],
+            vec![arg("CLIENT"), arg("KILL"), arg("TYPE"), arg("pubsub")],
+            vec![arg("SET"), arg("rc:{quiet}:seq"), arg("2")],
+            vec![arg("XADD"), arg("rc:{quiet}:log"), arg("2-1"), arg("e"), event],
+            vec![arg("PUBLISH"), arg("rc:{quiet}:events"), batch],
+        ])
+        .await;
+    assert!(answer.ends_with(":0\r\n"), "the publish reached no subscriber: {answer:?}");
+    // Nothing more is said in the room.
+    let got = sequenced(&mut seen, 1).await.remove(0);
+    assert_eq!((got.seq, roomcast_tests::text(&got)), (2, "while away"));
+    b.stop().await;
+}

@@ -15,7 +15,7 @@
 //! once Redis has not answered for longer than its bound.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -97,6 +97,12 @@ pub(super) struct Link {
     last_rtt_us: AtomicU64,
     born: Instant,
     unreachable_after: Duration,
+    /// The connection dropped (a failed ping, or the client library's
+    /// disconnection notice) and subscriptions may have missed events.
+    resync: Arc<AtomicBool>,
+    /// Counts the times Redis answered again after that: rooms then read
+    /// what they may have missed from their streams.
+    reconnected: tokio::sync::watch::Sender<u64>,
 }
 
 /// Adds `protocol=resp3` to a Redis URL that names no protocol.
@@ -120,6 +126,14 @@ impl Link {
         unreachable_after: Duration,
         push: impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static,
     ) -> Result<Arc<Self>, FleetError> {
+        let resync = Arc::new(AtomicBool::new(false));
+        let dropped = resync.clone();
+        let push = move |info: PushInfo| {
+            if info.kind == redis::PushKind::Disconnection {
+                dropped.store(true, Ordering::Relaxed);
+            }
+            push(info)
+        };
         let (cluster, conn) = if cluster {
             let seeds: Vec<String> = url.split(',').map(|u| resp3(u.trim())).collect();
             let client = redis::cluster::ClusterClientBuilder::new(seeds)
@@ -152,6 +166,8 @@ impl Link {
             last_rtt_us: AtomicU64::new(0),
             born: Instant::now(),
             unreachable_after,
+            resync,
+            reconnected: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -202,6 +218,11 @@ impl Link {
         ok
     }
 
+    /// Changes each time Redis answers again after the connection dropped.
+    pub(super) fn reconnections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reconnected.subscribe()
+    }
+
     /// Notes that Redis answered just now.
     pub(super) fn answered(&self) {
         let ms = self.born.elapsed().as_millis() as u64;
@@ -219,6 +240,13 @@ impl Link {
                 let Some(link) = link.upgrade() else { break };
                 let was = link.reachable();
                 let now = link.ping().await;
+                if !now {
+                    link.resync.store(true, Ordering::Relaxed);
+                } else if link.resync.swap(false, Ordering::Relaxed) {
+                    // Subscriptions are back with the connection: what was
+                    // published meanwhile is read from the streams.
+                    link.reconnected.send_modify(|n| *n += 1);
+                }
                 if was && !link.reachable() {
                     tracing::warn!("the fleet's Redis is unreachable: new joins are refused");
                 } else if !was && now {

@@ -287,6 +287,25 @@ impl Fleet {
         self.sanction_changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
+    /// Changes each time Redis answers again after the connection dropped:
+    /// a subscribed room may have missed what was published meanwhile, and
+    /// reads it from its stream ([`Fleet::position`]).
+    pub fn reconnections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.link.reconnections()
+    }
+
+    /// `room`'s epoch and last sequence number now, as kept in Redis (an
+    /// epoch of 0: none).
+    pub async fn position(&self, room: &RoomId) -> Result<(u64, u64), FleetError> {
+        let [seq, _, epoch, _] = keys(room);
+        let mut conn = self.link.conn().await?;
+        let (epoch, last): (Option<String>, Option<u64>) =
+            redis::pipe().atomic().get(epoch).get(seq).query_async(&mut conn).await?;
+        self.link.answered();
+        let epoch = epoch.and_then(|e| u64::from_str_radix(&e, 16).ok()).unwrap_or(0);
+        Ok((epoch, last.unwrap_or(0)))
+    }
+
     /// Whether Redis has answered within the bound (see [`Options`]).
     pub fn reachable(&self) -> bool {
         self.link.reachable()

@@ -339,6 +339,32 @@ impl Following {
         closed.map(|(_, reason)| reason)
     }
 
+    /// Reads what the room's stream holds beyond what the room has taken,
+    /// and takes it: after the connection to Redis dropped, the channel may
+    /// have missed it, and nothing else brings it until the room's next
+    /// event. A new epoch (Redis lost the room meanwhile) is read from 1.
+    pub(super) async fn catch_up(&mut self, room: &RoomId, state: &mut RoomState) -> Option<String> {
+        let (epoch, last) = match self.fleet.position(room).await {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(error = %e, room = %room, "room not caught up with its stream");
+                return None;
+            }
+        };
+        let followed = read(&self.position).epoch;
+        let from = if epoch != followed && epoch != 0 { 1 } else { self.orderer.last() + 1 };
+        if last < from {
+            return None;
+        }
+        match self.fleet.replay(room, from, last).await {
+            Ok(events) => self.ingest(room, state, events).await,
+            Err(e) => {
+                debug!(error = %e, room = %room, "room not caught up with its stream");
+                None
+            }
+        }
+    }
+
     /// The room goes on as its new incarnation `new` (see the module docs).
     fn renumber(
         &mut self,

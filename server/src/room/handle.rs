@@ -64,6 +64,9 @@ pub(super) enum Command {
         reply: oneshot::Sender<Result<u64, ErrorCode>>,
     },
     /// Events the fleet numbered, from the room's channel.
+    /// Read what the fleet's stream holds beyond what the room has taken
+    /// (its Redis answers again after the connection dropped).
+    CatchUp,
     Ingest {
         events: Vec<v1::RoomEvent>,
     },

@@ -157,6 +157,16 @@ impl Rooms {
         }
     }
 
+    /// Asks every live room to read what its stream holds beyond what it
+    /// has taken (the fleet's Redis answers again after the connection
+    /// dropped, and subscriptions may have missed events meanwhile).
+    pub fn catch_up(&self) {
+        let handles: Vec<RoomHandle> = self.lock().values().map(|e| e.handle.clone()).collect();
+        for handle in handles {
+            let _ = handle.tx.try_send(Command::CatchUp);
+        }
+    }
+
     /// The fleet these rooms follow, if any.
     pub fn fleet(&self) -> Option<&Fleet> {
         self.fleet.as_ref()

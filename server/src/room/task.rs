@@ -146,9 +146,13 @@ pub(super) async fn run_room(
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
-                if let Command::Ingest { events } = cmd {
+                if matches!(cmd, Command::Ingest { .. } | Command::CatchUp) {
                     let Some(f) = &mut following else { continue };
-                    if let Some(reason) = f.ingest(&id, &mut state, events).await
+                    let taken = match cmd {
+                        Command::Ingest { events } => f.ingest(&id, &mut state, events).await,
+                        _ => f.catch_up(&id, &mut state).await,
+                    };
+                    if let Some(reason) = taken
                         && !closed
                     {
                         // Closed by the platform on another node: this
@@ -407,7 +411,7 @@ fn handle(state: &mut RoomState, cmd: Command, room: &Room<'_>, closed: &mut boo
             let _ = reply.send(state.ranking());
         }
         // Handled by the room loop, which owns the fleet's side.
-        Command::Ingest { .. } => {}
+        Command::Ingest { .. } | Command::CatchUp => {}
         Command::Info { offset, limit, reply } => {
             let _ = reply.send(state.info(offset, limit));
         }
