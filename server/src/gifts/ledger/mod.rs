@@ -87,8 +87,8 @@ pub enum LedgerError {
     Io(#[from] io::Error),
     #[error(
         "gift ledger journal {} line {line} (byte {offset}) is unreadable: {why}. The node does not \
-         start rather than guess at balances; stop it and run `roomcast-server ledger repair` (the \
-         journal as it was is kept beside it)",
+         start rather than guess at balances; stop it and run `roomcast-server ledger repair` with \
+         the node's --data-dir (the journal as it was is kept beside it)",
         path.display()
     )]
     Corrupt { path: std::path::PathBuf, line: usize, offset: u64, why: String },
