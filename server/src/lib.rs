@@ -141,8 +141,17 @@ pub async fn serve_with_drain(
         secs => {
             let dir = config.data_dir.join("archive");
             let (retention, max) = (Duration::from_secs(secs), config.room.archive_max_bytes);
-            let archive = room::Archive::open(dir.clone(), retention, max, metrics.archive_counters())
-                .with_context(|| format!("opening the history archive in {}", dir.display()))?;
+            let archive = room::Archive::open(
+                dir.clone(),
+                retention,
+                max,
+                room::ArchiveCounters {
+                    queue_full: metrics.archive_dropped.clone(),
+                    write_failed: metrics.archive_write_failed.clone(),
+                    write_failures: metrics.storage_failures.archive.clone(),
+                },
+            )
+            .with_context(|| format!("opening the history archive in {}", dir.display()))?;
             Some(archive)
         }
     };

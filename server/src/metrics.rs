@@ -193,15 +193,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The archive's counters.
-    pub fn archive_counters(&self) -> crate::room::ArchiveCounters {
-        crate::room::ArchiveCounters {
-            queue_full: self.archive_dropped.clone(),
-            write_failed: self.archive_write_failed.clone(),
-            write_failures: self.storage_failures.archive.clone(),
-        }
-    }
-
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("roomcast");
         let connections = Gauge::default();
